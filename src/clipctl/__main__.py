@@ -1,0 +1,3 @@
+from clipctl.cli import main
+
+main()

@@ -1,0 +1,45 @@
+"""Pure math of clipctl: advantages, the clipped loss, entropy, clip/theory statistics.
+
+Functions here take tensors and a few floats; no config, no logging, no
+``.item()`` in the hot path, no rank logic. Each docstring names its SPEC section.
+"""
+
+from clipctl.algo.advantages import ADV_NORMS, group_advantages, zero_std_group_frac
+from clipctl.algo.entropy import (
+    sequence_mean_entropy,
+    token_entropy,
+    token_logprobs,
+    token_logprobs_and_entropy,
+    token_mean_entropy,
+)
+from clipctl.algo.losses import LOSS_AGGS, agg_loss, log_ratio, per_token_clipped_loss, policy_loss
+from clipctl.algo.stats import (
+    STAT_KEYS,
+    SUM_KEYS,
+    add_sums,
+    clip_event_masks,
+    clip_stat_sums,
+    finalize_clip_stats,
+)
+
+__all__ = [
+    "ADV_NORMS",
+    "LOSS_AGGS",
+    "STAT_KEYS",
+    "SUM_KEYS",
+    "add_sums",
+    "agg_loss",
+    "clip_event_masks",
+    "clip_stat_sums",
+    "finalize_clip_stats",
+    "group_advantages",
+    "log_ratio",
+    "per_token_clipped_loss",
+    "policy_loss",
+    "sequence_mean_entropy",
+    "token_entropy",
+    "token_logprobs",
+    "token_logprobs_and_entropy",
+    "token_mean_entropy",
+    "zero_std_group_frac",
+]

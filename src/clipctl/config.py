@@ -1,0 +1,353 @@
+"""Config: one tree of frozen dataclasses, TOML presets, typed overrides, validation.
+
+A run's config is built as: dataclass defaults <- preset TOML <- ``--set`` overrides,
+then validated as a whole (``validate``). Every field is documented once, in
+its ``help`` metadata; ``clipctl presets NAME`` prints the resolved tree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from clipctl.errors import ConfigError
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+DEFAULT_PRESET = "tiny-cpu"
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = _f("builtin:tiny", "HF model id, local folder, or 'builtin:tiny' (built locally on first use)")
+    dtype: str = _f("float32", "parameter dtype: float32 | bfloat16 | float16")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = _f("gsm8k", "'gsm8k' (shipped), a local .jsonl/.parquet path, or an HF dataset id")
+    split: str = _f("train", "split of a shipped or HF dataset")
+    prompt_col: str = _f("question", "column holding the problem text")
+    answer_col: str = _f("answer", "column holding the gold answer (verifiable rewards)")
+    prompt_template: str = _f("Question: {prompt}\nAnswer:", "prompt text; '{prompt}' is replaced by the problem")
+    chat_template: str = _f("auto", "wrap the prompt in the tokenizer's chat template: auto | true | false")
+    max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped at load time")
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    n: int = _f(8, "responses sampled per prompt (the group size G)")
+    temperature: float = _f(1.0, "sampling temperature tau; log-probs and entropy use softmax(logits / tau)")
+    top_p: float = _f(1.0, "nucleus sampling threshold (1.0 = off)")
+    max_new_tokens: int = _f(48, "response length cap; longer responses are truncated")
+    engine: str = _f("hf", "generation engine: hf")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = _f(30, "training steps (one rollout batch each)")
+    rollout_batch_prompts: int = _f(8, "prompts per step (P)")
+    minibatch_prompts: int = _f(4, "prompts per optimizer step (M); P / M optimizer steps per epoch")
+    micro_batch_size: int = _f(16, "responses per forward/backward pass (memory only; gradient unchanged)")
+    ppo_epochs: int = _f(1, "passes over each rollout batch")
+    seed: int = _f(0, "seed of prompt order, sampling, random rewards and init")
+    save_every: int = _f(10, "checkpoint every N steps (the last step is always saved)")
+    keep_last: int = _f(2, "checkpoints kept on disk (oldest removed first)")
+    logit_chunk_rows: int = _f(1024, "tokens per chunk when computing log-probs/entropy from logits")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = _f(1e-4, "AdamW learning rate")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
+    eps: float = _f(1e-8, "AdamW epsilon")
+    grad_clip: float = _f(1.0, "max global gradient norm (0 = off)")
+    warmup_steps: int = _f(0, "linear warm-up, in optimizer steps, then constant")
+
+
+@dataclass(frozen=True)
+class AlgoConfig:
+    eps_low: float = _f(0.2, "clip-low: ratio floor 1 - eps_low for A < 0; in (0, 1], 1 disables")
+    eps_high: float = _f(0.2, "clip-high: ratio cap 1 + eps_high for A > 0; in (0, inf], inf disables")
+    dual_clip_c: Optional[float] = _f(None, "dual clip constant c > 1 (none = off)")
+    adv_norm: str = _f("none", "advantage normalisation: none (Dr. GRPO) | group_std (GRPO)")
+    loss_agg: str = _f(
+        "seq-mean-token-mean",
+        "loss aggregation: seq-mean-token-mean | token-mean | seq-mean-token-sum | seq-mean-token-sum-norm",
+    )
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    kind: str = _f("random_bernoulli", "reward: random_bernoulli | random_gaussian | gsm8k | math_verify")
+    p: float = _f(0.5, "success probability of random_bernoulli")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    samples_every: int = _f(5, "write prompt/response/reward rows every N steps (0 = never)")
+    token_sample_rate: float = _f(0.0, "share of valid tokens written as per-token rows (0 = none)")
+    entropy_post: bool = _f(True, "measure Eq. 4 entropy on the step's batch after its last update")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
+
+
+# ---------------------------------------------------------------- value parsing
+
+
+def _unwrap_optional(tp) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _parse_float(value: Any, key: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("inf", "+inf", "infinity"):
+            return math.inf
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be a number (or 'inf'), got {value!r}")
+
+
+def coerce(tp, value: Any, key: str) -> Any:
+    """Convert a TOML or command-line value to the field type ``tp``."""
+    tp, optional = _unwrap_optional(tp)
+    if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "off"))):
+        return None
+    if tp is float:
+        return _parse_float(value, key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "on"):
+            return True
+        if isinstance(value, str) and value.strip().lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value.strip())
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    if typing.get_origin(tp) is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(coerce(a, v, key) for a, v in zip(args, value))
+    raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in this module, not user input
+
+
+def _section_fields(section: str) -> dict[str, Any]:
+    return typing.get_type_hints(SECTIONS[section])
+
+
+def _check_key(section: str, name: Optional[str] = None) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section '{section}'; valid sections: {', '.join(SECTIONS)}")
+    if name is not None and name not in _section_fields(section):
+        raise ConfigError(
+            f"unknown config key '{section}.{name}'; valid keys in [{section}]: "
+            f"{', '.join(_section_fields(section))}"
+        )
+
+
+# ---------------------------------------------------------------- building
+
+
+def config_to_dict(cfg: Config) -> dict[str, dict[str, Any]]:
+    """Nested plain dict (tuples as lists, inf as float) for run.json and display."""
+    out = {}
+    for section in SECTIONS:
+        values = dataclasses.asdict(getattr(cfg, section))
+        out[section] = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a validated ``Config`` from nested ``{section: {key: value}}`` (unknown keys are errors)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a table of sections")
+    sections = {}
+    for section, values in raw.items():
+        _check_key(section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table, got {values!r}")
+        types_ = _section_fields(section)
+        parsed = {}
+        for key, value in values.items():
+            _check_key(section, key)
+            parsed[key] = coerce(types_[key], value, f"{section}.{key}")
+        sections[section] = SECTIONS[section](**parsed)
+    cfg = Config(**sections)
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """``'algo.eps_high=inf'`` -> ``('algo', 'eps_high', 'inf')``."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value (e.g. algo.eps_high=inf)")
+    key, value = text.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise ConfigError(f"override key {key!r} must be section.key (e.g. algo.eps_high)")
+    _check_key(parts[0], parts[1])
+    return parts[0], parts[1], value
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def preset_path(preset: str) -> Path:
+    candidate = Path(preset)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"preset file {preset} not found; pass an existing .toml file or a preset name")
+        return candidate
+    path = PRESET_DIR / f"{preset}.toml"
+    if not path.is_file():
+        raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(available_presets())}")
+    return path
+
+
+def load_preset_dict(preset: str) -> dict[str, Any]:
+    path = preset_path(preset)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"preset {path} is not valid TOML: {e}") from None
+    raw.pop("description", None)
+    return raw
+
+
+def preset_description(preset: str) -> str:
+    raw = tomllib.loads(preset_path(preset).read_text())
+    return str(raw.get("description", ""))
+
+
+def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = None) -> Config:
+    """defaults <- preset <- overrides, validated."""
+    raw = load_preset_dict(preset or DEFAULT_PRESET)
+    for text in overrides or []:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return config_from_dict(raw, source=f"preset {preset or DEFAULT_PRESET}")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each message says the value, the rule and the fix."""
+    a, t, r, o = cfg.algo, cfg.train, cfg.rollout, cfg.optim
+    _require(0.0 < a.eps_low <= 1.0, f"algo.eps_low={a.eps_low} must be in (0, 1]; use 1 to disable clip-low")
+    _require(
+        a.eps_high > 0.0 and not math.isnan(a.eps_high),
+        f"algo.eps_high={a.eps_high} must be in (0, inf]; use inf to disable clip-high",
+    )
+    _require(
+        a.dual_clip_c is None or a.dual_clip_c > 1.0,
+        f"algo.dual_clip_c={a.dual_clip_c} must be > 1; use none to disable dual clip",
+    )
+    from clipctl.algo import ADV_NORMS, LOSS_AGGS
+
+    _require(a.adv_norm in ADV_NORMS, f"algo.adv_norm={a.adv_norm!r} is unknown; valid: {', '.join(ADV_NORMS)}")
+    _require(a.loss_agg in LOSS_AGGS, f"algo.loss_agg={a.loss_agg!r} is unknown; valid: {', '.join(LOSS_AGGS)}")
+    for name in ("steps", "rollout_batch_prompts", "minibatch_prompts", "micro_batch_size", "ppo_epochs", "keep_last", "logit_chunk_rows"):
+        value = getattr(t, name)
+        _require(value >= 1, f"train.{name}={value} must be >= 1")
+    _require(t.save_every >= 1, f"train.save_every={t.save_every} must be >= 1")
+    _require(t.seed >= 0, f"train.seed={t.seed} must be >= 0")
+    _require(
+        t.rollout_batch_prompts % t.minibatch_prompts == 0,
+        f"train.rollout_batch_prompts ({t.rollout_batch_prompts}) must be divisible by "
+        f"train.minibatch_prompts ({t.minibatch_prompts}); pick a minibatch size that divides the batch",
+    )
+    _require(r.n >= 1, f"rollout.n={r.n} must be >= 1")
+    _require(r.temperature > 0, f"rollout.temperature={r.temperature} must be > 0")
+    _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]")
+    _require(r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens} must be >= 1")
+    from clipctl.rollout import ENGINES
+
+    _require(r.engine in ENGINES, f"rollout.engine={r.engine!r} is unknown; valid: {', '.join(ENGINES)}")
+    _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be a positive number")
+    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    _require(all(0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must each be in [0, 1)")
+    _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 = off)")
+    _require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r} must be float32, bfloat16 or float16")
+    _require(cfg.data.chat_template in ("auto", "true", "false"), f"data.chat_template={cfg.data.chat_template!r} must be auto, true or false")
+    _require("{prompt}" in cfg.data.prompt_template, "data.prompt_template must contain '{prompt}'")
+    _require(cfg.data.max_prompt_tokens >= 1, f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} must be >= 1")
+    from clipctl.rewards import REWARDS
+
+    _require(cfg.reward.kind in REWARDS, f"reward.kind={cfg.reward.kind!r} is unknown; valid: {', '.join(REWARDS)}")
+    _require(0 <= cfg.reward.p <= 1, f"reward.p={cfg.reward.p} must be in [0, 1]")
+    _require(cfg.log.samples_every >= 0, f"log.samples_every={cfg.log.samples_every} must be >= 0")
+    _require(0 <= cfg.log.token_sample_rate <= 1, f"log.token_sample_rate={cfg.log.token_sample_rate} must be in [0, 1]")
+
+
+def is_on_policy(cfg: Config) -> bool:
+    """True when every update sees ratio 1: one minibatch and one epoch (clipping cannot bite)."""
+    return cfg.train.ppo_epochs == 1 and cfg.train.minibatch_prompts == cfg.train.rollout_batch_prompts
+
+
+def field_help(section: str, key: str) -> str:
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name == key:
+            return f.metadata.get("help", "")
+    return ""

@@ -1,0 +1,254 @@
+"""Reward registry: one scalar per response (SPEC section 2).
+
+Kinds, looked up by ``reward.kind`` in ``REWARDS``:
+
+1. ``gsm8k``: 1.0 if the last number in the response equals the gold number
+   numerically, else 0.0. Verifiable.
+2. ``math_verify``: 1.0 if ``math_verify.verify(parse(\\boxed{gold}),
+   parse(response))``, else 0.0; a parse failure or timeout scores 0.0.
+   Verifiable.
+3. ``random_bernoulli``: ``r ~ Bernoulli(p)``, independent of the text.
+4. ``random_gaussian``: ``r ~ N(0, 1)``, independent of the text.
+
+Random rewards draw from ``numpy.random.default_rng([seed, step, prompt_index,
+sample_index])``, one generator per response, so a resumed run (or the same
+response scored twice) gets the same reward whatever the batch layout.
+
+Usage::
+
+    batch = RewardBatch(responses=["... #### 18"], golds=["18"], seed=0, step=3,
+                        prompt_indices=[0], sample_indices=[0])
+    compute_rewards("gsm8k", batch)  # -> [1.0]
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Callable
+
+import numpy as np
+
+from clipctl.errors import ConfigError, DataError
+
+# A number per SPEC section 2: optional sign, digits with optional thousands
+# commas, optional decimal part, optionally preceded by "$" ("-$5" and "$-5").
+# A "-" counts as a sign only when it is not glued to a word or a number, so
+# "10-3" ends in 3 and "COVID-19" in 19, not in -3 / -19. Digits inside words
+# still count ("3rd" -> 3, "x2" -> 2): the reward reads the last number
+# wherever it appears. A comma group must be exactly three digits not followed
+# by another digit, so "1,2345" reads as 1 and 2345, not 1,234 and 5. A
+# trailing "." (end of sentence) is never part of the number.
+_NUMBER = re.compile(
+    r"""
+    (?: (?P<sign>(?<![\w-])-)\$? | \$(?P<sign2>-)? )?
+    (?P<int>\d{1,3}(?:,\d{3})+(?!\d) | \d+)
+    (?P<frac>\.\d+)?
+    """,
+    re.VERBOSE,
+)
+
+
+def _normalise(match: re.Match[str]) -> str:
+    """``"-$1,234.50"`` -> ``"-1234.50"``: drop ``$`` and commas, keep the sign."""
+    sign = "-" if (match.group("sign") or match.group("sign2")) else ""
+    return sign + match.group("int").replace(",", "") + (match.group("frac") or "")
+
+
+def extract_last_number(text: str) -> str | None:
+    """The last number in ``text``, normalised, or None (SPEC section 2).
+
+    Numbers have an optional sign, digits with optional thousands commas and an
+    optional decimal part; ``$``, ``,`` and a trailing ``.`` are stripped.
+
+    >>> extract_last_number("She pays $1,234.50. Then -3.")
+    '-3'
+    >>> extract_last_number("no digits") is None
+    True
+    """
+    last = None
+    for last in _NUMBER.finditer(text):
+        pass
+    return None if last is None else _normalise(last)
+
+
+def gsm8k_gold(answer: str) -> str:
+    """The gold number of a GSM8K answer, normalised (SPEC section 2).
+
+    A full GSM8K answer ends with ``#### N``: the gold is the text after the
+    last ``####``. Otherwise ``answer`` itself is the gold. Either way the text
+    (stripped) must be one number, e.g. ``"2,125"`` -> ``"2125"``.
+
+    Raises:
+        ValueError: the text is not a single number.
+    """
+    text = answer.rsplit("####", 1)[1] if "####" in answer else answer
+    text = text.strip()
+    # A trailing "." is stripped like in responses ("18." -> "18").
+    match = _NUMBER.fullmatch(text[:-1] if text.endswith(".") else text)
+    if match is None:
+        where = "after '####'" if "####" in answer else "as a bare gold answer"
+        raise ValueError(
+            f"gsm8k gold {text!r} {where} is not a number (e.g. '18', '-2.5', '1,600')"
+        )
+    return _normalise(match)
+
+
+def gsm8k_reward(response: str, gold: str) -> float:
+    """1.0 if the last number in ``response`` equals the gold number, else 0.0.
+
+    SPEC section 2, kind ``gsm8k``. ``gold`` is a full GSM8K answer (with
+    ``#### N``) or a bare number. The comparison is exact and numeric via
+    ``decimal.Decimal``: ``18``, ``18.0`` and ``18.00`` are equal.
+
+    Raises:
+        ValueError: ``gold`` holds no number (see ``gsm8k_gold``).
+    """
+    gold_number = Decimal(gsm8k_gold(gold))
+    predicted = extract_last_number(response)
+    if predicted is None:
+        return 0.0
+    return 1.0 if Decimal(predicted) == gold_number else 0.0
+
+
+def math_verify_reward(response: str, gold: str) -> float:
+    """1.0 if math_verify judges ``response`` equal to ``gold``, else 0.0.
+
+    SPEC section 2, kind ``math_verify``: ``verify(parse(gold), parse(response))``
+    with the gold wrapped in ``\\boxed{}`` (unless it already holds ``\\boxed``)
+    so that it parses as one answer. Any exception or timeout scores 0.0.
+    """
+    # math_verify enforces its timeouts with signal.alarm, which only works in
+    # the main thread; elsewhere it raises, so we run without its timeout.
+    in_main = threading.current_thread() is threading.main_thread()
+    parse_timeout = 5 if in_main else None
+    verify_timeout = 5 if in_main else None
+    # Imported here: math_verify pulls in sympy and a LaTeX parser (about a
+    # second), which runs that only use gsm8k or random rewards never need.
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    gold_wrapped = gold if "\\boxed" in gold else "\\boxed{" + gold + "}"
+    try:
+        parsed_gold = parse(gold_wrapped, parsing_timeout=parse_timeout)
+        parsed_response = parse(response, parsing_timeout=parse_timeout)
+        ok = verify(parsed_gold, parsed_response, timeout_seconds=verify_timeout)
+    except (Exception, TimeoutException):
+        # TimeoutException derives from BaseException, so it needs naming.
+        return 0.0
+    return 1.0 if ok else 0.0
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    """The responses to score, aligned index by index.
+
+    Attributes:
+        responses: ``[N]`` response texts.
+        golds: ``[N]`` gold answers (None where the dataset has none; only the
+            random kinds accept None).
+        seed: the run seed (non-negative).
+        step: the training step (non-negative).
+        prompt_indices: ``[N]`` index of each response's prompt in the dataset.
+        sample_indices: ``[N]`` index of each response within its group.
+        p: Bernoulli probability for ``random_bernoulli``.
+    """
+
+    responses: list[str]
+    golds: list[str | None]
+    seed: int
+    step: int
+    prompt_indices: list[int]
+    sample_indices: list[int]
+    p: float = 0.5
+
+    def __post_init__(self) -> None:
+        n = len(self.responses)
+        lengths = {
+            "golds": len(self.golds),
+            "prompt_indices": len(self.prompt_indices),
+            "sample_indices": len(self.sample_indices),
+        }
+        bad = {name: size for name, size in lengths.items() if size != n}
+        if bad:
+            raise ValueError(f"RewardBatch: {bad} must each have len(responses) = {n}")
+
+
+def _golds(kind: str, batch: RewardBatch) -> list[str]:
+    """The golds of a verifiable kind; a missing one is a data problem."""
+    for i, gold in enumerate(batch.golds):
+        if gold is None:
+            raise DataError(
+                f"reward.kind {kind!r} needs a gold answer for every response, but response {i} "
+                f"(prompt {batch.prompt_indices[i]}) has none; use a dataset with an answer column "
+                "or a random reward kind"
+            )
+    return batch.golds  # type: ignore[return-value]
+
+
+def _gsm8k(batch: RewardBatch) -> list[float]:
+    golds = _golds("gsm8k", batch)
+    try:
+        return [gsm8k_reward(r, g) for r, g in zip(batch.responses, golds)]
+    except ValueError as e:
+        raise DataError(f"reward.kind 'gsm8k': {e}") from e
+
+
+def _math_verify(batch: RewardBatch) -> list[float]:
+    golds = _golds("math_verify", batch)
+    return [math_verify_reward(r, g) for r, g in zip(batch.responses, golds)]
+
+
+def _rngs(batch: RewardBatch):
+    """One generator per response, keyed by (seed, step, prompt, sample)."""
+    for prompt_index, sample_index in zip(batch.prompt_indices, batch.sample_indices):
+        yield np.random.default_rng([batch.seed, batch.step, prompt_index, sample_index])
+
+
+def _random_bernoulli(batch: RewardBatch) -> list[float]:
+    if not 0.0 <= batch.p <= 1.0:
+        raise ConfigError(f"reward.p must be in [0, 1] for random_bernoulli, got {batch.p}")
+    return [1.0 if rng.random() < batch.p else 0.0 for rng in _rngs(batch)]
+
+
+def _random_gaussian(batch: RewardBatch) -> list[float]:
+    return [float(rng.standard_normal()) for rng in _rngs(batch)]
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """A reward kind: ``fn`` scores a batch; ``verifiable`` says it reads the gold."""
+
+    fn: Callable[[RewardBatch], list[float]]
+    verifiable: bool
+
+
+REWARDS: dict[str, RewardSpec] = {
+    "gsm8k": RewardSpec(_gsm8k, verifiable=True),
+    "math_verify": RewardSpec(_math_verify, verifiable=True),
+    "random_bernoulli": RewardSpec(_random_bernoulli, verifiable=False),
+    "random_gaussian": RewardSpec(_random_gaussian, verifiable=False),
+}
+
+
+def _spec(kind: str) -> RewardSpec:
+    if kind not in REWARDS:
+        raise ConfigError(f"unknown reward.kind {kind!r}; valid: {', '.join(REWARDS)}")
+    return REWARDS[kind]
+
+
+def compute_rewards(kind: str, batch: RewardBatch) -> list[float]:
+    """``[N]`` rewards of ``batch`` under reward ``kind`` (SPEC section 2).
+
+    Raises:
+        ConfigError: unknown ``kind``, or ``p`` outside [0, 1].
+        DataError: a verifiable kind met a missing or unreadable gold.
+    """
+    return _spec(kind).fn(batch)
+
+
+def is_verifiable(kind: str) -> bool:
+    """True if ``kind`` scores against a gold answer (SPEC section 2)."""
+    return _spec(kind).verifiable

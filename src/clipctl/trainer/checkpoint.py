@@ -1,0 +1,59 @@
+"""Checkpoints: HF-format model and tokenizer plus the trainer state, written atomically.
+
+``checkpoints/step-N/`` holds ``config.json``/``model.safetensors`` (and the
+tokenizer files), loadable by any HF tool, and ``trainer_state.pt`` with the
+optimizer, LR scheduler and RNG states. The folder is assembled under a hidden
+temp name and renamed, and ``trainer_state.pt`` is written last, so a folder
+named ``step-N`` with that file is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipctl.runlog import checkpoints
+
+
+def rng_states() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int) -> Path:
+    folder = Path(run_dir) / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=folder))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states(),
+    }
+    torch.save(state, tmp / "trainer_state.pt")
+    if final.exists():  # a stale copy of this step from an interrupted attempt
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for _, old in checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for leftover in folder.glob(".step-*"):  # temp folders of killed saves
+        shutil.rmtree(leftover, ignore_errors=True)
+    return final
+
+
+def load_trainer_state(ckpt_dir: Path) -> dict:
+    return torch.load(Path(ckpt_dir) / "trainer_state.pt", weights_only=False)

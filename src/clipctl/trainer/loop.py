@@ -1,0 +1,336 @@
+"""The GRPO step loop (SPEC section 1), single process: the reference trainer.
+
+One step, top to bottom (``Trainer.run_step``):
+
+1. take the step's ``P`` prompts (a pure function of seed and step) and sample
+   ``G`` responses each with the rollout engine;
+2. score them (``reward.kind``) and form group-relative advantages;
+3. recompute log-probs and entropy under ``pi_old`` with the trainer's model
+   (never the engine's), no gradient; ``entropy`` is paper Eq. 4;
+4. ``ppo_epochs`` passes over the batch in minibatches of ``M`` prompts; each
+   minibatch is one optimizer step, split into micro-batches whose losses use
+   the minibatch's normalisers, so the split never changes the gradient;
+   clip events and theory statistics are measured on each minibatch under the
+   current policy before its optimizer step;
+5. ``entropy_post``: Eq. 4 on the same batch after the last update.
+
+Departures from the textbook, each deliberate:
+
+1. The model runs in eval mode throughout (no dropout), so the first minibatch's
+   ratio is exactly 1 and a replayed step is exact.
+2. Old log-probs are computed with the same micro-batch boundaries as the first
+   epoch's updates, so the ratio is 1 bit-for-bit, not to rounding.
+3. Generation is seeded per step from (seed, step): a resumed run samples the
+   same responses without carrying a sampler state across processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from clipctl import algo
+from clipctl.config import Config, is_on_policy
+from clipctl.data import load_examples, step_prompt_indices
+from clipctl.models import load_model, load_tokenizer, resolve_model_path
+from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
+from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
+from clipctl.runlog import write_part
+
+Log = Callable[[str], None]
+
+# Columns of the steps table whose values depend on wall-clock time, not on the math.
+TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "step_seconds", "tokens_per_second")
+
+
+def derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+@dataclass
+class StepOutput:
+    metrics: dict
+    updates: list[dict] = field(default_factory=list)
+    samples: list[dict] = field(default_factory=list)
+    tokens: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Holds the model, optimizer, data and engine; ``run_step(step)`` does one step."""
+
+    def __init__(self, cfg: Config, *, init_path: Optional[str] = None, log: Optional[Log] = None):
+        self.cfg = cfg
+        self.log = log or (lambda msg: None)
+        torch.manual_seed(cfg.train.seed)
+        path = init_path or resolve_model_path(cfg.model.path, self.log)
+        self.model_path = path
+        self.tokenizer = load_tokenizer(path)
+        self.model = load_model(path, cfg.model.dtype)
+        self.model.eval()
+        self.examples = load_examples(cfg.data, self.tokenizer, need_gold=is_verifiable(cfg.reward.kind))
+        o = cfg.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+        )
+        warmup = o.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0
+        )
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer)
+        if is_on_policy(cfg):
+            self.log(
+                "warning: one minibatch and one epoch per step: every update is on-policy (ratio 1), "
+                "so clipping cannot bite; lower train.minibatch_prompts or raise train.ppo_epochs"
+            )
+
+    # ------------------------------------------------------------ forward passes
+
+    def _response_logits(self, batch: RolloutBatch, rows: slice) -> torch.Tensor:
+        """``[n, Tr, V]`` logits predicting each response token of ``rows``."""
+        ids = torch.cat([batch.prompt_ids[rows], batch.response_ids[rows]], dim=1)
+        attn = torch.cat([batch.prompt_mask[rows], batch.response_mask[rows]], dim=1)
+        # Positions as generate() assigns them with left padding.
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        width = batch.response_ids.shape[1]
+        device = next(self.model.parameters()).device
+        out = self.model(
+            input_ids=ids.to(device),
+            attention_mask=attn.to(device),
+            position_ids=positions.to(device),
+            logits_to_keep=width + 1,
+            use_cache=False,
+        )
+        return out.logits[:, :-1]
+
+    def _logp_entropy(self, batch: RolloutBatch, rows: slice, with_entropy: bool = True):
+        logits = self._response_logits(batch, rows)
+        targets = batch.response_ids[rows].to(logits.device)
+        return algo.token_logprobs_and_entropy(
+            logits,
+            targets,
+            temperature=self.cfg.rollout.temperature,
+            chunk_rows=self.cfg.train.logit_chunk_rows,
+            with_entropy=with_entropy,
+        )
+
+    def _micro_slices(self, start: int, stop: int):
+        size = self.cfg.train.micro_batch_size
+        for s in range(start, stop, size):
+            yield slice(s, min(s + size, stop))
+
+    def _minibatch_bounds(self, n_rows: int):
+        per = self.cfg.train.minibatch_prompts * self.cfg.rollout.n
+        return [(s, min(s + per, n_rows)) for s in range(0, n_rows, per)]
+
+    @torch.no_grad()
+    def policy_stats(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logp [N, Tr], entropy [N, Tr])`` of the batch under the current policy."""
+        logps, ents = [], []
+        for lo, hi in self._minibatch_bounds(len(batch)):
+            for rows in self._micro_slices(lo, hi):
+                logp, ent = self._logp_entropy(batch, rows)
+                logps.append(logp.cpu())
+                ents.append(ent.cpu())
+        return torch.cat(logps), torch.cat(ents)
+
+    # ------------------------------------------------------------ one step
+
+    def rollout(self, step: int):
+        cfg = self.cfg
+        P, G = cfg.train.rollout_batch_prompts, cfg.rollout.n
+        idx = step_prompt_indices(len(self.examples), P, step, cfg.train.seed)
+        prompts = [self.examples[i] for i in idx]
+        params = SamplingParams(
+            n=G,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            seed=derived_seed(cfg.train.seed, step, 1),
+        )
+        batch = self.engine.generate([p.prompt_ids for p in prompts], params)
+        rewards = compute_rewards(
+            cfg.reward.kind,
+            RewardBatch(
+                responses=batch.response_text,
+                golds=[p.gold for p in prompts for _ in range(G)],
+                seed=cfg.train.seed,
+                step=step,
+                prompt_indices=[j for j in range(P) for _ in range(G)],
+                sample_indices=[g for _ in range(P) for g in range(G)],
+                p=cfg.reward.p,
+            ),
+        )
+        return prompts, batch, torch.tensor(rewards, dtype=torch.float32)
+
+    def update_minibatch(self, batch, lo, hi, old_logp, adv, *, eps_low, eps_high, dual_clip_c):
+        """One optimizer step on rows ``lo:hi``; returns (stat sums, loss, kl sum, grad norm)."""
+        a, mask = self.cfg.algo, batch.response_mask
+        n_seqs = hi - lo
+        n_tokens = mask[lo:hi].sum().item()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = None
+        loss_total = 0.0
+        kl_sum = 0.0
+        for rows in self._micro_slices(lo, hi):
+            logp, ent = self._logp_entropy(batch, rows)
+            logp = logp.cpu() if logp.device.type != "cpu" else logp
+            m = mask[rows]
+            loss = algo.policy_loss(
+                logp,
+                old_logp[rows],
+                adv[rows],
+                m,
+                eps_low=eps_low,
+                eps_high=eps_high,
+                loss_agg=a.loss_agg,
+                dual_clip_c=dual_clip_c,
+                max_new_tokens=self.cfg.rollout.max_new_tokens,
+                num_seqs=n_seqs,
+                num_tokens=n_tokens,
+            )
+            loss.backward()
+            loss_total += loss.item()
+            part = algo.clip_stat_sums(
+                logp, old_logp[rows], adv[rows], m, ent.cpu(),
+                eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c,
+            )
+            sums = part if sums is None else algo.add_sums(sums, part)
+            with torch.no_grad():
+                lr_ = algo.log_ratio(logp.detach(), old_logp[rows])
+                k3 = torch.exp(lr_) - 1.0 - lr_  # unbiased estimator of KL(pi_old || pi_theta)
+                kl_sum += torch.where(m.bool(), k3, torch.zeros_like(k3)).sum().item()
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        return sums, loss_total, kl_sum, grad_norm
+
+    def run_step(self, step: int) -> StepOutput:
+        cfg = self.cfg
+        a, G = cfg.algo, cfg.rollout.n
+        t0 = time.perf_counter()
+        prompts, batch, rewards = self.rollout(step)
+        t_rollout = time.perf_counter() - t0
+
+        adv = algo.group_advantages(rewards, G, a.adv_norm)
+        mask = batch.response_mask
+        old_logp, old_ent = self.policy_stats(batch)
+
+        t1 = time.perf_counter()
+        updates, step_sums = [], None
+        losses, kls, norms = [], 0.0, []
+        opt_index = 0
+        for epoch in range(cfg.train.ppo_epochs):
+            for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(batch))):
+                lr = self.scheduler.get_last_lr()[0]
+                sums, loss, kl_sum, grad_norm = self.update_minibatch(
+                    batch, lo, hi, old_logp, adv,
+                    eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c,
+                )
+                step_sums = sums if step_sums is None else algo.add_sums(step_sums, sums)
+                n_tok = float(sums["n_tokens"])
+                updates.append(
+                    {
+                        "step": step, "epoch": epoch, "minibatch": mb, "update": opt_index,
+                        "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan,
+                        "grad_norm": grad_norm, "lr": lr,
+                        **algo.finalize_clip_stats(sums),
+                        **{k: float(v) for k, v in sums.items()},
+                    }
+                )
+                losses.append(loss)
+                kls += kl_sum
+                norms.append(grad_norm)
+                opt_index += 1
+        t_update = time.perf_counter() - t1
+
+        if cfg.log.entropy_post:
+            _, post_ent = self.policy_stats(batch)
+            entropy_post = algo.sequence_mean_entropy(post_ent, mask).item()
+            entropy_post_token_mean = algo.token_mean_entropy(post_ent, mask).item()
+        else:
+            entropy_post = entropy_post_token_mean = math.nan
+        step_seconds = time.perf_counter() - t0
+
+        lengths = mask.sum(-1).float()
+        n_tokens = float(lengths.sum())
+        verifiable = is_verifiable(cfg.reward.kind)
+        metrics = {
+            "step": step,
+            "entropy": algo.sequence_mean_entropy(old_ent, mask).item(),
+            "entropy_token_mean": algo.token_mean_entropy(old_ent, mask).item(),
+            "entropy_post": entropy_post,
+            "entropy_post_token_mean": entropy_post_token_mean,
+            **algo.finalize_clip_stats(step_sums),
+            "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std(unbiased=False).item(),
+            "accuracy": (rewards > 0.5).float().mean().item() if verifiable else math.nan,
+            "zero_std_group_frac": algo.zero_std_group_frac(rewards, G).item(),
+            "adv_abs_mean": adv.abs().mean().item(),
+            "response_length_mean": lengths.mean().item(),
+            "response_length_max": lengths.max().item(),
+            "truncated_frac": batch.truncated.float().mean().item(),
+            "loss": float(np.mean(losses)),
+            "approx_kl": kls / float(step_sums["n_tokens"]) if float(step_sums["n_tokens"]) else math.nan,
+            "grad_norm": float(np.mean(norms)),
+            "lr": self.scheduler.get_last_lr()[0],
+            "n_updates": opt_index,
+            "n_tokens": n_tokens,
+            "rollout_seconds": t_rollout,
+            "update_seconds": t_update,
+            "step_seconds": step_seconds,
+            "tokens_per_second": n_tokens / step_seconds if step_seconds > 0 else math.nan,
+        }
+        out = StepOutput(metrics, updates)
+        if cfg.log.samples_every and step % cfg.log.samples_every == 0:
+            out.samples = self._sample_rows(step, prompts, batch, rewards, adv)
+        if cfg.log.token_sample_rate > 0:
+            out.tokens = self._token_rows(step, batch, old_logp, old_ent, adv)
+        return out
+
+    # ------------------------------------------------------------ optional logs
+
+    def _sample_rows(self, step, prompts, batch, rewards, adv) -> list[dict]:
+        G = self.cfg.rollout.n
+        rows = []
+        for i, text in enumerate(batch.response_text):
+            ex = prompts[i // G]
+            rows.append(
+                {
+                    "step": step, "prompt_index": ex.index, "group": i // G, "sample": i % G,
+                    "prompt": ex.prompt, "response": text, "gold": ex.gold,
+                    "reward": float(rewards[i]), "advantage": float(adv[i]),
+                    "length": int(batch.response_mask[i].sum()), "truncated": bool(batch.truncated[i]),
+                }
+            )
+        return rows
+
+    def _token_rows(self, step, batch, old_logp, old_ent, adv) -> list[dict]:
+        gen = torch.Generator().manual_seed(derived_seed(self.cfg.train.seed, step, 2))
+        valid = batch.response_mask.bool()
+        keep = valid & (torch.rand(valid.shape, generator=gen) < self.cfg.log.token_sample_rate)
+        rows = []
+        for i, t in keep.nonzero().tolist():
+            rows.append(
+                {
+                    "step": step, "row": i, "position": t, "token_id": int(batch.response_ids[i, t]),
+                    "logp_old": float(old_logp[i, t]), "entropy": float(old_ent[i, t]),
+                    "advantage": float(adv[i]),
+                }
+            )
+        return rows
+
+
+def write_step(run_dir: Path, out: StepOutput) -> None:
+    """Write the step's parts; the steps part last, so a step row implies its other parts."""
+    step = out.metrics["step"]
+    for table, rows in (("updates", out.updates), ("samples", out.samples), ("tokens", out.tokens)):
+        if rows:
+            write_part(run_dir, table, step, rows)
+    write_part(run_dir, "steps", step, [out.metrics])
