@@ -98,6 +98,9 @@ class LogConfig:
     samples_every: int = _f(5, "write prompt/response/reward rows every N steps (0 = never)")
     token_sample_rate: float = _f(0.0, "share of valid tokens written as per-token rows (0 = none)")
     entropy_post: bool = _f(True, "measure Eq. 4 entropy on the step's batch after its last update")
+    clip_probe_every: int = _f(
+        0, "replay every Nth step without clipping to log clip-attributed entropy change (SPEC 7b; 0 = off)"
+    )
 
 
 @dataclass(frozen=True)
@@ -338,6 +341,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.reward.kind in REWARDS, f"reward.kind={cfg.reward.kind!r} is unknown; valid: {', '.join(REWARDS)}")
     _require(0 <= cfg.reward.p <= 1, f"reward.p={cfg.reward.p} must be in [0, 1]")
     _require(cfg.log.samples_every >= 0, f"log.samples_every={cfg.log.samples_every} must be >= 0")
+    _require(cfg.log.clip_probe_every >= 0, f"log.clip_probe_every={cfg.log.clip_probe_every} must be >= 0 (0 = off)")
     _require(0 <= cfg.log.token_sample_rate <= 1, f"log.token_sample_rate={cfg.log.token_sample_rate} must be in [0, 1]")
 
 

@@ -196,7 +196,9 @@ def test_gradcheck_of_the_full_reference_agrees_with_analytic_gradient():
     """Jacobian of token_logprobs == Jacobian of the float64 log-softmax reference."""
     logits, targets = random_logits(6, (4, 6), F64, scale=1.0)
     for tau in (1.0, 0.7):
-        jac = torch.autograd.functional.jacobian(lambda x: token_logprobs(x, targets, temperature=tau, chunk_rows=3).double(), logits)
+        jac = torch.autograd.functional.jacobian(
+            lambda x: token_logprobs(x, targets, temperature=tau, chunk_rows=3).double(), logits
+        )
         ref = torch.autograd.functional.jacobian(lambda x: full_logprobs(x, targets, tau), logits)
         torch.testing.assert_close(jac, ref, **TOL)
 

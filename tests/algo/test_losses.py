@@ -300,7 +300,8 @@ def test_gradient_zero_exactly_on_active_clips_hand_built():
         (None, [1, 0, 1, 0, 0, 0, 0, 1]),
     ]:
         logp = t64([[math.log(r) for r in ratios]]).requires_grad_()
-        policy_loss(logp, old, adv, mask, eps_low=0.2, eps_high=0.28, dual_clip_c=dual, loss_agg="seq-mean-token-sum").backward()
+        kw = dict(eps_low=0.2, eps_high=0.28, dual_clip_c=dual, loss_agg="seq-mean-token-sum")
+        policy_loss(logp, old, adv, mask, **kw).backward()
         assert (logp.grad == 0).int().tolist() == [zero]
         # dL_t/dlogp_t = -A r on the others: 0.5, 1.5, -1, 1 (and 4 without dual clip)
         expected = [0.0 if z else -a * r for z, a, r in zip(zero, adv[0].tolist(), ratios)]
@@ -429,15 +430,7 @@ def test_advantages_1d_and_2d_agree(agg, eps_low, eps_high, dual_clip_c):
         (dict(eps_low=0.2, eps_high=0.0), "eps_high"),
         (dict(eps_low=0.2, eps_high=-0.5), "eps_high"),
         (dict(eps_low=0.2, eps_high=float("nan")), "eps_high"),
-        pytest.param(
-            dict(eps_low=0.2, eps_high=-INF),
-            "eps_high",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: policy_loss accepts eps_high=-inf (check is `eps_high > 0 or isinf`); "
-                "SPEC 4 requires (0, inf]; the loss then comes out +inf",
-            ),
-        ),
+        (dict(eps_low=0.2, eps_high=-INF), "eps_high"),
         (dict(eps_low=0.2, eps_high=0.2, dual_clip_c=1.0), "dual_clip_c"),
         (dict(eps_low=0.2, eps_high=0.2, dual_clip_c=0.5), "dual_clip_c"),
     ],
@@ -448,7 +441,14 @@ def test_invalid_clip_parameters_raise(kw, match):
         policy_loss(logp, old, adv, mask, **kw)
 
 
-@pytest.mark.parametrize("kw", [dict(eps_low=1.0, eps_high=INF), dict(eps_low=1e-6, eps_high=1e-6), dict(eps_low=0.2, eps_high=0.28, dual_clip_c=1.0001)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(eps_low=1.0, eps_high=INF),
+        dict(eps_low=1e-6, eps_high=1e-6),
+        dict(eps_low=0.2, eps_high=0.28, dual_clip_c=1.0001),
+    ],
+)
 def test_boundary_clip_parameters_accepted(kw):
     logp, old, adv, mask = hand_batch()
     assert torch.isfinite(policy_loss(logp, old, adv, mask, **kw))

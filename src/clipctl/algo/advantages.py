@@ -64,6 +64,10 @@ def group_advantages(rewards: torch.Tensor, group_size: int, norm: str = "none")
 
 def zero_std_group_frac(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """Share of groups whose rewards are all equal (their advantages are all 0)."""
+    if group_size < 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"number of rewards ({rewards.numel()}) must be a multiple of group_size ({group_size})"
+        )
     grouped = rewards.view(-1, group_size)
     same = (grouped == grouped[:, :1]).all(dim=1)
     return same.float().mean()

@@ -83,16 +83,19 @@ def token_entropy(
 ) -> torch.Tensor:
     """``H_t = -sum_a pi(a) log pi(a)`` of ``softmax(logits / temperature)`` per row.
 
-    ``H = logsumexp(x) - sum_a softmax(x)_a x_a`` with ``x = logits / tau``.
+    ``H = -sum_a p_a log p_a`` with ``log p = x - logsumexp(x)``, ``x = logits / tau``.
     Returns ``[...]`` float32 with no gradient (entropy is a metric here).
     """
     rows = _rows(logits)
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=logits.device)
     for start in range(0, rows.shape[0], chunk_rows):
         x = rows[start : start + chunk_rows].float() / temperature
-        lse = torch.logsumexp(x, dim=-1, keepdim=True)
-        probs = torch.exp(x - lse)
-        out[start : start + chunk_rows] = lse.squeeze(-1) - (probs * x).sum(-1)
+        logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
+        probs = torch.exp(logp)
+        # -sum p log p on normalised log-probs keeps float32 precision for large
+        # logits; where() makes 0 * log 0 = 0 for banned (-inf) logits.
+        plogp = torch.where(probs > 0, probs * logp, torch.zeros_like(probs))
+        out[start : start + chunk_rows] = -plogp.sum(-1)
     return out.view(logits.shape[:-1])
 
 

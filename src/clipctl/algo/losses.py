@@ -139,7 +139,7 @@ def policy_loss(
     """
     if not 0.0 < eps_low <= 1.0:
         raise ValueError(f"eps_low must be in (0, 1], got {eps_low}")
-    if not (eps_high > 0.0 or math.isinf(eps_high)):
+    if not eps_high > 0.0:  # also rejects NaN and -inf; +inf is > 0
         raise ValueError(f"eps_high must be in (0, inf], got {eps_high}")
     if dual_clip_c is not None and not dual_clip_c > 1.0:
         raise ValueError(f"dual_clip_c must be > 1, got {dual_clip_c}")

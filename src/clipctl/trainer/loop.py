@@ -26,6 +26,7 @@ Departures from the textbook, each deliberate:
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,7 +47,16 @@ from clipctl.runlog import write_part
 Log = Callable[[str], None]
 
 # Columns of the steps table whose values depend on wall-clock time, not on the math.
-TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "step_seconds", "tokens_per_second")
+# SPEC 7b columns; NaN on steps that are not probed.
+PROBE_COLUMNS = (
+    "entropy_post_noclip",
+    "entropy_post_lowonly",
+    "entropy_post_highonly",
+    "clip_attributed_dH",
+    "clip_low_attributed_dH",
+    "clip_high_attributed_dH",
+)
+TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
 
 
 def derived_seed(*parts: int) -> int:
@@ -211,6 +221,83 @@ class Trainer:
         self.scheduler.step()
         return sums, loss_total, kl_sum, grad_norm
 
+    def update_epochs(self, step, batch, old_logp, adv, *, eps_low, eps_high, dual_clip_c):
+        """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
+        updates, step_sums = [], None
+        losses, kls, norms = [], 0.0, []
+        for epoch in range(self.cfg.train.ppo_epochs):
+            for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(batch))):
+                lr = self.scheduler.get_last_lr()[0]
+                sums, loss, kl_sum, grad_norm = self.update_minibatch(
+                    batch, lo, hi, old_logp, adv, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
+                )
+                step_sums = sums if step_sums is None else algo.add_sums(step_sums, sums)
+                n_tok = float(sums["n_tokens"])
+                updates.append(
+                    {
+                        "step": step, "epoch": epoch, "minibatch": mb, "update": len(updates),
+                        "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan,
+                        "grad_norm": grad_norm, "lr": lr,
+                        **algo.finalize_clip_stats(sums),
+                        **{k: float(v) for k, v in sums.items()},
+                    }
+                )
+                losses.append(loss)
+                kls += kl_sum
+                norms.append(grad_norm)
+        return updates, step_sums, losses, kls, norms
+
+    # ------------------------------------------------------------ clip probe (SPEC 7b)
+
+    def _snapshot(self) -> dict:
+        """Host copies of weights, optimizer and scheduler state (deep: AdamW updates in place)."""
+        return {
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "scheduler": copy.deepcopy(self.scheduler.state_dict()),
+        }
+
+    def _restore(self, snap: dict) -> None:
+        self.model.load_state_dict(snap["model"])
+        # load_state_dict keeps references to the given tensors: hand it a copy so
+        # the snapshot survives the replay's in-place optimizer updates.
+        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
+        self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
+
+    def clip_probe(self, step, batch, old_logp, adv, start_state, entropy_post) -> dict:
+        """Replay the step's updates from ``start_state`` without clipping (SPEC 7b).
+
+        Three replays on the same samples, advantages, minibatches and order:
+        no clipping; clip-low only; clip-high only (dual clip off in all three).
+        Eq. 4 entropy is measured on the step's batch after each; the real
+        post-step state is restored at the end, so probing changes nothing else.
+        """
+        a = self.cfg.algo
+        real_state = self._snapshot()
+        replays = {
+            "noclip": (1.0, math.inf),
+            "lowonly": (a.eps_low, math.inf),
+            "highonly": (1.0, a.eps_high),
+        }
+        post = {}
+        for label, (eps_low, eps_high) in replays.items():
+            self._restore(start_state)
+            self.update_epochs(step, batch, old_logp, adv, eps_low=eps_low, eps_high=eps_high, dual_clip_c=None)
+            _, ent = self.policy_stats(batch)
+            post[label] = algo.sequence_mean_entropy(ent, batch.response_mask).item()
+        self._restore(real_state)
+        if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
+            _, ent = self.policy_stats(batch)
+            entropy_post = algo.sequence_mean_entropy(ent, batch.response_mask).item()
+        return {
+            "entropy_post_noclip": post["noclip"],
+            "entropy_post_lowonly": post["lowonly"],
+            "entropy_post_highonly": post["highonly"],
+            "clip_attributed_dH": entropy_post - post["noclip"],
+            "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
+            "clip_high_attributed_dH": post["highonly"] - post["noclip"],
+        }
+
     def run_step(self, step: int) -> StepOutput:
         cfg = self.cfg
         a, G = cfg.algo, cfg.rollout.n
@@ -222,32 +309,15 @@ class Trainer:
         mask = batch.response_mask
         old_logp, old_ent = self.policy_stats(batch)
 
+        probe = self.cfg.log.clip_probe_every and step % self.cfg.log.clip_probe_every == 0
+        if probe:
+            start_state = self._snapshot()
+
         t1 = time.perf_counter()
-        updates, step_sums = [], None
-        losses, kls, norms = [], 0.0, []
-        opt_index = 0
-        for epoch in range(cfg.train.ppo_epochs):
-            for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(batch))):
-                lr = self.scheduler.get_last_lr()[0]
-                sums, loss, kl_sum, grad_norm = self.update_minibatch(
-                    batch, lo, hi, old_logp, adv,
-                    eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c,
-                )
-                step_sums = sums if step_sums is None else algo.add_sums(step_sums, sums)
-                n_tok = float(sums["n_tokens"])
-                updates.append(
-                    {
-                        "step": step, "epoch": epoch, "minibatch": mb, "update": opt_index,
-                        "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan,
-                        "grad_norm": grad_norm, "lr": lr,
-                        **algo.finalize_clip_stats(sums),
-                        **{k: float(v) for k, v in sums.items()},
-                    }
-                )
-                losses.append(loss)
-                kls += kl_sum
-                norms.append(grad_norm)
-                opt_index += 1
+        updates, step_sums, losses, kls, norms = self.update_epochs(
+            step, batch, old_logp, adv, eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c
+        )
+        opt_index = len(updates)
         t_update = time.perf_counter() - t1
 
         if cfg.log.entropy_post:
@@ -256,6 +326,11 @@ class Trainer:
             entropy_post_token_mean = algo.token_mean_entropy(post_ent, mask).item()
         else:
             entropy_post = entropy_post_token_mean = math.nan
+        t2 = time.perf_counter()
+        attributed = self.clip_probe(step, batch, old_logp, adv, start_state, entropy_post) if probe else {
+            k: math.nan for k in PROBE_COLUMNS
+        }
+        probe_seconds = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
 
         lengths = mask.sum(-1).float()
@@ -268,6 +343,7 @@ class Trainer:
             "entropy_post": entropy_post,
             "entropy_post_token_mean": entropy_post_token_mean,
             **algo.finalize_clip_stats(step_sums),
+            **attributed,
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
             "accuracy": (rewards > 0.5).float().mean().item() if verifiable else math.nan,
@@ -281,6 +357,7 @@ class Trainer:
             "grad_norm": float(np.mean(norms)),
             "lr": self.scheduler.get_last_lr()[0],
             "n_updates": opt_index,
+            "probe_seconds": probe_seconds,
             "n_tokens": n_tokens,
             "rollout_seconds": t_rollout,
             "update_seconds": t_update,

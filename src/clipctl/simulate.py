@@ -1,0 +1,577 @@
+"""The paper's toy setting (arXiv 2509.26114, Section 2.1) simulated exactly.
+
+One state, a tabular softmax policy ``pi = softmax(theta)`` over ``A`` actions,
+random rewards with a symmetric advantage. Two tools:
+
+1. ``check_theorems``: for random pairs ``(pi_old, pi_k)`` take one exact step
+   on the *expected* clipped objective
+   ``J(pi) = E_{a ~ pi_old} E_A [ C_eps(pi(a) / pi_old(a), A) ]``
+   (``C_eps = -L_t`` of SPEC 4, computed with ``clipctl.algo``) and compare the
+   true entropy change with the first-order predictions of Theorems 1 and 2:
+
+   - policy gradient (paper Eq. 5): ``theta' = theta + eta * grad_theta J``;
+   - natural policy gradient (Eq. 6): ``pi' ∝ pi ∘ exp(eta * grad_pi J)``,
+     ``grad_pi`` taken with the entries of ``pi`` as free variables.
+
+   The advantage takes ``+mu`` and ``-mu`` with probability ``nu`` each (zero
+   otherwise), so ``E[A] = 0``, ``P(A > 0) = P(A < 0) = nu``,
+   ``E[A | A > 0] = mu``, exactly the paper's assumptions. With one state and
+   one token per response, ``d(s) = 1``; Appendix A/B then give
+   ``grad_theta J = mu nu pi_k (h - E_{pi_k} h)`` and ``grad_pi J = mu nu h``
+   with ``h = 1_X - 1_Y``, so the predictions carry the factor ``mu nu eta``.
+   Both gradients come from autograd on the library's loss; a test checks
+   them against these closed forms.
+
+2. ``run_dynamics``: a GRPO-like loop on the same tabular policy, written as
+   clipctl run directories (``run.json`` + ``steps``/``updates`` Parquet
+   parts) so ``analyze-clip-stats`` and ``plot`` read them like real runs.
+
+Departures from the trainer (``clipctl.trainer``), each deliberate:
+
+1. Every quantity is exact for the tabular policy: ``entropy`` is
+   ``H(softmax(theta))``, not an estimate; a "response" is one token, so
+   Eq. 4 and the token mean coincide.
+2. The optimizer is plain SGD on the logits (the paper's Eq. 5 model), not
+   AdamW; ``--optimizer adam`` is available.
+3. Each table is written as one part after the run (its rows are all known
+   then); ``read_run`` concatenates parts, so readers see the usual tables.
+4. Every step is probed (SPEC 7b): the step's updates are replayed from the
+   same logits and optimizer state with no clipping, clip-low only and
+   clip-high only; replays are cheap here.
+
+Run it::
+
+    clipctl simulate --check --actions 20 --eta 1e-3 --trials 20
+    clipctl simulate --dynamics --grid 0.2/0.2,0.2/inf,1.0/0.2 --out sim-runs
+    clipctl analyze-clip-stats sim-runs
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from clipctl import algo
+from clipctl.errors import ClipctlError
+from clipctl.runlog import atomic_write_json, write_part
+
+REWARD_KINDS = {"bernoulli": "random_bernoulli", "gaussian": "random_gaussian"}
+OPTIMIZERS = ("sgd", "adam")
+
+
+class SimulateError(ClipctlError):
+    """Invalid simulation settings."""
+
+
+# ---------------------------------------------------------------- exact tabular quantities
+
+
+def entropy_of(logits: torch.Tensor) -> torch.Tensor:
+    """``H = -sum_a pi(a) log pi(a)`` of ``softmax(logits)`` (float64 in, scalar out)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def _entropy_of_probs(pi: torch.Tensor) -> float:
+    return float(-(pi * torch.log(pi)).sum())
+
+
+def expected_clipped_objective(
+    logp: torch.Tensor, old_logp: torch.Tensor, *, eps_low: float, eps_high: float, mu: float = 1.0, nu: float = 0.5
+) -> torch.Tensor:
+    """``J = E_{a ~ pi_old} E_A [C_eps(r(a), A)]`` for one state, differentiable in ``logp``.
+
+    Args:
+        logp: ``[A]`` log pi(a) of every action (the policy being optimised).
+        old_logp: ``[A]`` log pi_old(a).
+        mu, nu: the advantage is ``+mu`` or ``-mu`` with probability ``nu`` each.
+    ``C_eps = -L_t`` with ``L_t`` from ``clipctl.algo.per_token_clipped_loss``.
+    """
+    n = logp.shape[0]
+    adv = torch.tensor([mu, -mu], dtype=logp.dtype).expand(n, 2)
+    loss = algo.per_token_clipped_loss(
+        logp.unsqueeze(-1).expand(n, 2), old_logp.unsqueeze(-1).expand(n, 2), adv, eps_low=eps_low, eps_high=eps_high
+    )
+    return (old_logp.exp().unsqueeze(-1) * nu * -loss).sum()
+
+
+def region_masks(pi: torch.Tensor, pi_old: torch.Tensor, eps_low: float, eps_high: float):
+    """Boolean ``[A]`` masks of X (``r < 1 - eps_low``) and Y (``r > 1 + eps_high``), ``r = pi / pi_old``."""
+    r = pi / pi_old
+    return r < 1.0 - eps_low, r > 1.0 + eps_high
+
+
+def theory_brackets(pi: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> dict[str, float]:
+    """Exact Theorem 1/2 terms at one state, expectations under ``pi`` (= pi_k).
+
+    Returns ``p, q`` and the four brackets; an empty region's bracket is NaN and
+    its contribution (``p * bracket``) is 0.
+    """
+    pi = pi.double()
+    logp = torch.log(pi)
+    H = float(-(pi * logp).sum())
+    Q = pi * (logp + H)
+    p, q = float(pi[X].sum()), float(pi[Y].sum())
+    EQ = float((pi * Q).sum())
+
+    def cond(x: torch.Tensor, m: torch.Tensor) -> float:
+        w = float(pi[m].sum())
+        return float((pi[m] * x[m]).sum()) / w if w > 0 else math.nan
+
+    out = {
+        "p": p,
+        "q": q,
+        "entropy": H,
+        "thm1_low": EQ - cond(Q, X),
+        "thm1_high": EQ - cond(Q, Y),
+        "thm2_low": cond(-logp, X) - H,
+        "thm2_high": cond(-logp, Y) - H,
+    }
+    for thm in ("thm1", "thm2"):
+        low = p * out[f"{thm}_low"] if p > 0 else 0.0
+        high = q * out[f"{thm}_high"] if q > 0 else 0.0
+        out[f"{thm}_drift"] = low - high
+    return out
+
+
+# ---------------------------------------------------------------- (a) --check
+
+
+@dataclass
+class CheckResult:
+    """One random (pi_old, pi_k) pair: actual entropy changes next to the predictions.
+
+    ``*_rel_err = |actual - predicted| / |predicted|`` at step size ``eta``.
+    ``*_order = log10(abs error at eta / abs error at eta / 10)``: about 2 when
+    the mismatch is the O(eta^2) remainder of a correct first-order formula;
+    it stays meaningful where the first-order change itself is near zero and
+    the relative error is therefore large.
+    """
+
+    trial: int
+    p: float
+    q: float
+    entropy: float
+    dH_pg: float
+    thm1_pred: float
+    thm1_rel_err: float
+    thm1_order: float
+    dH_npg: float
+    thm2_pred: float
+    thm2_rel_err: float
+    thm2_order: float
+
+
+def pg_step(theta: torch.Tensor, old_logp: torch.Tensor, eta: float, **kw) -> torch.Tensor:
+    """Paper Eq. 5: ``theta + eta * grad_theta J(theta)`` (exact expected gradient)."""
+    theta = theta.detach().clone().requires_grad_(True)
+    J = expected_clipped_objective(torch.log_softmax(theta, -1), old_logp, **kw)
+    (grad,) = torch.autograd.grad(J, theta)
+    return (theta + eta * grad).detach()
+
+
+def npg_step(pi: torch.Tensor, old_logp: torch.Tensor, eta: float, **kw) -> torch.Tensor:
+    """Paper Eq. 6: ``pi ∘ exp(eta * grad_pi J(pi))``, renormalised; ``grad_pi`` treats ``pi(a)`` as free."""
+    pi = pi.detach().clone().requires_grad_(True)
+    J = expected_clipped_objective(torch.log(pi), old_logp, **kw)
+    (grad,) = torch.autograd.grad(J, pi)
+    new = pi.detach() * torch.exp(eta * grad)
+    return new / new.sum()
+
+
+def random_policy_pair(
+    gen: torch.Generator, actions: int, *, eps_low: float, eps_high: float, spread: float = 1.0, shift: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``(theta_old, theta_k)`` with ``theta_k = theta_old + N(0, shift^2)``, redrawn until X and Y are non-empty."""
+    for _ in range(1000):
+        old = torch.randn(actions, generator=gen, dtype=torch.float64) * spread
+        new = old + torch.randn(actions, generator=gen, dtype=torch.float64) * shift
+        X, Y = region_masks(torch.softmax(new, -1), torch.softmax(old, -1), eps_low, eps_high)
+        if X.any() and Y.any():
+            return old, new
+    raise SimulateError(
+        f"could not draw a policy pair with both clip regions non-empty for eps_low={eps_low}, "
+        f"eps_high={eps_high}; use finite eps values below 1 or more actions"
+    )
+
+
+def check_theorems(
+    *,
+    actions: int = 20,
+    eta: float = 1e-3,
+    trials: int = 20,
+    seed: int = 0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    mu: float = 1.0,
+    nu: float = 0.5,
+) -> list[CheckResult]:
+    """Theorems 1 and 2 against one exact PG / NPG step on random policy pairs."""
+    if actions < 2:
+        raise SimulateError(f"--actions must be at least 2, got {actions}")
+    if not eta > 0:
+        raise SimulateError(f"--eta must be positive, got {eta}")
+    if trials < 1:
+        raise SimulateError(f"--trials must be at least 1, got {trials}")
+    _check_eps(eps_low, eps_high)
+    if math.isinf(eps_high) or eps_low >= 1.0:
+        raise SimulateError("--check needs both clip regions: use eps_low < 1 and a finite eps_high")
+    gen = torch.Generator().manual_seed(seed)
+    kw = dict(eps_low=eps_low, eps_high=eps_high, mu=mu, nu=nu)
+    results = []
+    for trial in range(trials):
+        theta_old, theta = random_policy_pair(gen, actions, eps_low=eps_low, eps_high=eps_high)
+        old_logp = torch.log_softmax(theta_old, -1)
+        pi = torch.softmax(theta, -1)
+        X, Y = region_masks(pi, old_logp.exp(), eps_low, eps_high)
+        t = theory_brackets(pi, X, Y)
+        H0 = float(entropy_of(theta))
+        row = {}
+        for step_eta, tag in ((eta, ""), (eta / 10, "_small")):
+            scale = mu * nu * step_eta  # mu nu eta d(s), d(s) = 1 for the single state
+            row["dH_pg" + tag] = float(entropy_of(pg_step(theta, old_logp, step_eta, **kw))) - H0
+            row["dH_npg" + tag] = _entropy_of_probs(npg_step(pi, old_logp, step_eta, **kw)) - H0
+            row["thm1" + tag] = scale * t["thm1_drift"]
+            row["thm2" + tag] = scale * t["thm2_drift"]
+        results.append(
+            CheckResult(
+                trial=trial, p=t["p"], q=t["q"], entropy=H0,
+                dH_pg=row["dH_pg"], thm1_pred=row["thm1"], thm1_rel_err=_rel_err(row["dH_pg"], row["thm1"]),
+                thm1_order=_order(row["dH_pg"] - row["thm1"], row["dH_pg_small"] - row["thm1_small"]),
+                dH_npg=row["dH_npg"], thm2_pred=row["thm2"], thm2_rel_err=_rel_err(row["dH_npg"], row["thm2"]),
+                thm2_order=_order(row["dH_npg"] - row["thm2"], row["dH_npg_small"] - row["thm2_small"]),
+            )
+        )
+    return results
+
+
+def _rel_err(actual: float, predicted: float) -> float:
+    return abs(actual - predicted) / abs(predicted) if predicted != 0 else math.inf
+
+
+def _order(err: float, err_small: float) -> float:
+    return math.log10(abs(err) / abs(err_small)) if err != 0 and err_small != 0 else math.nan
+
+
+# ---------------------------------------------------------------- (b) --dynamics
+
+
+@dataclass(frozen=True)
+class DynamicsConfig:
+    """Settings of one simulated run (also written to ``run.json``)."""
+
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    seed: int = 0
+    actions: int = 50
+    steps: int = 150
+    samples: int = 64          # actions sampled per step (the rollout batch)
+    group_size: int = 8        # samples per GRPO group (advantage = reward - group mean)
+    minibatches: int = 4       # optimizer steps per epoch
+    epochs: int = 1
+    lr: float = 1.0
+    optimizer: str = "sgd"
+    reward: str = "bernoulli"  # bernoulli (p = 0.5) | gaussian (N(0, 1))
+    init_scale: float = 1.0    # initial logits ~ N(0, init_scale^2), drawn from the seed only
+    probe_every: int = 1       # SPEC 7b replay every Nth step (0 = never)
+
+
+DEFAULT_GRID = ((0.2, 0.2), (0.2, math.inf), (1.0, 0.2), (0.1, math.inf))
+
+
+def _check_eps(eps_low: float, eps_high: float) -> None:
+    if not 0.0 < eps_low <= 1.0:
+        raise SimulateError(f"eps_low={eps_low} must be in (0, 1]; 1 disables clip-low")
+    if not (eps_high > 0.0):
+        raise SimulateError(f"eps_high={eps_high} must be in (0, inf]; inf disables clip-high")
+
+
+def parse_grid(text: str) -> list[tuple[float, float]]:
+    """``'0.2/0.2,0.2/inf'`` -> ``[(0.2, 0.2), (0.2, inf)]``."""
+    grid = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        parts = item.split("/")
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            low, high = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise SimulateError(
+                f"grid entry {item!r} must look like eps_low/eps_high, e.g. 0.2/0.2 or 0.2/inf"
+            ) from None
+        _check_eps(low, high)
+        grid.append((low, high))
+    if not grid:
+        raise SimulateError("--grid is empty; give settings like 0.2/0.2,0.2/inf")
+    return grid
+
+
+def validate(cfg: DynamicsConfig) -> None:
+    _check_eps(cfg.eps_low, cfg.eps_high)
+    checks = [
+        (cfg.actions >= 2, f"--actions={cfg.actions} must be at least 2"),
+        (cfg.steps >= 1, f"--steps={cfg.steps} must be at least 1"),
+        (cfg.group_size >= 1, f"--group-size={cfg.group_size} must be at least 1"),
+        (cfg.samples >= 1 and cfg.samples % cfg.group_size == 0,
+         f"--samples={cfg.samples} must be a positive multiple of --group-size={cfg.group_size}"),
+        (1 <= cfg.minibatches <= cfg.samples,
+         f"--minibatches={cfg.minibatches} must be between 1 and --samples={cfg.samples}"),
+        (cfg.epochs >= 1, f"--epochs={cfg.epochs} must be at least 1"),
+        (cfg.lr > 0, f"--lr={cfg.lr} must be positive"),
+        (cfg.optimizer in OPTIMIZERS, f"--optimizer={cfg.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}"),
+        (cfg.reward in REWARD_KINDS, f"--reward={cfg.reward!r} is unknown; valid: {', '.join(REWARD_KINDS)}"),
+        (cfg.init_scale >= 0, f"--init-scale={cfg.init_scale} must be >= 0"),
+        (cfg.probe_every >= 0, f"--probe-every={cfg.probe_every} must be >= 0"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise SimulateError(msg)
+
+
+def run_name(cfg: DynamicsConfig) -> str:
+    return f"el{_num(cfg.eps_low)}-eh{_num(cfg.eps_high)}-s{cfg.seed}"
+
+
+def _num(x: float) -> str:
+    return "inf" if math.isinf(x) else f"{x:g}"
+
+
+def _rng(*parts: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(p) for p in parts]))
+
+
+class _Optimizer:
+    """SGD or Adam on one logit vector, with a state that can be copied for replays."""
+
+    def __init__(self, kind: str, lr: float, size: int):
+        self.kind, self.lr = kind, lr
+        self.state = {"t": 0, "m": torch.zeros(size, dtype=torch.float64), "v": torch.zeros(size, dtype=torch.float64)}
+
+    def snapshot(self) -> dict:
+        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in self.state.items()}
+
+    def restore(self, snap: dict) -> None:
+        self.state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in snap.items()}
+
+    def step(self, theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        if self.kind == "sgd":
+            return theta - self.lr * grad
+        # Adam (Kingma & Ba), betas (0.9, 0.999), eps 1e-8: the trainer's defaults.
+        s = self.state
+        s["t"] += 1
+        s["m"] = 0.9 * s["m"] + 0.1 * grad
+        s["v"] = 0.999 * s["v"] + 0.001 * grad * grad
+        m_hat = s["m"] / (1 - 0.9 ** s["t"])
+        v_hat = s["v"] / (1 - 0.999 ** s["t"])
+        return theta - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+
+
+def _update_epochs(theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, eps_low, eps_high, *, with_stats):
+    """All minibatch updates of one step from ``theta``; returns (theta, update rows, step sums)."""
+    n = actions.shape[0]
+    bounds = np.linspace(0, n, cfg.minibatches + 1).round().astype(int)
+    rows, step_sums = [], None
+    for epoch in range(cfg.epochs):
+        for mb in range(cfg.minibatches):
+            lo, hi = int(bounds[mb]), int(bounds[mb + 1])
+            th = theta.detach().clone().requires_grad_(True)
+            logp_all = torch.log_softmax(th, -1)
+            logp = logp_all[actions[lo:hi]].unsqueeze(-1)  # [n, 1]: one token per response
+            mask = torch.ones_like(logp)
+            loss = algo.policy_loss(logp, old_logp[lo:hi], adv[lo:hi], mask, eps_low=eps_low, eps_high=eps_high)
+            (grad,) = torch.autograd.grad(loss, th)
+            if with_stats:
+                H = float(entropy_of(theta))
+                sums = algo.clip_stat_sums(
+                    logp.detach(), old_logp[lo:hi], adv[lo:hi], mask, torch.full_like(logp, H),
+                    eps_low=eps_low, eps_high=eps_high,
+                )
+                step_sums = sums if step_sums is None else algo.add_sums(step_sums, sums)
+                lr_ = algo.log_ratio(logp.detach(), old_logp[lo:hi])
+                rows.append(
+                    {
+                        "epoch": epoch, "minibatch": mb, "update": len(rows), "loss": float(loss.detach()),
+                        "approx_kl": float((torch.exp(lr_) - 1.0 - lr_).mean()),
+                        "grad_norm": float(grad.norm()), "lr": cfg.lr,
+                        **algo.finalize_clip_stats(sums),
+                        **{k: float(v) for k, v in sums.items()},
+                    }
+                )
+            theta = opt.step(theta, grad)
+    return theta, rows, step_sums
+
+
+def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One simulated run: ``(steps, updates)`` DataFrames with the SPEC column names."""
+    validate(cfg)
+    torch_gen = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
+    theta = torch.tensor(torch_gen.normal(0.0, 1.0, cfg.actions) * cfg.init_scale, dtype=torch.float64)
+    opt = _Optimizer(cfg.optimizer, cfg.lr, cfg.actions)
+    steps, updates = [], []
+    replays = {"noclip": (1.0, math.inf), "lowonly": (cfg.eps_low, math.inf), "highonly": (1.0, cfg.eps_high)}
+    for step in range(1, cfg.steps + 1):
+        t0 = time.perf_counter()
+        # Sampling and rewards depend on (seed, step) only, so runs of different
+        # clip settings with one seed share their random numbers.
+        rng = _rng(cfg.seed, step, 1)
+        pi_old = torch.softmax(theta, -1)
+        actions = torch.as_tensor(rng.choice(cfg.actions, size=cfg.samples, p=pi_old.numpy() / float(pi_old.sum())))
+        if cfg.reward == "bernoulli":
+            rewards = torch.as_tensor((rng.random(cfg.samples) < 0.5).astype(np.float64))
+        else:
+            rewards = torch.as_tensor(rng.normal(0.0, 1.0, cfg.samples))
+        adv = algo.group_advantages(rewards, cfg.group_size, "none")
+        old_logp = torch.log_softmax(theta, -1)[actions].unsqueeze(-1)
+        H0 = float(entropy_of(theta))
+        start_theta, start_opt = theta.clone(), opt.snapshot()
+        t1 = time.perf_counter()
+        theta, rows, sums = _update_epochs(
+            theta, opt, actions, old_logp, adv, cfg, cfg.eps_low, cfg.eps_high, with_stats=True
+        )
+        t_update = time.perf_counter() - t1
+        H1 = float(entropy_of(theta))
+        t2 = time.perf_counter()
+        probe = {k: math.nan for k in _PROBE_KEYS}
+        if cfg.probe_every and step % cfg.probe_every == 0:
+            real_opt = opt.snapshot()
+            post = {}
+            for label, (el, eh) in replays.items():
+                opt.restore(start_opt)
+                th, _, _ = _update_epochs(start_theta, opt, actions, old_logp, adv, cfg, el, eh, with_stats=False)
+                post[label] = float(entropy_of(th))
+            opt.restore(real_opt)
+            probe = {
+                "entropy_post_noclip": post["noclip"],
+                "entropy_post_lowonly": post["lowonly"],
+                "entropy_post_highonly": post["highonly"],
+                "clip_attributed_dH": H1 - post["noclip"],
+                "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
+                "clip_high_attributed_dH": post["highonly"] - post["noclip"],
+            }
+        t_probe = time.perf_counter() - t2
+        step_seconds = time.perf_counter() - t0
+        n_tok = float(sums["n_tokens"])
+        steps.append(
+            {
+                "step": step,
+                "entropy": H0,
+                "entropy_token_mean": H0,
+                "entropy_post": H1,
+                "entropy_post_token_mean": H1,
+                **algo.finalize_clip_stats(sums),
+                **probe,
+                "reward_mean": float(rewards.mean()),
+                "reward_std": float(rewards.std(unbiased=False)),
+                "accuracy": math.nan,  # random rewards are not verifiable
+                "zero_std_group_frac": float(algo.zero_std_group_frac(rewards, cfg.group_size)),
+                "adv_abs_mean": float(adv.abs().mean()),
+                "response_length_mean": 1.0,
+                "response_length_max": 1.0,
+                "truncated_frac": 0.0,
+                "loss": float(np.mean([r["loss"] for r in rows])),
+                "approx_kl": float(np.sum([r["approx_kl"] * r["n_tokens"] for r in rows])) / n_tok,
+                "grad_norm": float(np.mean([r["grad_norm"] for r in rows])),
+                "lr": cfg.lr,
+                "n_updates": len(rows),
+                "n_tokens": float(cfg.samples),
+                "rollout_seconds": t1 - t0,
+                "update_seconds": t_update,
+                "probe_seconds": t_probe,
+                "step_seconds": step_seconds,
+                "tokens_per_second": cfg.samples / step_seconds if step_seconds > 0 else math.nan,
+            }
+        )
+        updates.extend({"step": step, **r} for r in rows)
+    return pd.DataFrame(steps), pd.DataFrame(updates)
+
+
+_PROBE_KEYS = (
+    "entropy_post_noclip",
+    "entropy_post_lowonly",
+    "entropy_post_highonly",
+    "clip_attributed_dH",
+    "clip_low_attributed_dH",
+    "clip_high_attributed_dH",
+)
+
+
+def run_config(cfg: DynamicsConfig) -> dict:
+    """The nested ``{section: {key: value}}`` config written to ``run.json``."""
+    return {
+        "algo": {"eps_low": cfg.eps_low, "eps_high": cfg.eps_high, "dual_clip_c": None,
+                 "adv_norm": "none", "loss_agg": "seq-mean-token-mean"},
+        "reward": {"kind": REWARD_KINDS[cfg.reward], "p": 0.5},
+        "train": {"seed": cfg.seed, "steps": cfg.steps, "ppo_epochs": cfg.epochs,
+                  "minibatches": cfg.minibatches, "rollout_samples": cfg.samples},
+        "rollout": {"n": cfg.group_size, "temperature": 1.0, "max_new_tokens": 1},
+        "optim": {"lr": cfg.lr, "optimizer": cfg.optimizer},
+        "model": {"path": f"tabular-softmax:{cfg.actions}"},
+        "simulate": asdict(cfg),
+        "log": {"clip_probe_every": cfg.probe_every},
+    }
+
+
+def write_run(run_dir: Path, cfg: DynamicsConfig, steps: pd.DataFrame, updates: pd.DataFrame) -> Path:
+    """Write one simulated run as a clipctl run directory (replacing earlier parts there)."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for table in ("steps", "updates"):
+            folder = run_dir / table
+            if folder.is_dir():  # a re-run may have fewer steps: stale parts must go
+                for old in folder.glob("step-*.parquet"):
+                    old.unlink()
+        meta = {
+            "name": run_dir.name,
+            "preset": "simulate",
+            "seed": cfg.seed,
+            "config": run_config(cfg),
+            "command": ["clipctl", "simulate", "--dynamics"],
+            "start_time": dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        atomic_write_json(run_dir / "run.json", meta)
+        last = int(steps["step"].max())
+        write_part(run_dir, "updates", last, updates)
+        write_part(run_dir, "steps", last, steps)
+    except OSError as e:
+        raise SimulateError(f"cannot write run directory {run_dir}: {e.strerror or e}; choose a writable --out") from None
+    return run_dir
+
+
+def run_dynamics(
+    out: Path,
+    *,
+    grid: Sequence[tuple[float, float]] = DEFAULT_GRID,
+    seeds: int = 4,
+    base: Optional[DynamicsConfig] = None,
+    on_run: Optional[Callable[[Path], None]] = None,
+) -> list[Path]:
+    """Simulate every (clip setting, seed) and write one run directory each under ``out``."""
+    base = base or DynamicsConfig()
+    if seeds < 1:
+        raise SimulateError(f"--seeds={seeds} must be at least 1")
+    configs = [
+        DynamicsConfig(**{**asdict(base), "eps_low": lo, "eps_high": hi, "seed": base.seed + s})
+        for lo, hi in grid
+        for s in range(seeds)
+    ]
+    for cfg in configs:
+        validate(cfg)
+    paths = []
+    for cfg in configs:
+        steps, updates = simulate_run(cfg)
+        path = write_run(Path(out) / run_name(cfg), cfg, steps, updates)
+        paths.append(path)
+        if on_run:
+            on_run(path)
+    return paths

@@ -1,0 +1,104 @@
+import math
+
+import pytest
+
+from clipctl.config import (
+    Config,
+    available_presets,
+    config_from_dict,
+    config_to_dict,
+    is_on_policy,
+    load_config,
+    parse_override,
+)
+from clipctl.errors import ConfigError
+
+
+def test_every_preset_loads_and_validates():
+    names = available_presets()
+    assert {"tiny-cpu", "paper-random-reward", "paper-gsm8k", "paper-dapo-math", "dapo-clip-higher"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert isinstance(cfg, Config)
+
+
+def test_paper_presets_match_the_paper():
+    cfg = load_config("paper-random-reward")
+    assert cfg.model.path == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert (cfg.train.rollout_batch_prompts, cfg.rollout.n, cfg.train.minibatch_prompts) == (512, 8, 256)
+    assert cfg.optim.lr == 5e-7 and cfg.rollout.temperature == 1.0
+    assert (cfg.algo.eps_low, cfg.algo.eps_high, cfg.algo.adv_norm) == (0.2, 0.2, "none")
+    assert cfg.reward.kind == "random_bernoulli" and cfg.reward.p == 0.5
+    gsm = load_config("paper-gsm8k")
+    assert gsm.model.path == "Qwen/Qwen2.5-3B-Instruct"
+    assert gsm.algo.eps_low == 0.15 and math.isinf(gsm.algo.eps_high) and gsm.reward.kind == "gsm8k"
+    dapo = load_config("dapo-clip-higher")
+    assert (dapo.algo.eps_low, dapo.algo.eps_high) == (0.2, 0.28)
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny-cpu", ["algo.eps_high=inf", "train.steps=7", "optim.betas=0.8,0.9", "log.entropy_post=false"])
+    assert math.isinf(cfg.algo.eps_high)
+    assert cfg.train.steps == 7
+    assert cfg.optim.betas == (0.8, 0.9)
+    assert cfg.log.entropy_post is False
+    assert load_config("tiny-cpu", ["algo.dual_clip_c=3"]).algo.dual_clip_c == 3.0
+    assert load_config("tiny-cpu", ["algo.dual_clip_c=none"]).algo.dual_clip_c is None
+
+
+def test_round_trip_through_dict():
+    cfg = load_config("tiny-cpu", ["algo.eps_high=inf"])
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("algo.foo=1", "unknown config key 'algo.foo'"),
+        ("nosuch.key=1", "unknown config section 'nosuch'"),
+        ("algo.eps_low=0", "algo.eps_low=0.0 must be in (0, 1]"),
+        ("algo.eps_low=1.5", "algo.eps_low=1.5 must be in (0, 1]"),
+        ("algo.eps_high=-0.1", "algo.eps_high=-0.1 must be in (0, inf]"),
+        ("train.minibatch_prompts=3", "must be divisible by train.minibatch_prompts (3)"),
+        ("algo.dual_clip_c=0.5", "algo.dual_clip_c=0.5 must be > 1"),
+        ("algo.loss_agg=sum", "valid: seq-mean-token-mean, token-mean"),
+        ("reward.kind=oracle", "reward.kind='oracle' is unknown"),
+        ("train.steps=abc", "train.steps must be an integer"),
+        ("algo.eps_high", "must look like section.key=value"),
+    ],
+)
+def test_bad_values_name_value_rule_and_fix(override, fragment):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny-cpu", [override])
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; valid presets: .*tiny-cpu"):
+        load_config("nope")
+
+
+def test_preset_file_with_unknown_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[algo]\neps_lo = 0.1\n")
+    with pytest.raises(ConfigError, match="unknown config key 'algo.eps_lo'"):
+        load_config(str(path))
+
+
+def test_inf_in_toml(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text("[algo]\neps_high = inf\n[train]\nsteps = 2\n")
+    cfg = load_config(str(path))
+    assert math.isinf(cfg.algo.eps_high) and cfg.train.steps == 2
+
+
+def test_on_policy_detection():
+    assert not is_on_policy(load_config("tiny-cpu"))
+    assert is_on_policy(load_config("tiny-cpu", ["train.minibatch_prompts=8"]))
+    assert not is_on_policy(load_config("tiny-cpu", ["train.minibatch_prompts=8", "train.ppo_epochs=2"]))
+
+
+def test_parse_override():
+    assert parse_override("algo.eps_high=inf") == ("algo", "eps_high", "inf")
+    assert parse_override("data.prompt_template=Q: {prompt} = ?") == ("data", "prompt_template", "Q: {prompt} = ?")

@@ -1,0 +1,155 @@
+"""The real trainer on a quick tiny model: smoke, determinism, resume, probe."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clipctl.config import load_config
+from clipctl.runlog import read_run
+from clipctl.trainer import TIMING_COLUMNS, Trainer, train
+from clipctl.trainer.loop import PROBE_COLUMNS
+
+SPEC_COLUMNS = (
+    "step", "entropy", "entropy_token_mean", "entropy_post", "clip_low_frac", "clip_high_frac",
+    "dual_clip_frac", "ratio_below_frac", "ratio_above_frac", "thm1_low", "thm1_high", "thm2_low",
+    "thm2_high", "thm1_drift", "thm2_drift", *PROBE_COLUMNS,
+)
+
+
+def math_columns(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=[c for c in TIMING_COLUMNS if c in df]).reset_index(drop=True)
+
+
+def test_smoke_three_steps(tmp_path, fast_overrides):
+    cfg = load_config("tiny-cpu", [*fast_overrides, "train.steps=3"])
+    trainer_params = {}
+
+    def snapshot_first(run_dir, first, total):
+        trainer_params["start"] = first
+
+    result = train(cfg, out=tmp_path, name="smoke", on_start=snapshot_first)
+    run = read_run(result.run_dir)
+    steps = run.steps
+    assert list(steps["step"]) == [1, 2, 3]
+    for col in SPEC_COLUMNS:
+        assert col in steps, col
+    vocab = 512
+    assert ((steps["entropy"] > 0) & (steps["entropy"] < math.log(vocab))).all()
+    for col in ("clip_low_frac", "clip_high_frac", "ratio_below_frac", "ratio_above_frac"):
+        assert steps[col].between(0, 1).all()
+    # Two minibatches per step: the second is off-policy, so the ratio leaves 1.
+    assert (steps["ratio_below_frac"] + steps["ratio_above_frac"]).gt(0).any()
+    assert (steps["n_updates"] == 2).all()
+    # updates: one row per (step, epoch, minibatch); the first minibatch is on-policy.
+    assert len(run.updates) == 6
+    first = run.updates[run.updates["minibatch"] == 0]
+    assert (first["n_below"] == 0).all() and (first["n_above"] == 0).all()
+    assert first["approx_kl"].abs().max() == 0.0
+    assert len(run.samples) == 3 * 4 * 4
+    assert run.checkpoints == [3]
+    # Parameters changed.
+    from transformers import AutoModelForCausalLM
+
+    before = AutoModelForCausalLM.from_pretrained(cfg.model.path).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(result.run_dir / "checkpoints" / "step-3").state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert run.meta["config"]["algo"]["eps_low"] == 0.2
+    assert run.meta["versions"]["torch"] == torch.__version__
+
+
+def test_same_seed_same_metrics(tmp_path, fast_overrides):
+    cfg = load_config("tiny-cpu", [*fast_overrides, "train.steps=2"])
+    a = read_run(train(cfg, out=tmp_path, name="a").run_dir).steps
+    b = read_run(train(cfg, out=tmp_path, name="b").run_dir).steps
+    pd.testing.assert_frame_equal(math_columns(a), math_columns(b))
+    c = read_run(train(load_config("tiny-cpu", [*fast_overrides, "train.steps=2", "train.seed=1"]), out=tmp_path, name="c").run_dir).steps
+    assert not np.allclose(a["entropy"], c["entropy"])
+
+
+def test_resume_equals_uninterrupted(tmp_path, fast_overrides):
+    overrides = [*fast_overrides, "train.steps=4", "train.save_every=2"]
+    cfg = load_config("tiny-cpu", overrides)
+    full = read_run(train(cfg, out=tmp_path, name="full").run_dir).steps
+    # Stop after step 3: step 3 is logged but not checkpointed, so resume must
+    # drop it and recompute it from the step-2 checkpoint.
+    partial = train(cfg, out=tmp_path, name="cut", stop_after=3)
+    assert list(read_run(partial.run_dir).steps["step"]) == [1, 2, 3]
+    resumed = train(resume=partial.run_dir)
+    assert resumed.first_step == 3
+    steps = read_run(partial.run_dir).steps
+    assert list(steps["step"]) == [1, 2, 3, 4]
+    a, b = math_columns(full), math_columns(steps)
+    np.testing.assert_allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-6, equal_nan=True)
+    assert len(read_run(partial.run_dir).updates) == 8
+
+
+def test_resume_may_extend_steps_only(tmp_path, fast_overrides):
+    from clipctl.errors import ConfigError
+
+    cfg = load_config("tiny-cpu", [*fast_overrides, "train.steps=1"])
+    run_dir = train(cfg, out=tmp_path, name="r").run_dir
+    with pytest.raises(ConfigError, match="only train.steps"):
+        train(resume=run_dir, overrides=("algo.eps_low=0.1",))
+    train(resume=run_dir, overrides=("train.steps=2",))
+    assert list(read_run(run_dir).steps["step"]) == [1, 2]
+
+
+def test_probe_is_exact_and_changes_nothing(tmp_path, fast_overrides):
+    base = [*fast_overrides, "train.steps=2"]
+    on = read_run(train(load_config("tiny-cpu", [*base, "log.clip_probe_every=1"]), out=tmp_path, name="on").run_dir).steps
+    off = read_run(train(load_config("tiny-cpu", base), out=tmp_path, name="off").run_dir).steps
+    cols = [c for c in math_columns(off).columns if c not in PROBE_COLUMNS]
+    pd.testing.assert_frame_equal(on[cols], off[cols])
+    assert off[list(PROBE_COLUMNS)].isna().all().all()
+    assert on[list(PROBE_COLUMNS)].notna().all().all()
+    np.testing.assert_allclose(
+        on["clip_attributed_dH"], on["entropy_post"] - on["entropy_post_noclip"], atol=1e-12
+    )
+
+
+def test_probe_of_a_step_without_clip_events_attributes_zero(tmp_path, fast_overrides):
+    # One minibatch, one epoch: ratio is exactly 1, no token can clip, so the
+    # replay without clipping must land on the same weights.
+    cfg = load_config(
+        "tiny-cpu", [*fast_overrides, "train.steps=1", "train.minibatch_prompts=4", "log.clip_probe_every=1"]
+    )
+    steps = read_run(train(cfg, out=tmp_path, name="p").run_dir).steps
+    assert steps["ratio_below_frac"].iloc[0] == 0 and steps["ratio_above_frac"].iloc[0] == 0
+    for col in ("clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH"):
+        assert abs(steps[col].iloc[0]) < 1e-6
+
+
+def test_micro_batches_do_not_change_the_update(tmp_path, fast_overrides):
+    a = read_run(train(load_config("tiny-cpu", [*fast_overrides, "train.steps=1", "train.micro_batch_size=8"]), out=tmp_path, name="m8").run_dir).steps
+    b = read_run(train(load_config("tiny-cpu", [*fast_overrides, "train.steps=1", "train.micro_batch_size=3"]), out=tmp_path, name="m3").run_dir).steps
+    for col in ("entropy", "entropy_post", "loss", "grad_norm", "approx_kl"):
+        assert a[col].iloc[0] == pytest.approx(b[col].iloc[0], rel=1e-5, abs=1e-7), col
+
+
+def test_on_policy_config_warns(fast_overrides):
+    messages = []
+    Trainer(load_config("tiny-cpu", [*fast_overrides, "train.minibatch_prompts=4"]), log=messages.append)
+    assert any("clipping cannot bite" in m for m in messages)
+
+
+def test_old_logprobs_match_full_softmax(fast_overrides):
+    trainer = Trainer(load_config("tiny-cpu", fast_overrides))
+    _, batch, _ = trainer.rollout(1)
+    logp, ent = trainer.policy_stats(batch)
+    with torch.no_grad():
+        ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
+        attn = torch.cat([batch.prompt_mask, batch.response_mask], 1)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        logits = trainer.model(input_ids=ids, attention_mask=attn, position_ids=pos).logits.float()
+        tp = batch.prompt_ids.shape[1]
+        full = torch.log_softmax(logits[:, tp - 1 : -1], -1)
+        ref = full.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+        ref_ent = -(full.exp() * full).sum(-1)
+    m = batch.response_mask.bool()
+    torch.testing.assert_close(logp[m], ref[m], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent[m], ref_ent[m], atol=1e-5, rtol=1e-5)
