@@ -153,3 +153,28 @@ def test_old_logprobs_match_full_softmax(fast_overrides):
     m = batch.response_mask.bool()
     torch.testing.assert_close(logp[m], ref[m], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ent[m], ref_ent[m], atol=1e-5, rtol=1e-5)
+
+
+def test_fused_lm_head_leaves_metrics_unchanged(tmp_path, fast_overrides):
+    base = [*fast_overrides, "train.steps=2"]
+    fused = read_run(train(load_config("tiny-cpu", [*base, "train.lm_head=fused", "train.lm_head_budget_mb=1"]), out=tmp_path, name="f").run_dir).steps
+    chunked = read_run(train(load_config("tiny-cpu", [*base, "train.lm_head=chunked"]), out=tmp_path, name="c").run_dir).steps
+    cols = [c for c in math_columns(fused).columns if c not in PROBE_COLUMNS]
+    np.testing.assert_allclose(
+        fused[cols].to_numpy(float), chunked[cols].to_numpy(float), rtol=1e-5, atol=1e-5, equal_nan=True
+    )
+
+
+def test_evaluation_during_training(tmp_path, fast_overrides):
+    cfg = load_config(
+        "tiny-cpu",
+        [*fast_overrides, "train.steps=2", "eval.every=2", "eval.n=2", "eval.k=1,2", "eval.limit=2", "eval.max_new_tokens=8"],
+    )
+    plain = read_run(train(load_config("tiny-cpu", [*fast_overrides, "train.steps=2"]), out=tmp_path, name="plain").run_dir).steps
+    run_dir = train(cfg, out=tmp_path, name="ev").run_dir
+    summary = pd.read_parquet(run_dir / "eval" / "summary.parquet")
+    assert sorted(set(summary["step"])) == [0, 2]
+    assert set(summary["k"]) == {1, 2} and set(summary["dataset"]) == {"gsm8k"}
+    # Evaluation draws no randomness from the training stream.
+    steps = read_run(run_dir).steps
+    pd.testing.assert_frame_equal(math_columns(steps), math_columns(plain))

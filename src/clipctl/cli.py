@@ -222,7 +222,8 @@ def eval_passk(
 
     progress = Progress(
         TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=quiet,
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console,
+        disable=quiet or not console.is_terminal,  # a bar in a pipe or log file is noise
         transient=True,  # the results table replaces the bar; an error leaves only its Error: line
     )
     task = progress.add_task("eval", total=None)
@@ -263,15 +264,209 @@ def eval_passk(
 # ---------------------------------------------------------------- analyze-clip-stats, plot, simulate (issue 4)
 
 
+def _short(value) -> str:
+    value = float(value)
+    return _fmt(value) if math.isnan(value) or math.isinf(value) else f"{value:.3g}"
+
+
+def _mean_sd(mean, sd) -> str:
+    text = _short(mean)
+    return text if sd is None or math.isnan(float(sd)) else f"{text}±{_short(sd)}"
+
+
+def _analysis_table(frame, *, per_run: bool, metrics, title: str) -> Table:
+    """Rich table with one column per group (``mean±sd`` across runs) or per run, one row per metric.
+
+    Metrics run down the side: there are more of them than groups, and this
+    way a table of a few clip settings fits a terminal; names fold, never crop.
+    """
+    from rich.markup import escape
+
+    table = Table(title=escape(title))
+    table.add_column("metric", overflow="fold")
+    for _, row in frame.iterrows():
+        head = str(row["run"]) if per_run else f"{row['group']} ({int(row['n_runs'])} runs)"
+        table.add_column(escape(head), justify="right", overflow="fold")
+    for m in metrics:
+        if per_run:
+            cells = [_short(v) for v in frame[m]]
+        else:
+            cells = [_mean_sd(a, b) for a, b in zip(frame[f"{m}_mean"], frame[f"{m}_std"])]
+        table.add_row(m, *cells)
+    return table
+
+
+@app.command("analyze-clip-stats")
+@handle_errors
+def analyze_clip_stats(
+    runs: List[str] = typer.Argument(..., help="Run directories, quoted globs ('runs/*'), or a folder holding runs."),
+    group_by: Optional[str] = typer.Option(
+        None, "--group-by", "-g", help="Comma-separated config keys section.key (default: algo.eps_low,algo.eps_high,reward.kind)."
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout (required for parquet)."),
+    per_run: bool = typer.Option(False, "--per-run", help="One row per run instead of one per group."),
+    metrics: Optional[str] = typer.Option(
+        None, "--metrics", "-m", help="Comma-separated per-run columns to keep (default: all; the table shows a summary set)."
+    ),
+    debug: bool = DEBUG_OPTION,
+):
+    """Entropy change, clip fractions and the theory-vs-measurement statistics per run and per clip setting."""
+    from clipctl import analysis
+
+    if fmt not in analysis.TABLE_FORMATS:
+        raise analysis.AnalysisError(f"unknown --format '{fmt}'; valid: {', '.join(analysis.TABLE_FORMATS)}")
+    if fmt == "parquet" and out is None:
+        raise analysis.AnalysisError("--format parquet writes a binary file: add --out FILE.parquet")
+    chosen = analysis.parse_keys(metrics)
+    per_run_df, per_group_df = analysis.analyze_runs(runs, group_by=group_by)
+    frame = analysis.summary_frame(per_run_df, per_group_df, per_run_rows=per_run, metrics=chosen)
+    if fmt == "table":
+        shown = chosen or [m for m in analysis.TABLE_METRICS if m in per_run_df]
+        title = f"{len(per_run_df)} run(s)" + ("" if per_run else f" in {len(per_group_df)} group(s); mean±sd across runs")
+        table = _analysis_table(frame, per_run=per_run, metrics=shown, title=title)
+        if out is None:
+            console.print(table)
+            return
+        import io
+
+        from rich.console import Console as _Console
+
+        buf = _Console(file=io.StringIO(), width=200, record=True)
+        buf.print(table)
+        try:
+            from clipctl.runlog import atomic_write_bytes
+
+            atomic_write_bytes(out, buf.export_text().encode())
+        except OSError as e:
+            raise analysis.AnalysisError(f"cannot write {out}: {e.strerror or e}; choose a writable --out path") from None
+    elif out is None:
+        sys.stdout.write(analysis.to_text(frame, fmt))
+        return
+    else:
+        analysis.write_table(frame, out, fmt)
+    err_console.print(f"wrote {out}", markup=False, highlight=False)
+
+
+@app.command()
+@handle_errors
+def plot(
+    runs: List[str] = typer.Argument(..., help="Run directories, quoted globs ('runs/*'), or a folder holding runs."),
+    kind: str = typer.Option(
+        "dashboard", "--kind", "-k", help="entropy | clip | theory | reward | passk | attribution | dashboard."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .svg or .pdf."),
+    normalize: bool = typer.Option(False, "--normalize", help="Entropy divided by each run's initial entropy (paper Fig. 4)."),
+    group_by: Optional[str] = typer.Option(
+        None, "--group-by", "-g", help="Comma-separated config keys section.key (default: algo.eps_low,algo.eps_high,reward.kind)."
+    ),
+    smooth: int = typer.Option(1, "--smooth", help="Trailing rolling mean over N steps, per run, before averaging."),
+    x: str = typer.Option("step", "--x", help="x axis: step | tokens (cumulative tokens trained on)."),
+    band: str = typer.Option("minmax", "--band", help="Band across runs of a group: minmax | sd (±1 sd)."),
+    debug: bool = DEBUG_OPTION,
+):
+    """Plot runs grouped by clip setting: mean line across seeds with a band."""
+    from clipctl.plotting import plot_to_file
+
+    path = plot_to_file(runs, kind, out, group_by=group_by, normalize=normalize, smooth=smooth, x=x, band=band)
+    console.print(f"wrote {path}", markup=False, highlight=False)
+
+
+def _check_table(results, eta: float) -> Table:
+    table = Table(title=f"one exact step on the expected clipped objective, eta={_fmt(eta)}, mu*nu=0.5, d(s)=1")
+    for col in ("trial", "P(X)", "P(Y)", "H", "dH PG", "Thm 1", "rel err", "dH NPG", "Thm 2", "rel err "):
+        table.add_column(col, justify="right", overflow="fold")
+    for r in results:
+        table.add_row(
+            str(r.trial), f"{r.p:.2f}", f"{r.q:.2f}", f"{r.entropy:.3f}",
+            f"{r.dH_pg:.3e}", f"{r.thm1_pred:.3e}", f"{r.thm1_rel_err:.1e}",
+            f"{r.dH_npg:.3e}", f"{r.thm2_pred:.3e}", f"{r.thm2_rel_err:.1e}",
+        )
+    return table
+
+
+def _check_summary(results, thm: str, tol: float = 0.01) -> str:
+    import numpy as np
+
+    errs = np.array([getattr(r, f"{thm}_rel_err") for r in results])
+    orders = np.array([getattr(r, f"{thm}_order") for r in results])
+    name = {"thm1": "Theorem 1 (policy gradient)", "thm2": "Theorem 2 (natural policy gradient)"}[thm]
+    return (
+        f"{name}: relative error median {np.median(errs):.2e}, max {errs.max():.2e}; "
+        f"{int((errs <= tol).sum())}/{len(errs)} trials within {tol:.0%}; "
+        f"error order log10(err(eta)/err(eta/10)) median {np.nanmedian(orders):.2f} (2 = second-order remainder)"
+    )
+
+
+@app.command()
+@handle_errors
+def simulate(
+    check: bool = typer.Option(False, "--check", help="Compare one exact PG/NPG step with Theorems 1 and 2."),
+    dynamics: bool = typer.Option(False, "--dynamics", help="GRPO-like runs on a tabular policy, written as run directories."),
+    actions: Optional[int] = typer.Option(None, "--actions", help="Actions of the tabular policy (default 20 with --check, 50 with --dynamics)."),
+    eta: float = typer.Option(1e-3, "--eta", help="--check: step size."),
+    trials: int = typer.Option(20, "--trials", help="--check: random policy pairs."),
+    seed: int = typer.Option(0, "--seed", help="Seed (--dynamics: of the first run; seeds are seed..seed+seeds-1)."),
+    eps_low: float = typer.Option(0.2, "--eps-low", help="--check: clip-low eps."),
+    eps_high: float = typer.Option(0.2, "--eps-high", help="--check: clip-high eps (finite)."),
+    steps: int = typer.Option(150, "--steps", help="--dynamics: steps per run."),
+    seeds: int = typer.Option(4, "--seeds", help="--dynamics: seeds per clip setting."),
+    samples: int = typer.Option(64, "--samples", help="--dynamics: actions sampled per step."),
+    group_size: int = typer.Option(8, "--group-size", help="--dynamics: samples per GRPO group."),
+    minibatches: int = typer.Option(4, "--minibatches", help="--dynamics: optimizer steps per epoch."),
+    epochs: int = typer.Option(1, "--epochs", help="--dynamics: passes over each step's samples."),
+    lr: float = typer.Option(4.0, "--lr", help="--dynamics: learning rate (SGD on logits by default)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="--dynamics: sgd | adam."),
+    grid: str = typer.Option("0.2/0.2,0.2/inf,1.0/0.2,0.1/inf", "--grid", help="--dynamics: eps_low/eps_high settings, comma-separated."),
+    reward: str = typer.Option("bernoulli", "--reward", help="--dynamics: bernoulli (p=0.5) | gaussian."),
+    init_scale: float = typer.Option(1.0, "--init-scale", help="--dynamics: initial logits ~ N(0, s^2)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="--dynamics: folder for the run directories."),
+    debug: bool = DEBUG_OPTION,
+):
+    """The paper's toy setting: one state, tabular softmax, random symmetric advantages."""
+    from clipctl import simulate as sim
+
+    if check == dynamics:
+        raise sim.SimulateError("choose exactly one of --check or --dynamics")
+    if check:
+        results = sim.check_theorems(
+            actions=actions or 20, eta=eta, trials=trials, seed=seed, eps_low=eps_low, eps_high=eps_high
+        )
+        console.print(_check_table(results, eta))
+        for thm in ("thm1", "thm2"):
+            console.print(_check_summary(results, thm), markup=False, highlight=False, soft_wrap=True)
+        return
+    if out is None:
+        raise sim.SimulateError("--dynamics writes run directories: add --out DIR")
+    base = sim.DynamicsConfig(
+        seed=seed, actions=actions or 50, steps=steps, samples=samples, group_size=group_size,
+        minibatches=minibatches, epochs=epochs, lr=lr, optimizer=optimizer, reward=reward, init_scale=init_scale,
+    )
+    paths = sim.run_dynamics(out, grid=sim.parse_grid(grid), seeds=seeds, base=base)
+    console.print(f"wrote {len(paths)} run directories under {out}", markup=False, highlight=False)
+    from clipctl import analysis
+
+    per_run_df, per_group_df = analysis.analyze_runs([str(p) for p in paths])
+    shown = (
+        "avg_clip_low_frac", "avg_clip_high_frac", "thm2_vs_attr_sign_agree", "thm2_vs_attr_pearson",
+        "thm2_vs_raw_sign_agree", "clip_low_attributed_dH_avg", "clip_high_attributed_dH_avg", "entropy_change",
+    )
+    console.print(
+        _analysis_table(per_group_df, per_run=False, metrics=shown, title="per clip setting, mean±sd across seeds")
+    )
+
+
 # ---------------------------------------------------------------- sweep (issue 5)
 
 
 def _frame_table(df, title: str) -> Table:
+    import pandas as pd
+
     table = Table(title=title)
     for col in df.columns:
         table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
     for row in df.itertuples(index=False):
-        table.add_row(*("" if v is None or (isinstance(v, float) and math.isnan(v) and False) else _fmt(v) for v in row))
+        table.add_row(*("" if v is None or v is pd.NA else _fmt(v) for v in row))
     return table
 
 
@@ -302,7 +497,9 @@ def sweep(
     if dry_run:
         plan = sweeps.run_sweep(spec, out=out, jobs=jobs, gpus=gpus, gpus_per_run=gpus_per_run,
                                 retry_failed=retry_failed, dry_run=True)
-        console.print(_frame_table(plan.drop(columns=["command"]), f"plan: {len(plan)} runs (dry run, nothing started)"))
+        plan["progress"] = [f"{a}/{b}" for a, b in zip(plan["last_step"], plan["steps"])]
+        console.print(f"sweep folder: {plan.attrs['sweep_dir']}", markup=False, highlight=False)
+        console.print(_frame_table(plan[["run", "action", "progress"]], f"plan: {len(plan)} runs (dry run, nothing started)"))
         return
 
     def log(msg: str) -> None:
@@ -314,8 +511,11 @@ def sweep(
     except KeyboardInterrupt:
         err_console.print("Interrupted; trainers stopped. Run the same command again to resume.", markup=False)
         raise typer.Exit(130)
-    sweep_dir = (out / sweeps.load_sweep(spec).name).absolute()
-    console.print(_frame_table(sweeps.summarize(manifest, sweep_dir), f"sweep {sweep_dir}"))
+    sweep_dir = Path(manifest.attrs["sweep_dir"])
+    summary = sweeps.summarize(manifest, sweep_dir)
+    console.print(_frame_table(summary, f"sweep {sweep_dir} ({len(manifest)} runs)"))
+    if "note" in summary.attrs:
+        console.print(summary.attrs["note"], markup=False, highlight=False)
     failed = manifest.loc[manifest["status"] == "failed", "run"].tolist()
     if failed:
         raise sweeps.SweepError(

@@ -62,7 +62,9 @@ class TrainConfig:
     seed: int = _f(0, "seed of prompt order, sampling, random rewards and init")
     save_every: int = _f(10, "checkpoint every N steps (the last step is always saved)")
     keep_last: int = _f(2, "checkpoints kept on disk (oldest removed first)")
-    logit_chunk_rows: int = _f(1024, "tokens per chunk when computing log-probs/entropy from logits")
+    lm_head: str = _f("fused", "log-prob/entropy path: fused (tiled from hidden states) | chunked (from full logits)")
+    lm_head_budget_mb: int = _f(64, "memory for the fused LM head's work tiles, in MiB (tile sizes follow)")
+    logit_chunk_rows: int = _f(1024, "tokens per chunk of the chunked path")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,17 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    every: int = _f(0, "evaluate pass@k every N steps (0 = off); also at step 0 and the last step when on")
+    datasets: tuple[str, ...] = _f(("gsm8k",), "benchmarks: gsm8k, math500, aime2024, aime2025, amc23 or local files")
+    n: int = _f(8, "samples per problem")
+    k: tuple[int, ...] = _f((1, 4, 8), "k values of pass@k (each <= n)")
+    temperature: float = _f(0.6, "sampling temperature of the evaluation (paper: 0.6)")
+    max_new_tokens: int = _f(512, "response length cap of the evaluation")
+    limit: int = _f(0, "first N problems of each dataset (0 = all)")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -113,6 +126,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
@@ -180,8 +194,12 @@ def coerce(tp, value: Any, key: str) -> Any:
         raise ConfigError(f"{key} must be a string, got {value!r}")
     if typing.get_origin(tp) is tuple:
         if isinstance(value, str):
-            value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+            value = [v.strip() for v in value.strip("[]() ").split(",") if v.strip()]
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            if not isinstance(value, (list, tuple)) or not value:
+                raise ConfigError(f"{key} must be a non-empty list, got {value!r}")
+            return tuple(coerce(args[0], v, key) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
         return tuple(coerce(a, v, key) for a, v in zip(args, value))
@@ -313,6 +331,8 @@ def validate(cfg: Config) -> None:
     for name in ("steps", "rollout_batch_prompts", "minibatch_prompts", "micro_batch_size", "ppo_epochs", "keep_last", "logit_chunk_rows"):
         value = getattr(t, name)
         _require(value >= 1, f"train.{name}={value} must be >= 1")
+    _require(t.lm_head in ("fused", "chunked"), f"train.lm_head={t.lm_head!r} must be fused or chunked")
+    _require(t.lm_head_budget_mb >= 1, f"train.lm_head_budget_mb={t.lm_head_budget_mb} must be >= 1")
     _require(t.save_every >= 1, f"train.save_every={t.save_every} must be >= 1")
     _require(t.seed >= 0, f"train.seed={t.seed} must be >= 0")
     _require(
@@ -342,6 +362,16 @@ def validate(cfg: Config) -> None:
     _require(0 <= cfg.reward.p <= 1, f"reward.p={cfg.reward.p} must be in [0, 1]")
     _require(cfg.log.samples_every >= 0, f"log.samples_every={cfg.log.samples_every} must be >= 0")
     _require(cfg.log.clip_probe_every >= 0, f"log.clip_probe_every={cfg.log.clip_probe_every} must be >= 0 (0 = off)")
+    e = cfg.eval
+    _require(e.every >= 0, f"eval.every={e.every} must be >= 0 (0 = off)")
+    _require(e.n >= 1, f"eval.n={e.n} must be >= 1")
+    _require(
+        all(1 <= k <= e.n for k in e.k),
+        f"eval.k={list(e.k)} must lie in [1, eval.n={e.n}]; lower k or raise eval.n",
+    )
+    _require(e.temperature > 0, f"eval.temperature={e.temperature} must be > 0")
+    _require(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens} must be >= 1")
+    _require(e.limit >= 0, f"eval.limit={e.limit} must be >= 0 (0 = all)")
     _require(0 <= cfg.log.token_sample_rate <= 1, f"log.token_sample_rate={cfg.log.token_sample_rate} must be in [0, 1]")
 
 

@@ -50,7 +50,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from clipctl.errors import ConfigError, DataError, RunDirError
+from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
 from clipctl.evaluation import (
     BENCHMARKS,
     GRADERS,
@@ -182,6 +182,16 @@ def load_eval_set(
         ) from None
     if "{problem}" not in template:
         raise ConfigError(f"template {template!r} must contain {{problem}}")
+    if grader == "gsm8k":  # its gold must be a number: fail now, not after sampling
+        from clipctl.rewards import gsm8k_gold
+
+        for p in problems:
+            try:
+                gsm8k_gold(p.answer)
+            except ValueError as e:
+                raise DataError(
+                    f"problem {p.id!r} of {dataset}: {e}; choose another --answer-col or --grader math_verify"
+                ) from None
     seen: dict[str, int] = {}
     for row, p in enumerate(problems):
         if p.id in seen:
@@ -247,12 +257,16 @@ def resolve_target(target: str, checkpoints: str = "all", out: Optional[Path] = 
         chosen = select_checkpoints(found, checkpoints, path)
         root = Path(out) if out is not None else path / "eval"
         return Target([(s, str(p), f"step-{s}") for s, p in chosen], root, path)
+    if (path.is_absolute() or target.startswith((".", "~"))) and not path.expanduser().exists():
+        raise ModelError(f"model folder {target} does not exist; pass a model folder, an HF id or builtin:tiny")
     if checkpoints.strip() not in ("all", "last"):
         raise ConfigError(
             f"--checkpoints {checkpoints} needs a run directory (a folder with run.json); {target} is a model"
         )
     root = Path(out) if out is not None else Path("runs") / "eval" / model_label(target)
-    return Target([(MODEL_STEP, target, target)], root, None)
+    # A local folder is keyed by its absolute path, so "m" and "./m" count as the same model.
+    key = str(path.resolve()) if path.is_dir() else target
+    return Target([(MODEL_STEP, target, key)], root, None)
 
 
 # ---------------------------------------------------------------------------

@@ -48,7 +48,7 @@ import pandas as pd
 
 from clipctl.config import PRESET_DIR, SECTIONS, Config, coerce, load_config, parse_override, preset_path
 from clipctl.errors import ClipctlError, ConfigError, RunDirError
-from clipctl.runlog import PART_RE, latest_checkpoint, read_meta, write_parquet_atomic
+from clipctl.runlog import PART_RE, atomic_write_json, latest_checkpoint, read_meta, write_parquet_atomic
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
 TOP_KEYS = ("name", "description", "preset", "set", "grid", "cases", "seeds", "name_template")
@@ -131,6 +131,8 @@ def _flatten(table: Any, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where} must be a table of section.key = value, got {table!r}")
     out: dict[str, Any] = {}
     for key, value in table.items():
+        if key in TOP_KEYS:  # TOML puts keys after a [table] header into that table
+            raise ConfigError(f"{where}: {key} is a top-level key; move it above the first [table] header")
         items = [(f"{key}.{k}", v) for k, v in value.items()] if isinstance(value, dict) else [(key, value)]
         for full, v in items:
             if isinstance(v, dict):
@@ -391,7 +393,7 @@ def _check_sweep_dir(p: Prepared) -> None:
                 f"sweep '{p.spec.name}' already exists in {sd} with a different spec ({diff}); "
                 f"give this one another name (name = ...), pass another --out, or delete {sd} to start over"
             )
-    elif sd.is_dir() and any(sd.iterdir()):
+    elif sd.is_dir() and any(p.name != ".lock" for p in sd.iterdir()):
         raise ConfigError(f"{sd} exists but is not a sweep folder (no sweep.json); pick another sweep name or --out")
     for run in p.runs:
         run_dir = sd / run.name
@@ -614,17 +616,19 @@ def run_sweep(
         rows, actions = reconcile(prepared, retry_failed=retry_failed)
         df = manifest_frame(rows)
         df.insert(1, "action", [actions[r] for r in df["run"]])
+        df.attrs["sweep_dir"] = str(prepared.sweep_dir)
         return df
     sd = prepared.sweep_dir
     sd.mkdir(parents=True, exist_ok=True)
     with _SweepLock(sd) as lock:
+        _check_sweep_dir(prepared)  # again: another sweep may have claimed the folder meanwhile
         if not (sd / "sweep.json").is_file():
             (sd / "sweep.toml").write_text(prepared.spec.path.read_text())
-            from clipctl.runlog import atomic_write_json
-
             atomic_write_json(sd / "sweep.json", {**prepared.resolved(), "source": str(prepared.spec.path.resolve())})
-        rows, actions = reconcile(prepared, retry_failed=retry_failed)
-        return _schedule(prepared, rows, jobs, slots, lock.fd, log)
+        rows, _ = reconcile(prepared, retry_failed=retry_failed)
+        manifest = _schedule(prepared, rows, jobs, slots, lock.fd, log)
+    manifest.attrs["sweep_dir"] = str(sd)
+    return manifest
 
 
 def _schedule(p: Prepared, rows: dict[str, dict], jobs: int, slots: Optional[list[str]], lock_fd: int, log) -> pd.DataFrame:
@@ -735,23 +739,30 @@ def print_commands(spec_path: str | os.PathLike, out: Path = Path("runs")) -> li
 
 
 def summarize(manifest: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
-    """Per-run summary: ``clipctl.analysis.analyze_runs`` columns for finished runs when available, else the manifest."""
-    base = manifest.drop(columns=[c for c in ("command", "action") if c in manifest.columns])
-    done = manifest.loc[manifest["status"] == "done", "run"].tolist() if not manifest.empty else []
+    """One row per run: status and cost, plus entropy change and clip fractions of finished runs
+    from ``clipctl.analysis.analyze_runs`` when that module is installed."""
+    base = manifest[["run", "status", "exit_code", "wall_seconds", "last_step", "steps"]].copy()
+    done = manifest.loc[manifest["status"] == "done", "run"].tolist()
     try:
         from clipctl.analysis import analyze_runs
     except ImportError:
         return base
     if not done:
         return base
-    table = analyze_runs([Path(sweep_dir) / name for name in done])
+    try:
+        table = analyze_runs([Path(sweep_dir) / name for name in done])
+    except (ClipctlError, TypeError, ValueError, KeyError) as e:
+        # The sweep itself finished; a summary that cannot be built must not fail it.
+        base.attrs["note"] = f"no analysis summary: {type(e).__name__}: {e}"
+        return base
     if not isinstance(table, pd.DataFrame) or table.empty:
         return base
     if "run" not in table.columns:
-        table = table.reset_index()
-        first = table.columns[0]
-        table = table.rename(columns={first: "run"})
-    table["run"] = table["run"].map(lambda r: Path(str(r)).name)
-    wanted = [c for c in table.columns if c != "run" and ("entropy" in c or "clip" in c)]
-    keys = [c for c in base.columns if c not in MANIFEST_COLUMNS or c in ("status",)]
-    return base[keys].merge(table[["run", *wanted]], on="run", how="left")
+        table = table.reset_index().rename(columns={"index": "run"})
+    if "run" not in table.columns:
+        return base
+    table = table.assign(run=table["run"].map(lambda r: Path(str(r)).name))
+    entropy = [c for c in table.columns if "entropy" in c and any(w in c for w in ("change", "delta", "diff"))]
+    clip = [c for c in table.columns if "clip" in c and "frac" in c]
+    wanted = (entropy or [c for c in table.columns if "entropy" in c])[:2] + clip[:4]
+    return base.merge(table[["run", *wanted]], on="run", how="left")

@@ -12,6 +12,7 @@ from clipctl.algo.entropy import (
     token_logprobs_and_entropy,
     token_mean_entropy,
 )
+from clipctl.algo.fused_head import choose_tiles, fused_logprobs_entropy
 from clipctl.algo.losses import LOSS_AGGS, agg_loss, log_ratio, per_token_clipped_loss, policy_loss
 from clipctl.algo.stats import (
     STAT_KEYS,
@@ -32,6 +33,8 @@ __all__ = [
     "clip_event_masks",
     "clip_stat_sums",
     "finalize_clip_stats",
+    "choose_tiles",
+    "fused_logprobs_entropy",
     "group_advantages",
     "log_ratio",
     "per_token_clipped_loss",

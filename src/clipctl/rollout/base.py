@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 import torch
 
@@ -16,6 +16,9 @@ class RolloutBatch:
     response_ids / response_mask: ``[N, Tr]`` right-padded; the mask covers the
     generated tokens up to and including the first EOS.
     truncated: ``[N]`` True when no EOS was produced within ``max_new_tokens``.
+    logprobs: ``[N, Tr]`` the engine's own log-probs of the sampled tokens, when
+    it reports them (vLLM); the trainer never trains on them, it only logs how
+    far they are from its recomputed ``log pi_old``.
     """
 
     prompt_ids: torch.Tensor
@@ -24,6 +27,7 @@ class RolloutBatch:
     response_mask: torch.Tensor
     truncated: torch.Tensor
     response_text: list[str]
+    logprobs: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]

@@ -101,32 +101,36 @@ class Trainer:
 
     # ------------------------------------------------------------ forward passes
 
-    def _response_logits(self, batch: RolloutBatch, rows: slice) -> torch.Tensor:
-        """``[n, Tr, V]`` logits predicting each response token of ``rows``."""
+    def _model_inputs(self, batch: RolloutBatch, rows: slice) -> dict:
         ids = torch.cat([batch.prompt_ids[rows], batch.response_ids[rows]], dim=1)
         attn = torch.cat([batch.prompt_mask[rows], batch.response_mask[rows]], dim=1)
         # Positions as generate() assigns them with left padding.
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        width = batch.response_ids.shape[1]
         device = next(self.model.parameters()).device
-        out = self.model(
-            input_ids=ids.to(device),
-            attention_mask=attn.to(device),
-            position_ids=positions.to(device),
-            logits_to_keep=width + 1,
-            use_cache=False,
-        )
-        return out.logits[:, :-1]
+        return {
+            "input_ids": ids.to(device),
+            "attention_mask": attn.to(device),
+            "position_ids": positions.to(device),
+            "use_cache": False,
+        }
 
     def _logp_entropy(self, batch: RolloutBatch, rows: slice, with_entropy: bool = True):
-        logits = self._response_logits(batch, rows)
-        targets = batch.response_ids[rows].to(logits.device)
+        """Log-probs ``[n, Tr]`` (with gradient) and entropies of the response tokens of ``rows``."""
+        width = batch.response_ids.shape[1]
+        inputs = self._model_inputs(batch, rows)
+        targets = batch.response_ids[rows].to(inputs["input_ids"].device)
+        tau = self.cfg.rollout.temperature
+        if self.cfg.train.lm_head == "fused":
+            # Stop at the final hidden states; the LM head runs tiled (never [tokens x vocab]).
+            hidden = self.model.base_model(**inputs).last_hidden_state[:, -width - 1 : -1]
+            head = self.model.get_output_embeddings()
+            return algo.fused_logprobs_entropy(
+                hidden, head.weight, targets, bias=head.bias, temperature=tau,
+                budget_bytes=self.cfg.train.lm_head_budget_mb * 2**20,
+            )
+        logits = self.model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
         return algo.token_logprobs_and_entropy(
-            logits,
-            targets,
-            temperature=self.cfg.rollout.temperature,
-            chunk_rows=self.cfg.train.logit_chunk_rows,
-            with_entropy=with_entropy,
+            logits, targets, temperature=tau, chunk_rows=self.cfg.train.logit_chunk_rows, with_entropy=with_entropy
         )
 
     def _micro_slices(self, start: int, stop: int):
@@ -318,6 +322,9 @@ class Trainer:
             step, batch, old_logp, adv, eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c
         )
         opt_index = len(updates)
+        # The engine samples the next step from the updated weights (no-op for hf,
+        # which shares the trainer's model).
+        self.engine.sync_weights(self.model)
         t_update = time.perf_counter() - t1
 
         if cfg.log.entropy_post:
@@ -344,6 +351,7 @@ class Trainer:
             "entropy_post_token_mean": entropy_post_token_mean,
             **algo.finalize_clip_stats(step_sums),
             **attributed,
+            **self._engine_logprob_gap(batch, old_logp),
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
             "accuracy": (rewards > 0.5).float().mean().item() if verifiable else math.nan,
@@ -372,6 +380,15 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------ optional logs
+
+    @staticmethod
+    def _engine_logprob_gap(batch: RolloutBatch, old_logp: torch.Tensor) -> dict:
+        """|engine - trainer| log-prob of the sampled tokens (NaN when the engine reports none)."""
+        if batch.logprobs is None:
+            return {"rollout_logprob_diff_mean": math.nan, "rollout_logprob_diff_max": math.nan}
+        m = batch.response_mask.bool()
+        gap = (batch.logprobs.float() - old_logp)[m].abs()
+        return {"rollout_logprob_diff_mean": gap.mean().item(), "rollout_logprob_diff_max": gap.max().item()}
 
     def _sample_rows(self, step, prompts, batch, rewards, adv) -> list[dict]:
         G = self.cfg.rollout.n

@@ -74,6 +74,19 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
     return config_from_dict(raw, source=f"{run_dir}/run.json"), meta
 
 
+def evaluate_during_training(trainer: Trainer, run_dir: Path, step: int, log) -> None:
+    """pass@k of the in-memory policy as step ``step`` of the run (same files as eval-passk)."""
+    from clipctl.eval_driver import evaluate_checkpoint
+
+    e = trainer.cfg.eval
+    for dataset in e.datasets:
+        evaluate_checkpoint(
+            trainer.model, trainer.tokenizer, run_dir, step, dataset,
+            n=e.n, ks=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
+            seed=trainer.cfg.train.seed, limit=e.limit or None, engine=trainer.engine, log=log,
+        )
+
+
 def train(
     cfg: Optional[Config] = None,
     *,
@@ -141,6 +154,8 @@ def train(
     total = cfg.train.steps
     if on_start:
         on_start(run_dir, start, total)
+    if start == 1 and cfg.eval.every:
+        evaluate_during_training(trainer, run_dir, 0, log)
     last = None
     step = start - 1
     for step in range(start, total + 1):
@@ -151,6 +166,8 @@ def train(
             save_checkpoint(
                 run_dir, step, trainer.model, trainer.tokenizer, trainer.optimizer, trainer.scheduler, cfg.train.keep_last
             )
+        if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
+            evaluate_during_training(trainer, run_dir, step, log)
         if on_step:
             on_step(last)
         if stop_after is not None and step >= stop_after:

@@ -1,0 +1,589 @@
+"""Run logs -> tables (pandas). No plotting, no printing.
+
+``analyze_runs`` turns run directories (``clipctl train`` or ``clipctl
+simulate``) into one row per run and one row per group of runs (seeds of one
+setting). Column meanings are in ``docs/analysis.md``; the quantities are those
+of SPEC sections 5-7b.
+
+Two caveats are built into the names:
+
+1. ``thm*_vs_raw_*`` compare the predicted drift with the raw change
+   ``entropy_post - entropy``, which mixes clipping with everything else the
+   step did (SPEC 7b); they are confounded and expected to be weak or negative.
+2. ``thm*_vs_attr_*`` compare it with the clip-attributed change of the SPEC 7b
+   probe, the test the theory is actually about.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from clipctl.errors import ClipctlError, RunDirError
+from clipctl.runlog import Run, read_run
+
+DEFAULT_GROUP_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind")
+# Config values every per-run row carries (dotted section.key names).
+CONFIG_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind", "train.seed", "optim.lr")
+FRACTION_COLUMNS = ("clip_low_frac", "clip_high_frac", "ratio_below_frac", "ratio_above_frac")
+BRACKET_COLUMNS = ("thm1_low", "thm1_high", "thm2_low", "thm2_high")
+ATTRIBUTED_COLUMNS = ("clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH")
+ID_COLUMNS = ("run", "path")
+X_AXES = ("step", "tokens")
+
+
+class AnalysisError(ClipctlError):
+    """Runs cannot be found, grouped or summarised as asked."""
+
+
+# ---------------------------------------------------------------- finding and reading runs
+
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def resolve_runs(paths_or_globs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Run directories named by paths or globs, in the given order, without repeats.
+
+    A glob keeps only the matches that hold a ``run.json``. A folder without
+    ``run.json`` whose sub-folders are runs (e.g. ``clipctl simulate --out``)
+    stands for those runs. A plain path that is neither fails in ``read_run``
+    with a message naming it.
+    """
+    found: list[Path] = []
+    items = [str(p) for p in paths_or_globs]
+    if not items:
+        raise AnalysisError("no runs given; pass run directories or globs such as 'runs/*'")
+    for item in items:
+        if _is_glob(item):
+            matches = [Path(m) for m in sorted(glob.glob(item))]
+            runs = [m for m in matches if (m / "run.json").is_file()]
+            if not runs:
+                # A glob over a folder of folders of runs: look one level down.
+                runs = [r for m in matches if m.is_dir() for r in _child_runs(m)]
+            if not runs:
+                raise AnalysisError(
+                    f"no runs matched '{item}' ({len(matches)} paths matched, none holds a run.json); "
+                    "check the path or quote the glob"
+                )
+            found.extend(runs)
+        else:
+            path = Path(item)
+            if path.is_dir() and not (path / "run.json").is_file() and _child_runs(path):
+                found.extend(_child_runs(path))
+            else:
+                found.append(path)
+    seen, out = set(), []
+    for p in found:
+        key = os.path.realpath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def _child_runs(folder: Path) -> list[Path]:
+    return sorted(c for c in folder.iterdir() if c.is_dir() and (c / "run.json").is_file())
+
+
+def load_runs(paths_or_globs: Iterable[str | os.PathLike]) -> list[Run]:
+    """``read_run`` every resolved run; a run without steps is an error."""
+    runs = []
+    for path in resolve_runs(paths_or_globs):
+        run = read_run(path)
+        if run.steps.empty or "step" not in run.steps:
+            raise RunDirError(
+                f"run '{path}' has no steps yet; wait for its first step or leave it out of the list"
+            )
+        runs.append(run)
+    return runs
+
+
+def read_eval_summary(run: Run) -> pd.DataFrame:
+    """``<run>/eval/summary.parquet`` or an empty DataFrame when absent."""
+    path = Path(run.path) / "eval" / "summary.parquet"
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # a torn or foreign file: name it and the fix
+        raise RunDirError(f"cannot read {path}: {e}; rerun clipctl eval-passk for that run") from None
+
+
+# ---------------------------------------------------------------- config values and groups
+
+
+def config_value(run: Run, key: str):
+    """``meta['config'][section][key]`` for a dotted ``section.key``; NaN when absent."""
+    section, _, name = key.partition(".")
+    value = run.config.get(section, {}).get(name, math.nan) if isinstance(run.config.get(section), dict) else math.nan
+    if isinstance(value, (list, dict)):
+        return str(value)
+    return value
+
+
+def valid_group_keys(runs: Sequence[Run]) -> list[str]:
+    keys = set()
+    for run in runs:
+        for section, values in run.config.items():
+            if isinstance(values, dict):
+                keys.update(f"{section}.{k}" for k in values)
+    return sorted(keys)
+
+
+def parse_keys(text: Optional[str | Sequence[str]]) -> Optional[list[str]]:
+    """``'algo.eps_low,optim.lr'`` (or a list of such strings) -> list of keys; None stays None."""
+    if text is None:
+        return None
+    items = [text] if isinstance(text, str) else list(text)
+    keys = [k.strip() for item in items for k in item.split(",") if k.strip()]
+    return keys or None
+
+
+def check_group_keys(runs: Sequence[Run], keys: Sequence[str]) -> None:
+    valid = valid_group_keys(runs)
+    for key in keys:
+        if key not in valid:
+            raise AnalysisError(
+                f"unknown group key '{key}'; use section.key from the runs' config, one of: {', '.join(valid)}"
+            )
+
+
+def format_value(value) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:g}"
+    return str(value)
+
+
+_SHORT = {"algo.eps_low": "eps_low", "algo.eps_high": "eps_high", "reward.kind": "reward"}
+
+
+def group_label(values: dict, keys: Sequence[str]) -> str:
+    """``{'algo.eps_low': 0.2, 'algo.eps_high': inf}`` -> ``'eps_low=0.2, eps_high=inf'``."""
+    return ", ".join(f"{_SHORT.get(k, k)}={format_value(values[k])}" for k in keys)
+
+
+def label_keys(values: Sequence[dict], keys: Sequence[str]) -> list[str]:
+    """The keys a label needs: the clip settings always, any other key only where it varies."""
+    varying = [k for k in keys if len({format_value(v[k]) for v in values}) > 1]
+    return [k for k in keys if k in ("algo.eps_low", "algo.eps_high") or k in varying] or list(keys)
+
+
+# ---------------------------------------------------------------- statistics helpers
+
+
+def _finite(*cols: pd.Series) -> pd.Series:
+    ok = pd.Series(True, index=cols[0].index)
+    for c in cols:
+        ok &= np.isfinite(pd.to_numeric(c, errors="coerce").astype(float))
+    return ok
+
+
+def sign_agreement(x: pd.Series, y: pd.Series) -> float:
+    """Share of rows with ``sign(x) == sign(y)`` among rows where both are finite and non-zero."""
+    x, y = x.astype(float), y.astype(float)
+    ok = _finite(x, y) & (x != 0) & (y != 0)
+    return float((np.sign(x[ok]) == np.sign(y[ok])).mean()) if ok.any() else math.nan
+
+
+def pearson(x: pd.Series, y: pd.Series) -> float:
+    """Pearson correlation over rows where both are finite; NaN with < 3 rows or a constant series."""
+    x, y = x.astype(float), y.astype(float)
+    ok = _finite(x, y)
+    a, b = x[ok].to_numpy(), y[ok].to_numpy()
+    if len(a) < 3:
+        return math.nan
+    a, b = a - a.mean(), b - b.mean()
+    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum()) / den if den > 0 else math.nan
+
+
+def spearman(x: pd.Series, y: pd.Series) -> float:
+    """Spearman rank correlation (Pearson on average ranks); no SciPy needed."""
+    x, y = x.astype(float), y.astype(float)
+    ok = _finite(x, y)
+    return pearson(x[ok].rank(), y[ok].rank())
+
+
+def _mean_se(col: pd.Series) -> tuple[float, float, int]:
+    v = col.astype(float)
+    v = v[np.isfinite(v)]
+    n = len(v)
+    mean = float(v.mean()) if n else math.nan
+    se = float(v.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
+    return mean, se, n
+
+
+def _positive_share(col: pd.Series) -> float:
+    v = col.astype(float)
+    v = v[np.isfinite(v)]
+    return float((v > 0).mean()) if len(v) else math.nan
+
+
+def _col(steps: pd.DataFrame, name: str) -> pd.Series:
+    return steps[name].astype(float) if name in steps else pd.Series(math.nan, index=steps.index)
+
+
+# ---------------------------------------------------------------- combining updates
+
+
+def combine_updates(updates: pd.DataFrame) -> pd.DataFrame:
+    """Step-level clip/theory stats recombined from the updates table's ``SUM_KEYS``.
+
+    Sums are added over a step's minibatches before dividing
+    (``clipctl.algo.finalize_clip_stats``), so each conditional mean is weighted
+    by the size of its region, and an empty region gives NaN (SPEC 7).
+    Returns one row per step: ``step``, the ``SUM_KEYS`` totals and ``STAT_KEYS``.
+    """
+    from clipctl.algo import SUM_KEYS, finalize_clip_stats
+
+    if updates.empty:
+        return pd.DataFrame(columns=["step", *SUM_KEYS])
+    missing = [k for k in ("step", *SUM_KEYS) if k not in updates]
+    if missing:
+        raise AnalysisError(
+            f"the updates table lacks {', '.join(missing)}; it was not written by clipctl train or simulate"
+        )
+    totals = updates.groupby("step", sort=True)[list(SUM_KEYS)].sum()
+    rows = [{"step": int(step), **sums.to_dict(), **finalize_clip_stats(sums.to_dict())} for step, sums in totals.iterrows()]
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------- per-run summary
+
+
+def _entropy_summary(steps: pd.DataFrame) -> dict:
+    first, last = steps.iloc[0], steps.iloc[-1]
+    start = float(first["entropy"])
+    post = float(last["entropy_post"]) if "entropy_post" in steps else math.nan
+    end = post if math.isfinite(post) else float(last["entropy"])
+    change = end - start
+    return {
+        "n_steps": int(len(steps)),
+        "entropy_start": start,
+        "entropy_end": end,
+        "entropy_change": change,
+        "entropy_change_rel": change / start if start else math.nan,
+    }
+
+
+def _theory_summary(steps: pd.DataFrame) -> dict:
+    out = {f"avg_{c}": float(_col(steps, c).mean()) for c in FRACTION_COLUMNS}
+    for c in BRACKET_COLUMNS:
+        out[f"{c}_pos_share"] = _positive_share(_col(steps, c))
+    raw = _col(steps, "entropy_post") - _col(steps, "entropy")
+    for thm in ("thm1", "thm2"):
+        drift = _col(steps, f"{thm}_drift")
+        out[f"{thm}_vs_raw_sign_agree"] = sign_agreement(drift, raw)
+        out[f"{thm}_vs_raw_pearson"] = pearson(drift, raw)
+        out[f"{thm}_vs_raw_spearman"] = spearman(drift, raw)
+    return out
+
+
+def _attribution_summary(steps: pd.DataFrame) -> dict:
+    attr = _col(steps, "clip_attributed_dH")
+    probed = np.isfinite(attr)
+    out: dict = {"n_probed": int(probed.sum())}
+    for c in ATTRIBUTED_COLUMNS:
+        mean, se, _ = _mean_se(_col(steps, c)[probed])
+        out[f"{c}_avg"], out[f"{c}_se"] = mean, se
+    # Steps where a clip acted at all (attributed change non-zero): a step with
+    # no clip event leaves the replay identical, and its sign says nothing.
+    low, high = _col(steps, "clip_low_attributed_dH"), _col(steps, "clip_high_attributed_dH")
+    acted_low, acted_high = probed & (low != 0) & np.isfinite(low), probed & (high != 0) & np.isfinite(high)
+    out["n_clip_steps"] = int((probed & (attr != 0)).sum())
+    out["clip_low_raises_share"] = float((low[acted_low] > 0).mean()) if acted_low.any() else math.nan
+    out["clip_high_lowers_share"] = float((high[acted_high] < 0).mean()) if acted_high.any() else math.nan
+    for thm in ("thm1", "thm2"):
+        drift = _col(steps, f"{thm}_drift")
+        out[f"{thm}_vs_attr_sign_agree"] = sign_agreement(drift[probed], attr[probed])
+        out[f"{thm}_vs_attr_pearson"] = pearson(drift[probed], attr[probed])
+    return out
+
+
+def _eval_summary(run: Run) -> dict:
+    ev = read_eval_summary(run)
+    needed = {"step", "dataset", "k", "pass_at_k", "mean_at_n"}
+    if ev.empty or not needed <= set(ev.columns):
+        return {}
+    out = {}
+    several_temps = "temperature" in ev and ev["temperature"].nunique() > 1
+    keys = ["dataset", "k"] + (["temperature"] if several_temps else [])
+    for key, rows in ev.sort_values("step", kind="stable").groupby(keys, sort=True):
+        dataset, k = key[0], int(key[1])
+        tag = f"eval_{dataset}_k{k}" + (f"_t{format_value(float(key[2]))}" if several_temps else "")
+        first, last = rows.iloc[0], rows.iloc[-1]
+        out[f"{tag}_first_step"] = int(first["step"])
+        out[f"{tag}_last_step"] = int(last["step"])
+        out[f"{tag}_pass_at_k_first"] = float(first["pass_at_k"])
+        out[f"{tag}_pass_at_k_last"] = float(last["pass_at_k"])
+        out[f"{tag}_mean_at_n_first"] = float(first["mean_at_n"])
+        out[f"{tag}_mean_at_n_last"] = float(last["mean_at_n"])
+    return out
+
+
+def summarize_run(run: Run, extra_keys: Sequence[str] = ()) -> dict:
+    """One per-run row (see ``docs/analysis.md`` for every column)."""
+    steps = run.steps.sort_values("step", kind="stable").reset_index(drop=True)
+    row: dict = {"run": run.name, "path": str(run.path)}
+    for key in dict.fromkeys((*CONFIG_KEYS, *extra_keys)):
+        row[key] = config_value(run, key)
+    row.update(_entropy_summary(steps))
+    row.update(_theory_summary(steps))
+    row.update(_attribution_summary(steps))
+    row.update(_eval_summary(run))
+    return row
+
+
+def _group_table(per_run: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    config_cols = set(CONFIG_KEYS) | set(keys)
+    numeric = [
+        c for c in per_run.columns
+        if c not in config_cols and c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(per_run[c])
+    ]
+    # NaN-safe keys: eps_high may be inf, a key may be missing (NaN) in old runs.
+    labels = [tuple(format_value(v) for v in r) for r in per_run[list(keys)].itertuples(index=False)]
+    shown = label_keys(per_run[list(keys)].to_dict(orient="records"), keys)
+    rows = []
+    for label in dict.fromkeys(labels):
+        members = per_run[[lab == label for lab in labels]]
+        row = {k: members.iloc[0][k] for k in keys}
+        row["group"] = group_label(row, shown)
+        row["n_runs"] = int(len(members))
+        for c in numeric:
+            v = members[c].astype(float)
+            row[f"{c}_mean"] = float(v.mean()) if v.notna().any() else math.nan
+            row[f"{c}_std"] = float(v.std(ddof=1)) if v.notna().sum() > 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def analyze_runs(
+    paths_or_globs: Iterable[str | os.PathLike], group_by: Optional[Sequence[str] | str] = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(per_run, per_group)`` tables for the runs named by paths or globs.
+
+    ``group_by``: dotted config keys (``section.key``); default
+    ``algo.eps_low, algo.eps_high, reward.kind``. The group table has the group
+    keys, ``group`` (a label), ``n_runs`` and ``<col>_mean`` / ``<col>_std``
+    across runs of every numeric per-run column (std needs two runs).
+    """
+    runs = load_runs(paths_or_globs)
+    keys = parse_keys(group_by) or list(DEFAULT_GROUP_KEYS)
+    check_group_keys(runs, keys)
+    per_run = pd.DataFrame([summarize_run(r, keys) for r in runs])
+    return per_run, _group_table(per_run, keys)
+
+
+# ---------------------------------------------------------------- per-step curves (for plots)
+
+
+def step_metrics(runs: Sequence[Run]) -> list[str]:
+    cols = set()
+    for run in runs:
+        cols.update(c for c in run.steps.columns if pd.api.types.is_numeric_dtype(run.steps[c]))
+    return sorted(cols)
+
+
+def check_metric(runs: Sequence[Run], metric: str) -> None:
+    valid = step_metrics(runs)
+    if metric not in valid:
+        raise AnalysisError(f"unknown metric '{metric}'; valid step metrics: {', '.join(valid)}")
+
+
+def curves(
+    runs: Sequence[Run],
+    metric: str,
+    *,
+    group_by: Optional[Sequence[str]] = None,
+    x: str = "step",
+    smooth: int = 1,
+    normalize: bool = False,
+    cumulative: bool = False,
+) -> pd.DataFrame:
+    """Long table of one step metric: ``group, run, step, x, value`` (one row per run and step).
+
+    - ``x='tokens'``: cumulative ``n_tokens`` of the run at the end of each step.
+    - ``normalize``: divide by the run's first value (paper Fig. 4, entropy / base entropy).
+    - ``cumulative``: running sum over steps (NaN steps count as 0).
+    - ``smooth``: trailing rolling mean over ``smooth`` steps, per run.
+    """
+    if x not in X_AXES:
+        raise AnalysisError(f"unknown x axis '{x}'; valid: {', '.join(X_AXES)}")
+    if smooth < 1:
+        raise AnalysisError(f"--smooth must be at least 1, got {smooth}")
+    check_metric(runs, metric)
+    keys = list(group_by or DEFAULT_GROUP_KEYS)
+    frames = []
+    for run in runs:
+        steps = run.steps.sort_values("step", kind="stable")
+        value = _col(steps, metric)
+        if normalize:
+            first = value[np.isfinite(value)]
+            value = value / float(first.iloc[0]) if len(first) and first.iloc[0] != 0 else value * math.nan
+        if cumulative:
+            value = value.fillna(0.0).cumsum()
+        if smooth > 1:
+            value = value.rolling(smooth, min_periods=1).mean()
+        if x == "tokens":
+            xs = _col(steps, "n_tokens").fillna(0.0).cumsum()
+        else:
+            xs = steps["step"].astype(float)
+        values = {k: config_value(run, k) for k in keys}
+        frames.append(
+            pd.DataFrame(
+                {
+                    "group": group_label(values, keys),
+                    "run": run.name,
+                    "step": steps["step"].to_numpy(),
+                    "x": xs.to_numpy(),
+                    "value": value.to_numpy(),
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def aggregate_curves(long: pd.DataFrame) -> pd.DataFrame:
+    """Per group and step across runs: ``x`` (mean), ``mean``, ``std``, ``min``, ``max``, ``n`` of ``value``."""
+    ok = long[np.isfinite(long["value"].astype(float))]
+    g = ok.groupby(["group", "step"], sort=False)
+    out = g.agg(x=("x", "mean"), mean=("value", "mean"), std=("value", "std"),
+                min=("value", "min"), max=("value", "max"), n=("value", "size")).reset_index()
+    order = {label: i for i, label in enumerate(dict.fromkeys(long["group"]))}
+    out["_order"] = out["group"].map(order)
+    return out.sort_values(["_order", "step"]).drop(columns="_order").reset_index(drop=True)
+
+
+def eval_curves(runs: Sequence[Run], *, group_by: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """Long table of the eval summaries: ``group, run, step, dataset, k, pass_at_k, mean_at_n``."""
+    keys = list(group_by or DEFAULT_GROUP_KEYS)
+    frames = []
+    for run in runs:
+        ev = read_eval_summary(run)
+        if ev.empty:
+            continue
+        ev = ev.copy()
+        ev["group"] = group_label({k: config_value(run, k) for k in keys}, keys)
+        ev["run"] = run.name
+        frames.append(ev)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------- writing tables
+
+TABLE_FORMATS = ("table", "csv", "json", "parquet")
+
+
+def _json_safe(value):
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        if math.isnan(v):
+            return None
+        if math.isinf(v):
+            return "inf" if v > 0 else "-inf"
+        return v
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def to_text(df: pd.DataFrame, fmt: str) -> str:
+    """CSV or JSON (records; NaN as null, inf as the string "inf") text of a table."""
+    import json
+
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt == "json":
+        records = [{k: _json_safe(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
+        return json.dumps(records, indent=2) + "\n"
+    raise AnalysisError(f"format '{fmt}' has no text form; valid: csv, json")
+
+
+def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:
+    """Write ``df`` to ``path`` atomically as csv, json or parquet."""
+    from clipctl.runlog import atomic_write_bytes, write_parquet_atomic
+
+    path = Path(path)
+    try:
+        if fmt == "parquet":
+            # Parquet needs one type per column: a config value that is a
+            # string in one run and NaN in another becomes a string column.
+            df = df.copy()
+            for c in df.columns:
+                if df[c].dtype == object:
+                    df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+            write_parquet_atomic(df, path)
+        else:
+            atomic_write_bytes(path, to_text(df, fmt).encode())
+    except OSError as e:
+        raise AnalysisError(f"cannot write {path}: {e.strerror or e}; choose a writable --out path") from None
+
+
+# ---------------------------------------------------------------- choosing what to show
+
+# The few columns the default terminal table shows (all columns go to csv/json/parquet).
+TABLE_METRICS = (
+    "entropy_change",
+    "entropy_change_rel",
+    "avg_clip_low_frac",
+    "avg_clip_high_frac",
+    "thm2_low_pos_share",
+    "thm2_high_pos_share",
+    "thm2_vs_raw_sign_agree",
+    "thm2_vs_attr_sign_agree",
+    "clip_low_attributed_dH_avg",
+    "clip_high_attributed_dH_avg",
+)
+
+
+def metric_names(per_run: pd.DataFrame) -> list[str]:
+    """Per-run numeric columns that are results, not identifiers or config values."""
+    config = set(CONFIG_KEYS) | {c for c in per_run.columns if "." in c}
+    return [
+        c for c in per_run.columns
+        if c not in ID_COLUMNS and c not in config and pd.api.types.is_numeric_dtype(per_run[c])
+    ]
+
+
+def check_metrics(per_run: pd.DataFrame, metrics: Sequence[str]) -> None:
+    valid = metric_names(per_run)
+    for m in metrics:
+        if m not in valid:
+            raise AnalysisError(f"unknown metric '{m}'; valid: {', '.join(valid)}")
+
+
+def summary_frame(
+    per_run: pd.DataFrame, per_group: pd.DataFrame, *, per_run_rows: bool = False, metrics: Optional[Sequence[str]] = None
+) -> pd.DataFrame:
+    """The table to output: per-run or per-group rows, restricted to ``metrics`` when given.
+
+    ``metrics`` are per-run column names; for group rows each becomes its
+    ``<metric>_mean`` and ``<metric>_std`` columns.
+    """
+    if metrics:
+        check_metrics(per_run, metrics)
+    if per_run_rows:
+        if not metrics:
+            return per_run
+        keep = [c for c in per_run.columns if c in ID_COLUMNS or "." in c]
+        return per_run[keep + list(metrics)]
+    if not metrics:
+        return per_group
+    ids = [c for c in per_group.columns if "." in c] + ["group", "n_runs"]
+    return per_group[ids + [f"{m}_{s}" for m in metrics for s in ("mean", "std")]]

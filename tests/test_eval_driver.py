@@ -1,0 +1,442 @@
+"""The pass@k evaluation driver (SPEC section 8): files, scores, seeding, resume.
+
+Fast tests use a random 1-layer Qwen2 (hidden 64, 2 heads of 32) saved in a tmp
+folder with the tokenizer files of the cached ``builtin:tiny``; when that model
+is not cached yet, they are marked slow (building it takes about a minute).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from clipctl import eval_driver
+from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
+from clipctl.eval_driver import (
+    EXTRA_SUMMARY_COLUMNS,
+    SAMPLE_COLUMNS,
+    SUMMARY_COLUMNS,
+    EvalSettings,
+    batch_seed,
+    evaluate,
+    evaluate_checkpoint,
+    load_eval_set,
+    merge_summary,
+    model_label,
+    select_checkpoints,
+    summarize,
+)
+from clipctl.models import TinySpec, cache_dir
+from clipctl.rollout.base import RolloutBatch
+from clipctl.rollout.hf import HFEngine
+
+TINY_CACHED = (cache_dir() / TinySpec().key() / "tokenizer.json").is_file()
+needs_tiny = (lambda test: test) if TINY_CACHED else pytest.mark.slow
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+FAST = dict(n=2, ks=(1, 2), max_new_tokens=4, batch_prompts=2)
+
+
+def _save_tiny_model(folder: Path) -> Path:
+    """A random 1-layer Qwen2 plus the builtin tokenizer's files, saved in ``folder``."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from clipctl.models import load_tokenizer, resolve_model_path
+
+    src = Path(resolve_model_path("builtin:tiny"))  # a cache hit unless marked slow
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(src / name, folder / name)
+    tok = load_tokenizer(str(folder))
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return _save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-random")
+
+
+def _make_run_dir(root: Path, model_dir: Path, steps=(1, 2)) -> Path:
+    """A run directory with ``checkpoints/step-N`` copies of ``model_dir``."""
+    run = root / "r"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"name": "r", "config": {}}))
+    for step in steps:
+        ckpt = run / "checkpoints" / f"step-{step}"
+        shutil.copytree(model_dir, ckpt)
+        torch.save({"step": step}, ckpt / "trainer_state.pt")
+    return run
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _no_generation(monkeypatch) -> None:
+    """Any model load or generate call fails the test."""
+
+    def boom(*args, **kwargs):
+        raise AssertionError("no model load or generation expected")
+
+    monkeypatch.setattr(HFEngine, "generate", boom)
+    monkeypatch.setattr("clipctl.models.load_model", boom)
+
+
+class ScriptedEngine:
+    """A rollout engine whose sample j of a problem is correct iff j < correct[problem]."""
+
+    def __init__(self, correct: dict[str, int], answers: dict[str, str], order: list[str]):
+        self.correct, self.answers, self.order = correct, answers, order
+        self.calls: list[tuple[int, int]] = []  # (prompts, seed)
+        self.next = 0
+
+    def sync_weights(self, model) -> None:
+        pass
+
+    def generate(self, prompts, params) -> RolloutBatch:
+        ids = self.order[self.next : self.next + len(prompts)]
+        self.next += len(prompts)
+        self.calls.append((len(prompts), params.seed))
+        texts = []
+        for pid in ids:  # prompt-major: all n samples of a prompt, then the next
+            for j in range(params.n):
+                right = j < self.correct[pid]
+                texts.append(f"so #### {self.answers[pid] if right else '-1'}")
+        N = len(texts)
+        zeros = torch.zeros((N, 1), dtype=torch.long)
+        mask = torch.ones((N, 3), dtype=torch.long)
+        return RolloutBatch(zeros, zeros, mask.clone(), mask, torch.zeros(N, dtype=torch.bool), texts)
+
+
+# ---------------------------------------------------------------------------
+# Pure parts
+# ---------------------------------------------------------------------------
+
+
+def _samples(counts: list[int], n: int) -> pd.DataFrame:
+    rows = [
+        {"problem_id": f"p{i}", "sample_index": j, "response": "", "prediction": None,
+         "correct": j < c, "response_tokens": 3, "truncated": j == 0}
+        for i, c in enumerate(counts) for j in range(n)
+    ]
+    return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS))
+
+
+def test_summarize_hand_computed():
+    s = EvalSettings(n=4, ks=(1, 2, 4)).validated()
+    out = summarize(_samples([1, 4], 4), step=3, dataset="d", settings=s)
+    assert list(out.columns) == list(SUMMARY_COLUMNS + EXTRA_SUMMARY_COLUMNS)
+    # problem 0: c=1 of 4 -> pass@1 1/4, pass@2 1 - C(3,2)/C(4,2) = 1/2, pass@4 1; problem 1: all 1.
+    np.testing.assert_allclose(out["pass_at_k"], [(0.25 + 1) / 2, (0.5 + 1) / 2, 1.0])
+    np.testing.assert_allclose(out["mean_at_n"], 0.625)
+    assert out["k"].tolist() == [1, 2, 4] and (out["step"] == 3).all() and (out["n_problems"] == 2).all()
+    assert (out["ci_low"] <= out["pass_at_k"] + 1e-12).all() and (out["pass_at_k"] <= out["ci_high"] + 1e-12).all()
+    # pass@1 is mean@n, and the bootstrap uses the same resamples for both.
+    assert out.loc[0, "ci_low"] == out.loc[0, "mean_at_n_ci_low"] and out.loc[0, "ci_high"] == out.loc[0, "mean_at_n_ci_high"]
+    assert out.loc[0, "truncated_frac"] == 0.25 and out.loc[0, "response_tokens_mean"] == 3
+
+
+def test_summarize_rejects_wrong_sample_count():
+    s = EvalSettings(n=4, ks=(1,)).validated()
+    with pytest.raises(RunDirError, match="expected n=4"):
+        summarize(_samples([1, 2], 3), step=1, dataset="d", settings=s)
+
+
+def test_merge_summary_latest_row_wins(tmp_path):
+    s = EvalSettings(n=4, ks=(1, 2)).validated()
+    path = tmp_path / "summary.parquet"
+    first = summarize(_samples([1, 2], 4), step=1, dataset="d", settings=s)
+    merge_summary(path, first)
+    again = summarize(_samples([4, 4], 4), step=1, dataset="d", settings=s)
+    merged = merge_summary(path, again)
+    assert len(merged) == 2 and (merged["pass_at_k"] == 1.0).all()
+    other = summarize(_samples([1, 2], 4), step=2, dataset="d", settings=EvalSettings(n=4, ks=(1,)).validated())
+    merged = merge_summary(path, other)
+    assert sorted(zip(merged["step"], merged["k"])) == [(1, 1), (1, 2), (2, 1)]
+    pd.testing.assert_frame_equal(pd.read_parquet(path), merged)
+
+
+def test_batch_seed_is_a_pure_function_of_seed_step_batch():
+    seeds = {batch_seed(s, t, b) for s in range(3) for t in range(3) for b in range(3)}
+    assert len(seeds) == 27
+    assert batch_seed(1, 2, 3) == batch_seed(1, 2, 3)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n=4, ks=(1, 8)), r"k \(8\) must be <= n \(4\).*raise --n to 8 or drop k=8"),
+        (dict(n=4, ks=()), "at least one k"),
+        (dict(n=4, ks=(0, 1)), r"k \(0\) must be >= 1"),
+        (dict(n=0, ks=(1,)), r"n \(0\) must be >= 1"),
+        (dict(temperature=0.0), r"temperature \(0.0\) must be > 0"),
+        (dict(top_p=0.0), r"top_p \(0.0\)"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(seed=-1), r"seed \(-1\)"),
+        (dict(batch_prompts=0), "batch_prompts"),
+        (dict(limit=0), r"limit \(0\)"),
+    ],
+)
+def test_settings_errors_name_value_and_fix(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        EvalSettings(**kwargs).validated()
+
+
+def test_settings_sort_and_dedupe_ks():
+    assert EvalSettings(n=8, ks=(8, 1, 8, 2)).validated().ks == (1, 2, 8)
+
+
+def test_select_checkpoints(tmp_path):
+    found = [(1, tmp_path / "step-1"), (2, tmp_path / "step-2"), (10, tmp_path / "step-10")]
+    assert select_checkpoints(found, "all", tmp_path) == found
+    assert select_checkpoints(found, "last", tmp_path) == found[2:]
+    assert select_checkpoints(found, "step-10, 1", tmp_path) == [found[0], found[2]]
+    with pytest.raises(RunDirError, match="checkpoint 'step-7' not found .*available: step-1, step-2, step-10"):
+        select_checkpoints(found, "step-7", tmp_path)
+    with pytest.raises(ConfigError, match="use all, last or step-N"):
+        select_checkpoints(found, "first", tmp_path)
+
+
+def test_model_label(tmp_path):
+    assert model_label("builtin:tiny") == "builtin-tiny"
+    assert model_label("Qwen/Qwen2.5-Math-1.5B") == "Qwen--Qwen2.5-Math-1.5B"
+    (tmp_path / "my model").mkdir()
+    assert model_label(str(tmp_path / "my model") + "/") == "my-model"
+
+
+def test_load_eval_set_local_defaults_and_errors(tmp_path):
+    path = _write_jsonl(tmp_path / "toy set.jsonl", [{"id": "a", "problem": "1+1", "answer": "2"}])
+    es = load_eval_set(str(path))
+    assert es.name == "toy-set" and es.grader == "math_verify" and "\\boxed{}" in es.template.format(problem="")
+    assert load_eval_set(str(path), grader="gsm8k").fingerprint != es.fingerprint
+    with pytest.raises(ConfigError, match="unknown grader 'nope'; valid: gsm8k, math_verify"):
+        load_eval_set(str(path), grader="nope")
+    with pytest.raises(ConfigError, match=r"must contain \{problem\}"):
+        load_eval_set(str(path), template="no field")
+    with pytest.raises(ConfigError, match="str.format"):
+        load_eval_set(str(path), template="{problem} {x}")
+    dup = _write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "problem": "p", "answer": "1"}] * 2)
+    with pytest.raises(DataError, match="problem id 'a' appears twice.*--id-col"):
+        load_eval_set(str(dup))
+    with pytest.raises(DataError, match="unknown dataset 'nope'"):
+        load_eval_set("nope")
+    with pytest.raises(DataError, match="problem 'a' of .*not a number.*--grader math_verify"):
+        load_eval_set(str(path), answer_col="problem", grader="gsm8k")
+
+
+# ---------------------------------------------------------------------------
+# The driver on a scripted engine: grading and scores end to end
+# ---------------------------------------------------------------------------
+
+
+@needs_tiny
+def test_scripted_engine_end_to_end(tmp_path, tiny_model):
+    from clipctl.models import load_tokenizer
+
+    rows = [{"id": f"q{i}", "question": f"what is {i}+{i}?", "answer": f"so #### {2 * i}"} for i in range(5)]
+    data = _write_jsonl(tmp_path / "toy.jsonl", rows)
+    correct = {"q0": 0, "q1": 1, "q2": 2, "q3": 4, "q4": 3}
+    engine = ScriptedEngine(correct, {r["id"]: str(2 * int(r["id"][1:])) for r in rows}, [r["id"] for r in rows])
+    before = torch.get_rng_state()
+    out = evaluate_checkpoint(
+        None, load_tokenizer(str(tiny_model)), tmp_path / "run", 7, str(data), n=4, ks=(1, 2, 4),
+        engine=engine, problem_col="question", grader="gsm8k", batch_prompts=2, seed=5,
+    )
+    assert torch.equal(torch.get_rng_state(), before)
+    assert engine.calls == [(2, batch_seed(5, 7, 0)), (2, batch_seed(5, 7, 1)), (1, batch_seed(5, 7, 2))]
+    c = np.array([0, 1, 2, 4, 3])
+    # pass@2 per problem: 1 - C(4-c, 2) / C(4, 2) = 0, 1/2, 5/6, 1, 1; pass@4: 0 for c=0, else 1.
+    np.testing.assert_allclose(out["pass_at_k"], [c.mean() / 4, (0 + 0.5 + 5 / 6 + 1 + 1) / 5, 0.8])
+    np.testing.assert_allclose(out["mean_at_n"], 0.5)
+    step_dir = tmp_path / "run" / "eval" / "toy" / "step-7"
+    samples = pd.read_parquet(step_dir / "samples.parquet")
+    assert list(samples.columns) == list(SAMPLE_COLUMNS)
+    assert samples.groupby("problem_id", sort=False)["correct"].sum().tolist() == c.tolist()
+    assert samples.loc[samples["correct"], "prediction"].tolist() == [
+        str(2 * int(p[1:])) for p in samples.loc[samples["correct"], "problem_id"]
+    ]
+    assert not (step_dir / "parts").exists()
+    summary = pd.read_parquet(tmp_path / "run" / "eval" / "summary.parquet")
+    assert summary[list(SUMMARY_COLUMNS)].shape == (3, len(SUMMARY_COLUMNS))
+
+
+# ---------------------------------------------------------------------------
+# The driver on a real (random) model
+# ---------------------------------------------------------------------------
+
+
+@needs_tiny
+def test_model_target_writes_files(tmp_path, tiny_model):
+    out = evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path / "ev", **FAST)
+    assert out["step"].tolist() == [0, 0] and out["k"].tolist() == [1, 2]
+    step_dir = tmp_path / "ev" / "gsm8k" / "step-0"
+    samples = pd.read_parquet(step_dir / "samples.parquet")
+    assert list(samples.columns) == list(SAMPLE_COLUMNS) and len(samples) == 3 * 2
+    assert samples["problem_id"].tolist() == ["0", "0", "1", "1", "2", "2"]
+    assert samples["sample_index"].tolist() == [0, 1] * 3
+    assert (samples["response_tokens"] <= 4).all()
+    assert (samples.loc[samples["truncated"], "response_tokens"] == 4).all()
+    for path in (step_dir / "summary.parquet", tmp_path / "ev" / "summary.parquet"):
+        table = pd.read_parquet(path)
+        assert list(table.columns[: len(SUMMARY_COLUMNS)]) == list(SUMMARY_COLUMNS) and len(table) == 2
+    settings = json.loads((step_dir / "settings.json").read_text())
+    assert settings["model"] == str(tiny_model) and settings["n"] == 2 and settings["limit"] == 3
+
+
+@needs_tiny
+def test_default_out_is_runs_eval_model(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    evaluate(str(tiny_model), "gsm8k", limit=1, **FAST)
+    assert (tmp_path / "runs" / "eval" / "tiny-random" / "gsm8k" / "step-0" / "samples.parquet").is_file()
+    assert (tmp_path / "runs" / "eval" / "tiny-random" / "summary.parquet").is_file()
+
+
+@needs_tiny
+def test_results_are_reproducible(tmp_path, tiny_model):
+    def responses(out, seed):
+        evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path / out, seed=seed, **FAST)
+        return pd.read_parquet(tmp_path / out / "gsm8k" / "step-0" / "samples.parquet")
+
+    a, b, c = responses("a", 0), responses("b", 0), responses("c", 1)
+    pd.testing.assert_frame_equal(a, b)
+    assert a["response"].tolist() != c["response"].tolist()
+
+
+@needs_tiny
+def test_second_call_does_no_generation(tmp_path, tiny_model, monkeypatch):
+    first = evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, **FAST)
+    _no_generation(monkeypatch)
+    again = evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, **FAST)
+    pd.testing.assert_frame_equal(first, again)
+    # New k from the same samples: still no generation; the summary gains the row.
+    evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, **{**FAST, "ks": (1,)})
+    assert len(pd.read_parquet(tmp_path / "summary.parquet")) == 2
+    # Another seed is new work.
+    with pytest.raises(AssertionError, match="no model load"):
+        evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, seed=1, **FAST)
+
+
+@needs_tiny
+def test_interrupted_step_resumes_with_the_same_samples(tmp_path, tiny_model, monkeypatch):
+    kw = dict(limit=3, n=2, ks=(1,), max_new_tokens=4, batch_prompts=1)
+    evaluate(str(tiny_model), "gsm8k", out=tmp_path / "whole", **kw)
+
+    calls = []
+    real = HFEngine.generate
+
+    def flaky(self, prompts, params):
+        calls.append(params.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, prompts, params)
+
+    monkeypatch.setattr(HFEngine, "generate", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(str(tiny_model), "gsm8k", out=tmp_path / "cut", **kw)
+    step_dir = tmp_path / "cut" / "gsm8k" / "step-0"
+    assert not (step_dir / "samples.parquet").exists() and not (tmp_path / "cut" / "summary.parquet").exists()
+    assert [p.name for p in (step_dir / "parts").iterdir()] == ["batch-000000.parquet"]
+
+    evaluate(str(tiny_model), "gsm8k", out=tmp_path / "cut", **kw)
+    assert len(calls) == 4  # batch 0 was kept: the rerun drew batches 1 and 2 only
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(step_dir / "samples.parquet"),
+        pd.read_parquet(tmp_path / "whole" / "gsm8k" / "step-0" / "samples.parquet"),
+    )
+    assert not (step_dir / "parts").exists()
+
+
+@needs_tiny
+def test_changed_settings_regenerate_and_summary_keeps_both(tmp_path, tiny_model):
+    evaluate(str(tiny_model), "gsm8k", limit=2, out=tmp_path, **FAST)
+    evaluate(str(tiny_model), "gsm8k", limit=2, out=tmp_path, **{**FAST, "n": 3})
+    summary = pd.read_parquet(tmp_path / "summary.parquet")
+    assert sorted(zip(summary["n"], summary["k"])) == [(2, 1), (2, 2), (3, 1), (3, 2)]
+    samples = pd.read_parquet(tmp_path / "gsm8k" / "step-0" / "samples.parquet")
+    assert len(samples) == 2 * 3  # the step folder holds the latest settings
+
+
+@needs_tiny
+def test_run_directory_every_checkpoint(tmp_path, tiny_model, monkeypatch):
+    run = _make_run_dir(tmp_path, tiny_model)
+    out = evaluate(str(run), "gsm8k", limit=2, **FAST)
+    assert sorted(zip(out["step"], out["k"])) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    summary = pd.read_parquet(run / "eval" / "summary.parquet")
+    assert sorted(zip(summary["step"], summary["k"])) == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for step in (1, 2):
+        assert len(pd.read_parquet(run / "eval" / "gsm8k" / f"step-{step}" / "samples.parquet")) == 4
+    # Different steps draw different seeds, even from identical weights.
+    r1, r2 = (pd.read_parquet(run / "eval" / "gsm8k" / f"step-{s}" / "samples.parquet")["response"] for s in (1, 2))
+    assert r1.tolist() != r2.tolist()
+    _no_generation(monkeypatch)
+    last = evaluate(str(run), "gsm8k", limit=2, checkpoints="last", **FAST)
+    assert last["step"].tolist() == [2, 2]
+
+
+@needs_tiny
+def test_in_memory_checkpoint_is_reused_by_evaluate(tmp_path, tiny_model, monkeypatch):
+    from clipctl.models import load_model, load_tokenizer
+
+    run = _make_run_dir(tmp_path, tiny_model, steps=(1,))
+    model, tok = load_model(str(tiny_model)), load_tokenizer(str(tiny_model))
+    model.train()
+    before = torch.get_rng_state()
+    first = evaluate_checkpoint(model, tok, run, 1, "gsm8k", limit=2, **FAST)
+    assert torch.equal(torch.get_rng_state(), before) and model.training
+    assert (run / "eval" / "gsm8k" / "step-1" / "samples.parquet").is_file()
+    _no_generation(monkeypatch)
+    again = evaluate(str(run), "gsm8k", limit=2, **FAST)
+    pd.testing.assert_frame_equal(first, again)
+
+
+def test_run_directory_errors(tmp_path):
+    run = tmp_path / "empty-run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    with pytest.raises(RunDirError, match="has no checkpoints"):
+        evaluate(str(run), "gsm8k", limit=1, **FAST)
+    (tmp_path / "some-model").mkdir()
+    with pytest.raises(ConfigError, match="needs a run directory"):
+        evaluate(str(tmp_path / "some-model"), "gsm8k", limit=1, checkpoints="step-1", **FAST)
+
+
+def test_bad_model_path_is_a_model_error_and_writes_nothing(tmp_path):
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ModelError, match="cannot load"):
+        evaluate(str(tmp_path / "not-a-model"), "gsm8k", limit=1, out=tmp_path / "out", **FAST)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ModelError, match="does not exist"):
+        evaluate(str(tmp_path / "nowhere"), "gsm8k", limit=1, out=tmp_path / "out", **FAST)
+
+
+def test_bad_engine_and_dtype(tmp_path):
+    with pytest.raises(ConfigError, match="unknown engine 'nope'; valid: hf"):
+        evaluate("x", "gsm8k", engine="nope", **FAST)
+    with pytest.raises(ConfigError, match="unknown dtype"):
+        evaluate("x", "gsm8k", dtype="int8", **FAST)
+
+
+@needs_tiny
+def test_prompts_use_the_chat_template_when_there_is_one(tiny_model):
+    from clipctl.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model))
+    es = load_eval_set("gsm8k", limit=1)
+    plain = tok.decode(eval_driver._prompt_ids(es, tok)[0])
+    assert plain == es.template.format(problem=es.problems[0].problem)
+    tok.chat_template = "{% for m in messages %}<U>{{ m['content'] }}{% endfor %}<A>"
+    chat = tok.decode(eval_driver._prompt_ids(es, tok)[0])
+    assert chat == f"<U>{plain}<A>"
