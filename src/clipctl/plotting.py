@@ -115,7 +115,7 @@ class _Plotter:
         if zero_line:
             ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":")
         ax.grid(alpha=0.3)
-        if ax.get_lines():
+        if any(not line.get_label().startswith("_") for line in ax.get_lines()):
             ax.legend(fontsize=7, loc="best")
 
     # ------------------------------------------------------------ panels

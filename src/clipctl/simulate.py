@@ -478,6 +478,9 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "response_length_mean": 1.0,
                 "response_length_max": 1.0,
                 "truncated_frac": 0.0,
+                # Actions are drawn from the exact policy; there is no separate engine to disagree with.
+                "rollout_logprob_diff_mean": math.nan,
+                "rollout_logprob_diff_max": math.nan,
                 "loss": float(np.mean([r["loss"] for r in rows])),
                 "approx_kl": float(np.sum([r["approx_kl"] * r["n_tokens"] for r in rows])) / n_tok,
                 "grad_norm": float(np.mean([r["grad_norm"] for r in rows])),
