@@ -103,6 +103,8 @@ def test_axis_units(runs):
     assert "eps_low=0.2, eps_high=inf (clip-low)" in labels and "eps_low=0.2, eps_high=0.2 (clip-high)" in labels
     passk = plotting.plot_runs([str(runs)], "passk")
     assert "eps_low=0.2, eps_high=0.2: pass@8" in legend_texts(passk.axes[0])
+    gsm8k_pass = labelled_lines(passk.axes[0])[0]
+    assert list(gsm8k_pass.get_xdata()) == [0.0, 4.0] and list(gsm8k_pass.get_ydata()) == pytest.approx([0.5, 0.6])
     assert passk.axes[0].get_ylabel() == "score (fraction of problems)"
 
 

@@ -483,6 +483,17 @@ def eval_curves(runs: Sequence[Run], *, group_by: Optional[Sequence[str]] = None
     return pd.concat(frames, ignore_index=True)
 
 
+def aggregate_eval(ev: pd.DataFrame) -> pd.DataFrame:
+    """Per group, dataset, k and step across runs: mean/std/min/max of ``pass_at_k`` and ``mean_at_n``."""
+    if ev.empty:
+        return ev
+    g = ev.groupby(["group", "dataset", "k", "step"], sort=False)
+    stats = {
+        f"{col}_{fn}": (col, fn) for col in ("pass_at_k", "mean_at_n") for fn in ("mean", "std", "min", "max")
+    }
+    return g.agg(**stats).reset_index().sort_values(["dataset", "k", "step"], kind="stable").reset_index(drop=True)
+
+
 # ---------------------------------------------------------------- writing tables
 
 TABLE_FORMATS = ("table", "csv", "json", "parquet")
@@ -513,6 +524,16 @@ def to_text(df: pd.DataFrame, fmt: str) -> str:
         records = [{k: _json_safe(v) for k, v in row.items()} for row in df.to_dict(orient="records")]
         return json.dumps(records, indent=2) + "\n"
     raise AnalysisError(f"format '{fmt}' has no text form; valid: csv, json")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically; an OS error becomes one ``AnalysisError`` line."""
+    from clipctl.runlog import atomic_write_bytes
+
+    try:
+        atomic_write_bytes(Path(path), text.encode())
+    except OSError as e:
+        raise AnalysisError(f"cannot write {path}: {e.strerror or e}; choose a writable --out path") from None
 
 
 def write_table(df: pd.DataFrame, path: Path, fmt: str) -> None:

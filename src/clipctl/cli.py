@@ -299,13 +299,15 @@ def _analysis_table(frame, *, per_run: bool, metrics, title: str) -> Table:
 @app.command("analyze-clip-stats")
 @handle_errors
 def analyze_clip_stats(
-    runs: List[str] = typer.Argument(..., help="Run directories, quoted globs ('runs/*'), or a folder holding runs."),
+    runs: List[str] = typer.Argument(
+        ..., metavar="RUN_OR_GLOB", help="Run directories, quoted globs ('runs/*'), or a folder holding runs."
+    ),
     group_by: Optional[str] = typer.Option(
         None, "--group-by", "-g", help="Comma-separated config keys section.key (default: algo.eps_low,algo.eps_high,reward.kind)."
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout (required for parquet)."),
-    per_run: bool = typer.Option(False, "--per-run", help="One row per run instead of one per group."),
+    per_run: bool = typer.Option(False, "--per-run", help="Results per run instead of per group."),
     metrics: Optional[str] = typer.Option(
         None, "--metrics", "-m", help="Comma-separated per-run columns to keep (default: all; the table shows a summary set)."
     ),
@@ -330,16 +332,9 @@ def analyze_clip_stats(
             return
         import io
 
-        from rich.console import Console as _Console
-
-        buf = _Console(file=io.StringIO(), width=200, record=True)
-        buf.print(table)
-        try:
-            from clipctl.runlog import atomic_write_bytes
-
-            atomic_write_bytes(out, buf.export_text().encode())
-        except OSError as e:
-            raise analysis.AnalysisError(f"cannot write {out}: {e.strerror or e}; choose a writable --out path") from None
+        recorder = Console(file=io.StringIO(), width=200, record=True)
+        recorder.print(table)
+        analysis.write_text(out, recorder.export_text())
     elif out is None:
         sys.stdout.write(analysis.to_text(frame, fmt))
         return
@@ -351,7 +346,9 @@ def analyze_clip_stats(
 @app.command()
 @handle_errors
 def plot(
-    runs: List[str] = typer.Argument(..., help="Run directories, quoted globs ('runs/*'), or a folder holding runs."),
+    runs: List[str] = typer.Argument(
+        ..., metavar="RUN_OR_GLOB", help="Run directories, quoted globs ('runs/*'), or a folder holding runs."
+    ),
     kind: str = typer.Option(
         "dashboard", "--kind", "-k", help="entropy | clip | theory | reward | passk | attribution | dashboard."
     ),
@@ -461,12 +458,20 @@ def simulate(
 
 def _frame_table(df, title: str) -> Table:
     import pandas as pd
+    from rich import box
 
-    table = Table(title=title)
+    headers = {"exit_code": "exit", "wall_seconds": "wall s", "entropy_change": "entropy\nchange",
+               "avg_clip_low_frac": "clip-lo\nfrac", "avg_clip_high_frac": "clip-hi\nfrac"}
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
+        justify = "right" if df[col].dtype.kind in "iuf" else "left"
+        width = min(40, max(map(len, df[col].astype(str)), default=6)) if col == "run" else None
+        table.add_column(headers.get(col, str(col)), justify=justify, overflow="fold", min_width=width)
     for row in df.itertuples(index=False):
-        table.add_row(*("" if v is None or v is pd.NA else _fmt(v) for v in row))
+        table.add_row(*(
+            "" if v is None or v is pd.NA else f"{v:.3g}" if isinstance(v, float) and math.isfinite(v) else _fmt(v)
+            for v in row
+        ))
     return table
 
 
@@ -476,7 +481,8 @@ def sweep(
     spec: str = typer.Argument(..., help="Sweep file (.toml) or the name of a shipped one (presets/sweeps/)."),
     out: Path = typer.Option(Path("runs"), "--out", "-o", help="Folder that holds sweep folders: runs go to OUT/SWEEP/RUN/."),
     jobs: Optional[int] = typer.Option(
-        None, "--jobs", "-j", help="Runs at once (default: 1 on CPU, one per GPU set with --gpus)."
+        None, "--jobs", "-j",
+        help="Runs at once (default: 1 on CPU, one per GPU set with --gpus). Without OMP_NUM_THREADS each run gets cores/jobs threads.",
     ),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids to share out, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES per run)."),
     gpus_per_run: int = typer.Option(1, "--gpus-per-run", help="GPUs per run; parallel runs get disjoint sets."),
@@ -488,6 +494,8 @@ def sweep(
     debug: bool = DEBUG_OPTION,
 ):
     """Run a grid of training runs from a sweep file; resumable, skips finished runs (docs/sweeps.md)."""
+    import pandas as pd
+
     from clipctl import sweep as sweeps
 
     if print_commands:
@@ -513,9 +521,17 @@ def sweep(
         raise typer.Exit(130)
     sweep_dir = Path(manifest.attrs["sweep_dir"])
     summary = sweeps.summarize(manifest, sweep_dir)
+    note = summary.attrs.get("note")
+    # One status cell (exit code and progress only where the run is not done) keeps the table narrow.
+    summary["status"] = [
+        s if s == "done" else f"{s} ({'' if pd.isna(code) else f'exit {code}, '}step {last}/{total})"
+        for s, code, last, total in zip(summary["status"], summary["exit_code"], summary["last_step"], summary["steps"])
+    ]
+    summary = summary.drop(columns=["exit_code", "last_step", "steps"])
+    summary["wall_seconds"] = summary["wall_seconds"].round().astype(int)
     console.print(_frame_table(summary, f"sweep {sweep_dir} ({len(manifest)} runs)"))
-    if "note" in summary.attrs:
-        console.print(summary.attrs["note"], markup=False, highlight=False)
+    if note:
+        console.print(note, markup=False, highlight=False)
     failed = manifest.loc[manifest["status"] == "failed", "run"].tolist()
     if failed:
         raise sweeps.SweepError(

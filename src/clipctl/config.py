@@ -50,6 +50,14 @@ class RolloutConfig:
     top_p: float = _f(1.0, "nucleus sampling threshold (1.0 = off)")
     max_new_tokens: int = _f(48, "response length cap; longer responses are truncated")
     engine: str = _f("hf", "generation engine: hf")
+    vllm_gpu_memory_utilization: float = _f(
+        0.5, "vllm: share of GPU memory vLLM may take (weights + KV cache); on CPU, share of RAM when vllm_kv_cache_mb=0"
+    )
+    vllm_kv_cache_mb: int = _f(0, "vllm: KV cache size in MiB (0 = let vLLM decide); set it on CPU, e.g. 256")
+    vllm_sleep_between_steps: bool = _f(
+        False, "vllm, GPU only: free vLLM's weights and KV cache between its rollout and the next weight sync"
+    )
+    vllm_dtype: str = _f("auto", "vllm: dtype of the engine's weights: auto (the trainer's model.dtype) | float32 | bfloat16 | float16")
 
 
 @dataclass(frozen=True)

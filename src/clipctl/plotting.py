@@ -223,23 +223,23 @@ def _draw_passk(p: _Plotter, caption: str) -> Figure:
             "none of the runs has eval/summary.parquet; run `clipctl eval-passk` on them first"
         )
     datasets = list(dict.fromkeys(ev["dataset"]))
+    agg = analysis.aggregate_eval(ev)
     fig, axes = _figure(1, len(datasets))
     for ax, dataset in zip(axes.flat, datasets):
-        rows = ev[ev["dataset"] == dataset]
+        rows = agg[agg["dataset"] == dataset]
         for (group, k), sub in rows.groupby(["group", "k"], sort=False):
             color = p.style.color[group]
+            xs = sub["step"].to_numpy(dtype=float)
             for col, ls, name in (("pass_at_k", "-", f"pass@{int(k)}"), ("mean_at_n", "--", "mean@n")):
-                g = sub.groupby("step")[col]
-                mean = g.mean()
+                mean = sub[f"{col}_mean"].to_numpy()
                 if p.band == "minmax":
-                    lo, hi = g.min(), g.max()
+                    lo, hi = sub[f"{col}_min"].to_numpy(), sub[f"{col}_max"].to_numpy()
                 else:
-                    sd = g.std().fillna(0.0)
+                    sd = np.nan_to_num(sub[f"{col}_std"].to_numpy())
                     lo, hi = mean - sd, mean + sd
-                xs = mean.index.to_numpy(dtype=float)
-                ax.plot(xs, mean.to_numpy(), color=color, linestyle=ls, marker="o", markersize=3,
+                ax.plot(xs, mean, color=color, linestyle=ls, marker="o", markersize=3,
                         label=f"{p.style.label[group]}: {name}")
-                ax.fill_between(xs, lo.to_numpy(), hi.to_numpy(), color=color, alpha=0.15, linewidth=0)
+                ax.fill_between(xs, lo, hi, color=color, alpha=0.15, linewidth=0)
         ax.set_title(f"{dataset}: pass@k (solid) and mean@n (dashed)", fontsize=10)
         ax.set_xlabel("training step (checkpoint)")
         ax.set_ylabel(UNITS["score"])

@@ -150,7 +150,7 @@ class CheckResult:
     """One random (pi_old, pi_k) pair: actual entropy changes next to the predictions.
 
     ``*_rel_err = |actual - predicted| / |predicted|`` at step size ``eta``.
-    ``*_order = log10(abs error at eta / abs error at eta / 10)``: about 2 when
+    ``*_order = log10(|error at eta| / |error at eta/10|)``: about 2 when
     the mismatch is the O(eta^2) remainder of a correct first-order formula;
     it stays meaningful where the first-order change itself is near zero and
     the relative error is therefore large.
@@ -414,8 +414,8 @@ def _update_epochs(theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, eps_
 def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One simulated run: ``(steps, updates)`` DataFrames with the SPEC column names."""
     validate(cfg)
-    torch_gen = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
-    theta = torch.tensor(torch_gen.normal(0.0, 1.0, cfg.actions) * cfg.init_scale, dtype=torch.float64)
+    init_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
+    theta = torch.tensor(init_rng.normal(0.0, 1.0, cfg.actions) * cfg.init_scale, dtype=torch.float64)
     opt = _Optimizer(cfg.optimizer, cfg.lr, cfg.actions)
     steps, updates = [], []
     replays = {"noclip": (1.0, math.inf), "lowonly": (cfg.eps_low, math.inf), "highonly": (1.0, cfg.eps_high)}

@@ -393,7 +393,7 @@ def _check_sweep_dir(p: Prepared) -> None:
                 f"sweep '{p.spec.name}' already exists in {sd} with a different spec ({diff}); "
                 f"give this one another name (name = ...), pass another --out, or delete {sd} to start over"
             )
-    elif sd.is_dir() and any(p.name != ".lock" for p in sd.iterdir()):
+    elif sd.is_dir() and any(f.name != ".lock" for f in sd.iterdir()):
         raise ConfigError(f"{sd} exists but is not a sweep folder (no sweep.json); pick another sweep name or --out")
     for run in p.runs:
         run_dir = sd / run.name
@@ -427,7 +427,6 @@ def _spec_diff(stored: dict, new: dict) -> str:
 @dataclass
 class DiskState:
     has_meta: bool
-    steps_logged: int
     last_step: int
     checkpoint: int  # step of the latest complete checkpoint, 0 if none
     done: bool
@@ -447,10 +446,7 @@ def disk_state(run_dir: Path, total_steps: int) -> DiskState:
     # The final checkpoint too: a run killed between logging its last step and
     # saving its model is not finished (there would be no model to evaluate).
     done = has_meta and logged == list(range(1, total_steps + 1)) and ckpt_step == total_steps
-    return DiskState(has_meta, len(logged), logged[-1] if logged else 0, ckpt_step, done)
-
-
-MANIFEST_COLUMNS = ("status", "exit_code", "attempts", "wall_seconds", "last_step", "steps", "command")
+    return DiskState(has_meta, logged[-1] if logged else 0, ckpt_step, done)
 
 
 def _config_value(cfg: Config, key: str) -> Any:
@@ -738,31 +734,23 @@ def print_commands(spec_path: str | os.PathLike, out: Path = Path("runs")) -> li
     return [shlex.join(train_command(p.spec, run, p.sweep_dir)) for run in p.runs]
 
 
+SUMMARY_METRICS = ("entropy_change", "avg_clip_low_frac", "avg_clip_high_frac")
+
+
 def summarize(manifest: pd.DataFrame, sweep_dir: Path) -> pd.DataFrame:
-    """One row per run: status and cost, plus entropy change and clip fractions of finished runs
-    from ``clipctl.analysis.analyze_runs`` when that module is installed."""
+    """One row per run: status, cost, progress, and for finished runs the entropy change
+    and mean clip fractions of ``clipctl.analysis.analyze_runs`` (docs/analysis.md)."""
     base = manifest[["run", "status", "exit_code", "wall_seconds", "last_step", "steps"]].copy()
     done = manifest.loc[manifest["status"] == "done", "run"].tolist()
-    try:
-        from clipctl.analysis import analyze_runs
-    except ImportError:
-        return base
     if not done:
         return base
+    from clipctl.analysis import analyze_runs
+
     try:
-        table = analyze_runs([Path(sweep_dir) / name for name in done])
-    except (ClipctlError, TypeError, ValueError, KeyError) as e:
+        per_run, _ = analyze_runs([Path(sweep_dir) / name for name in done])
+    except ClipctlError as e:
         # The sweep itself finished; a summary that cannot be built must not fail it.
-        base.attrs["note"] = f"no analysis summary: {type(e).__name__}: {e}"
+        base.attrs["note"] = f"no analysis summary: {e}"
         return base
-    if not isinstance(table, pd.DataFrame) or table.empty:
-        return base
-    if "run" not in table.columns:
-        table = table.reset_index().rename(columns={"index": "run"})
-    if "run" not in table.columns:
-        return base
-    table = table.assign(run=table["run"].map(lambda r: Path(str(r)).name))
-    entropy = [c for c in table.columns if "entropy" in c and any(w in c for w in ("change", "delta", "diff"))]
-    clip = [c for c in table.columns if "clip" in c and "frac" in c]
-    wanted = (entropy or [c for c in table.columns if "entropy" in c])[:2] + clip[:4]
-    return base.merge(table[["run", *wanted]], on="run", how="left")
+    metrics = [c for c in SUMMARY_METRICS if c in per_run.columns]
+    return base.merge(per_run[["run", *metrics]], on="run", how="left")

@@ -1,15 +1,37 @@
 """Generation engines behind one interface (``RolloutEngine``)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
 from clipctl.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
 
-ENGINES = ("hf",)
+if TYPE_CHECKING:
+    from clipctl.config import RolloutConfig
+
+ENGINES = ("hf", "vllm")
 
 
-def make_engine(name: str, model, tokenizer) -> RolloutEngine:
+def make_engine(name: str, model, tokenizer, rollout: Optional[RolloutConfig] = None) -> RolloutEngine:
+    """The engine ``name`` over the trainer's ``model``; ``rollout`` carries the engine options."""
     if name == "hf":
         from clipctl.rollout.hf import HFEngine
 
         return HFEngine(model, tokenizer)
+    if name == "vllm":
+        # Imported here: clipctl works without vllm installed.
+        from clipctl.config import RolloutConfig
+        from clipctl.rollout.vllm import VLLMEngine
+
+        r = rollout or RolloutConfig()
+        return VLLMEngine(
+            model,
+            tokenizer,
+            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
+            kv_cache_mb=r.vllm_kv_cache_mb,
+            sleep_between_steps=r.vllm_sleep_between_steps,
+            dtype=r.vllm_dtype,
+        )
     raise ValueError(f"unknown rollout engine {name!r}; valid: {', '.join(ENGINES)}")
 
 

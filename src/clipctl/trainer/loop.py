@@ -20,8 +20,14 @@ Departures from the textbook, each deliberate:
    ratio is exactly 1 and a replayed step is exact.
 2. Old log-probs are computed with the same micro-batch boundaries as the first
    epoch's updates, so the ratio is 1 bit-for-bit, not to rounding.
-3. Generation is seeded per step from (seed, step): a resumed run samples the
-   same responses without carrying a sampler state across processes.
+3. Generation is seeded per prompt group from (seed, step, global prompt
+   position), one ``generate`` call per group: a resumed run samples the same
+   responses without carrying a sampler state across processes, and the
+   samples do not depend on how many processes share the step
+   (``trainer/distributed.py``).
+4. Everything that depends on ranks goes through ``self.comm``: in a single
+   process its collectives are the identity, so this file reads as the
+   single-process algorithm; ``distributed.py`` supplies the multi-process one.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -43,6 +49,7 @@ from clipctl.models import load_model, load_tokenizer, resolve_model_path
 from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.runlog import write_part
+from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
 
 Log = Callable[[str], None]
 
@@ -63,6 +70,49 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
+def policy_logp_entropy(model, cfg: Config, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True):
+    """Log-probs and entropies ``[n, width]`` of ``targets``, the last ``width`` tokens of ``inputs``."""
+    tau = cfg.rollout.temperature
+    if cfg.train.lm_head == "fused":
+        # Stop at the final hidden states; the LM head runs tiled (never [tokens x vocab]).
+        hidden = model.base_model(**inputs).last_hidden_state[:, -width - 1 : -1]
+        head = model.get_output_embeddings()
+        return algo.fused_logprobs_entropy(
+            hidden, head.weight, targets, bias=head.bias, temperature=tau,
+            budget_bytes=cfg.train.lm_head_budget_mb * 2**20,
+        )
+    logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
+    return algo.token_logprobs_and_entropy(
+        logits, targets, temperature=tau, chunk_rows=cfg.train.logit_chunk_rows, with_entropy=with_entropy
+    )
+
+
+def _pad_to(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    extra = width - t.shape[1]
+    if extra == 0:
+        return t
+    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype)
+    return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+
+def concat_batches(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
+    """Stack rollout batches row-wise: prompts re-padded on the left, responses on the right."""
+    if len(parts) == 1:
+        return parts[0]
+    tp = max(b.prompt_ids.shape[1] for b in parts)
+    tr = max(b.response_ids.shape[1] for b in parts)
+    with_logprobs = all(b.logprobs is not None for b in parts)
+    return RolloutBatch(
+        prompt_ids=torch.cat([_pad_to(b.prompt_ids, tp, pad_id, True) for b in parts]),
+        prompt_mask=torch.cat([_pad_to(b.prompt_mask, tp, 0, True) for b in parts]),
+        response_ids=torch.cat([_pad_to(b.response_ids, tr, pad_id, False) for b in parts]),
+        response_mask=torch.cat([_pad_to(b.response_mask, tr, 0, False) for b in parts]),
+        truncated=torch.cat([b.truncated for b in parts]),
+        response_text=[t for b in parts for t in b.response_text],
+        logprobs=torch.cat([_pad_to(b.logprobs, tr, 0.0, False) for b in parts]) if with_logprobs else None,
+    )
+
+
 @dataclass
 class StepOutput:
     metrics: dict
@@ -74,9 +124,12 @@ class StepOutput:
 class Trainer:
     """Holds the model, optimizer, data and engine; ``run_step(step)`` does one step."""
 
-    def __init__(self, cfg: Config, *, init_path: Optional[str] = None, log: Optional[Log] = None):
+    def __init__(self, cfg: Config, *, init_path: Optional[str] = None, log: Optional[Log] = None, comm=None):
+        from clipctl.trainer.distributed import SingleProcess
+
         self.cfg = cfg
         self.log = log or (lambda msg: None)
+        self.comm = comm if comm is not None else SingleProcess()
         torch.manual_seed(cfg.train.seed)
         path = init_path or resolve_model_path(cfg.model.path, self.log)
         self.model_path = path
@@ -119,19 +172,10 @@ class Trainer:
         width = batch.response_ids.shape[1]
         inputs = self._model_inputs(batch, rows)
         targets = batch.response_ids[rows].to(inputs["input_ids"].device)
-        tau = self.cfg.rollout.temperature
-        if self.cfg.train.lm_head == "fused":
-            # Stop at the final hidden states; the LM head runs tiled (never [tokens x vocab]).
-            hidden = self.model.base_model(**inputs).last_hidden_state[:, -width - 1 : -1]
-            head = self.model.get_output_embeddings()
-            return algo.fused_logprobs_entropy(
-                hidden, head.weight, targets, bias=head.bias, temperature=tau,
-                budget_bytes=self.cfg.train.lm_head_budget_mb * 2**20,
-            )
-        logits = self.model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-        return algo.token_logprobs_and_entropy(
-            logits, targets, temperature=tau, chunk_rows=self.cfg.train.logit_chunk_rows, with_entropy=with_entropy
-        )
+        return self._forward(inputs, targets, width, with_entropy)
+
+    def _forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool):
+        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy)
 
     def _micro_slices(self, start: int, stop: int):
         size = self.cfg.train.micro_batch_size
@@ -139,7 +183,8 @@ class Trainer:
             yield slice(s, min(s + size, stop))
 
     def _minibatch_bounds(self, n_rows: int):
-        per = self.cfg.train.minibatch_prompts * self.cfg.rollout.n
+        # This process's rows of each minibatch (all of them in a single process).
+        per = self.comm.share(self.cfg.train.minibatch_prompts) * self.cfg.rollout.n
         return [(s, min(s + per, n_rows)) for s in range(0, n_rows, per)]
 
     @torch.no_grad()
@@ -156,18 +201,30 @@ class Trainer:
     # ------------------------------------------------------------ one step
 
     def rollout(self, step: int):
+        """This process's prompts of the step, their ``G`` responses each, and rewards.
+
+        A single process takes all ``P`` prompts; with several, each takes its
+        share (``comm.positions``). Each prompt group is sampled by its own
+        ``generate`` call seeded by (seed, step, global position), so a group's
+        responses are the same whichever process samples it.
+        """
         cfg = self.cfg
         P, G = cfg.train.rollout_batch_prompts, cfg.rollout.n
         idx = step_prompt_indices(len(self.examples), P, step, cfg.train.seed)
-        prompts = [self.examples[i] for i in idx]
+        positions = list(self.comm.positions(P))
+        prompts = [self.examples[idx[j]] for j in positions]
         params = SamplingParams(
             n=G,
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
             max_new_tokens=cfg.rollout.max_new_tokens,
-            seed=derived_seed(cfg.train.seed, step, 1),
+            seed=0,
         )
-        batch = self.engine.generate([p.prompt_ids for p in prompts], params)
+        groups = [
+            self.engine.generate([p.prompt_ids], replace(params, seed=derived_seed(cfg.train.seed, step, 1, j)))
+            for j, p in zip(positions, prompts)
+        ]
+        batch = concat_batches(groups, self._pad_id())
         rewards = compute_rewards(
             cfg.reward.kind,
             RewardBatch(
@@ -175,19 +232,25 @@ class Trainer:
                 golds=[p.gold for p in prompts for _ in range(G)],
                 seed=cfg.train.seed,
                 step=step,
-                prompt_indices=[j for j in range(P) for _ in range(G)],
-                sample_indices=[g for _ in range(P) for g in range(G)],
+                prompt_indices=[j for j in positions for _ in range(G)],
+                sample_indices=[g for _ in positions for g in range(G)],
                 p=cfg.reward.p,
             ),
         )
         return prompts, batch, torch.tensor(rewards, dtype=torch.float32)
 
+    def _pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
     def update_minibatch(self, batch, lo, hi, old_logp, adv, *, eps_low, eps_high, dual_clip_c):
         """One optimizer step on rows ``lo:hi``; returns (stat sums, loss, kl sum, grad norm)."""
         a, mask = self.cfg.algo, batch.response_mask
-        n_seqs = hi - lo
-        n_tokens = mask[lo:hi].sum().item()
-        self.optimizer.zero_grad(set_to_none=True)
+        # Normalisers of the whole minibatch (over all processes), so that neither
+        # the micro-batch split nor the process split changes the gradient.
+        n_seqs = self.comm.sum(hi - lo)
+        n_tokens = self.comm.sum(mask[lo:hi].sum().item())
+        self._zero_grad()
         sums = None
         loss_total = 0.0
         kl_sum = 0.0
@@ -208,7 +271,7 @@ class Trainer:
                 num_seqs=n_seqs,
                 num_tokens=n_tokens,
             )
-            loss.backward()
+            self._backward(loss)
             loss_total += loss.item()
             part = algo.clip_stat_sums(
                 logp, old_logp[rows], adv[rows], m, ent.cpu(),
@@ -219,11 +282,24 @@ class Trainer:
                 lr_ = algo.log_ratio(logp.detach(), old_logp[rows])
                 k3 = torch.exp(lr_) - 1.0 - lr_  # unbiased estimator of KL(pi_old || pi_theta)
                 kl_sum += torch.where(m.bool(), k3, torch.zeros_like(k3)).sum().item()
+        grad_norm = self._optimizer_step()
+        # Each process holds its share of the minibatch: add the shares up.
+        sums, loss_total, kl_sum = self.comm.sums(sums), self.comm.sum(loss_total), self.comm.sum(kl_sum)
+        return sums, loss_total, kl_sum, grad_norm
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def _optimizer_step(self) -> float:
+        """Clip, step optimizer and scheduler; returns the gradient norm before clipping."""
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
         self.optimizer.step()
         self.scheduler.step()
-        return sums, loss_total, kl_sum, grad_norm
+        return grad_norm
 
     def update_epochs(self, step, batch, old_logp, adv, *, eps_low, eps_high, dual_clip_c):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
@@ -287,12 +363,10 @@ class Trainer:
         for label, (eps_low, eps_high) in replays.items():
             self._restore(start_state)
             self.update_epochs(step, batch, old_logp, adv, eps_low=eps_low, eps_high=eps_high, dual_clip_c=None)
-            _, ent = self.policy_stats(batch)
-            post[label] = algo.sequence_mean_entropy(ent, batch.response_mask).item()
+            post[label] = self._eq4_entropy(batch)
         self._restore(real_state)
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
-            _, ent = self.policy_stats(batch)
-            entropy_post = algo.sequence_mean_entropy(ent, batch.response_mask).item()
+            entropy_post = self._eq4_entropy(batch)
         return {
             "entropy_post_noclip": post["noclip"],
             "entropy_post_lowonly": post["lowonly"],
@@ -301,6 +375,26 @@ class Trainer:
             "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
             "clip_high_attributed_dH": post["highonly"] - post["noclip"],
         }
+
+    def _eq4_entropy(self, batch: RolloutBatch) -> float:
+        """Eq. 4 entropy of the step's (global) batch under the current policy."""
+        G = self.cfg.rollout.n
+        _, ent = self.policy_stats(batch)
+        return algo.sequence_mean_entropy(self.comm.rows(ent, G), self.comm.rows(batch.response_mask, G)).item()
+
+    # ------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self, run_dir: Path, step: int, keep_last: int) -> Path:
+        return save_checkpoint(run_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, keep_last)
+
+    def load_checkpoint(self, ckpt_dir: Path) -> None:
+        """Optimizer, scheduler and RNG states of a checkpoint (the weights were loaded at init)."""
+        state = load_trainer_state(ckpt_dir)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_states(state["rng"])
+
+    # ------------------------------------------------------------ the step
 
     def run_step(self, step: int) -> StepOutput:
         cfg = self.cfg
@@ -327,10 +421,17 @@ class Trainer:
         self.engine.sync_weights(self.model)
         t_update = time.perf_counter() - t1
 
+        # Step metrics see the whole step: in a single process the comm calls
+        # below return their argument; with several processes they gather
+        # every process's rows in global order.
+        g = self.comm
+        gbatch, gmask = g.batch(batch, G), g.rows(mask, G)
+        g_rewards, g_adv, g_old_logp, g_old_ent = (g.rows(t, G) for t in (rewards, adv, old_logp, old_ent))
         if cfg.log.entropy_post:
             _, post_ent = self.policy_stats(batch)
-            entropy_post = algo.sequence_mean_entropy(post_ent, mask).item()
-            entropy_post_token_mean = algo.token_mean_entropy(post_ent, mask).item()
+            post_ent = g.rows(post_ent, G)
+            entropy_post = algo.sequence_mean_entropy(post_ent, gmask).item()
+            entropy_post_token_mean = algo.token_mean_entropy(post_ent, gmask).item()
         else:
             entropy_post = entropy_post_token_mean = math.nan
         t2 = time.perf_counter()
@@ -340,18 +441,19 @@ class Trainer:
         probe_seconds = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
 
-        lengths = mask.sum(-1).float()
+        lengths = gmask.sum(-1).float()
         n_tokens = float(lengths.sum())
         verifiable = is_verifiable(cfg.reward.kind)
+        rewards, adv = g_rewards, g_adv
         metrics = {
             "step": step,
-            "entropy": algo.sequence_mean_entropy(old_ent, mask).item(),
-            "entropy_token_mean": algo.token_mean_entropy(old_ent, mask).item(),
+            "entropy": algo.sequence_mean_entropy(g_old_ent, gmask).item(),
+            "entropy_token_mean": algo.token_mean_entropy(g_old_ent, gmask).item(),
             "entropy_post": entropy_post,
             "entropy_post_token_mean": entropy_post_token_mean,
             **algo.finalize_clip_stats(step_sums),
             **attributed,
-            **self._engine_logprob_gap(batch, old_logp),
+            **self._engine_logprob_gap(gbatch, g_old_logp),
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
             "accuracy": (rewards > 0.5).float().mean().item() if verifiable else math.nan,
@@ -359,7 +461,7 @@ class Trainer:
             "adv_abs_mean": adv.abs().mean().item(),
             "response_length_mean": lengths.mean().item(),
             "response_length_max": lengths.max().item(),
-            "truncated_frac": batch.truncated.float().mean().item(),
+            "truncated_frac": gbatch.truncated.float().mean().item(),
             "loss": float(np.mean(losses)),
             "approx_kl": kls / float(step_sums["n_tokens"]) if float(step_sums["n_tokens"]) else math.nan,
             "grad_norm": float(np.mean(norms)),
@@ -374,9 +476,9 @@ class Trainer:
         }
         out = StepOutput(metrics, updates)
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
-            out.samples = self._sample_rows(step, prompts, batch, rewards, adv)
+            out.samples = self._sample_rows(step, g.objects(prompts, 1), gbatch, rewards, adv)
         if cfg.log.token_sample_rate > 0:
-            out.tokens = self._token_rows(step, batch, old_logp, old_ent, adv)
+            out.tokens = self._token_rows(step, gbatch, g_old_logp, g_old_ent, adv)
         return out
 
     # ------------------------------------------------------------ optional logs
