@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from clipctl.models import TinySpec, build_tiny, load_tokenizer
@@ -23,6 +24,7 @@ def test_quick_model_is_peaked_and_reloads(quick_model_dir):
     assert model.config.hidden_size // model.config.num_attention_heads >= 32
 
 
+@pytest.mark.slow
 def test_build_is_deterministic(tmp_path):
     spec = TinySpec(vocab_size=300, intermediate_size=128, pretrain_steps=3, batch_size=2, seq_len=32)
     a = build_tiny(spec, tmp_path / "a")
