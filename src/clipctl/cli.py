@@ -111,14 +111,35 @@ def train(
     name: Optional[str] = typer.Option(None, "--name", "-n", help="Run directory name (default: PRESET-TIMESTAMP)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    deepspeed: Optional[str] = typer.Option(
+        None, "--deepspeed", help="Train with DeepSpeed: zero1, zero2, zero3 or a DeepSpeed .json config (see docs/distributed.md)."
+    ),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", min=1, help="Re-launch under torchrun with N processes on this machine (needs --deepspeed)."
+    ),
+    local_rank: Optional[int] = typer.Option(None, "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher; ignored."),
     debug: bool = DEBUG_OPTION,
 ):
     """Train with GRPO / Dr. GRPO / DAPO and log entropy and clip statistics every step."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from clipctl.config import load_config
+    from clipctl.trainer import distributed
     from clipctl.trainer import train as run_training
 
+    if nproc is not None and distributed.launched_world_size() == 1:
+        if deepspeed is None:
+            from clipctl.errors import ConfigError
+
+            raise ConfigError(f"--nproc {nproc} needs --deepspeed {distributed.SPEC_HELP}")
+        if not resume:  # fail here with one line, not once per process
+            distributed.check_launch(load_config(preset, set_), nproc, deepspeed)
+        args = ["train", "--preset", preset, "--out", str(out), "--deepspeed", deepspeed]
+        args += [a for text in set_ for a in ("--set", text)]
+        args += (["--name", name] if name else []) + (["--resume", str(resume)] if resume else [])
+        args += (["--quiet"] if quiet else []) + (["--debug"] if debug else [])
+        raise typer.Exit(distributed.relaunch(nproc, args))
+    parallel = distributed.setup(deepspeed)
     cfg = None if resume else load_config(preset, set_)
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -145,6 +166,7 @@ def train(
         result = run_training(
             cfg, out=out, name=name, preset=preset, resume=resume, overrides=tuple(set_),
             command_line=["clipctl", *sys.argv[1:]], log=log, on_start=on_start, on_step=on_step,
+            parallel=parallel,
         )
     console.print(_summary_table(result.run_dir))
 
@@ -541,6 +563,9 @@ def sweep(
 
 
 def main() -> None:
+    # The deepspeed launcher puts --local_rank=N before the command name; the
+    # rank comes from the environment (LOCAL_RANK), so drop it.
+    sys.argv = [a for a in sys.argv if not a.startswith("--local_rank=")]
     app()
 
 

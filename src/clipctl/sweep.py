@@ -48,11 +48,10 @@ import pandas as pd
 
 from clipctl.config import PRESET_DIR, SECTIONS, Config, coerce, load_config, parse_override, preset_path
 from clipctl.errors import ClipctlError, ConfigError, RunDirError
-from clipctl.runlog import PART_RE, atomic_write_json, latest_checkpoint, read_meta, write_parquet_atomic
+from clipctl.runlog import PART_RE, atomic_write_bytes, atomic_write_json, latest_checkpoint, read_meta, write_parquet_atomic
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
 TOP_KEYS = ("name", "description", "preset", "set", "grid", "cases", "seeds", "name_template")
-STATUSES = ("pending", "running", "done", "failed")
 # Names become folder names and appear in shell lines: keep them to a safe set.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=,+-]*$")
 UNSAFE_RE = re.compile(r"[^A-Za-z0-9._=,+-]+")
@@ -393,8 +392,16 @@ def _check_sweep_dir(p: Prepared) -> None:
                 f"sweep '{p.spec.name}' already exists in {sd} with a different spec ({diff}); "
                 f"give this one another name (name = ...), pass another --out, or delete {sd} to start over"
             )
-    elif sd.is_dir() and any(f.name != ".lock" for f in sd.iterdir()):
-        raise ConfigError(f"{sd} exists but is not a sweep folder (no sweep.json); pick another sweep name or --out")
+    elif sd.is_dir():
+        # Runs made by hand from --print-commands are adopted (their overrides are
+        # checked below); anything else in the folder is someone else's.
+        ours = {r.name for r in p.runs} | {".lock", "logs", "manifest.parquet", "sweep.toml"}
+        foreign = sorted(f.name for f in sd.iterdir() if f.name not in ours)
+        if foreign:
+            raise ConfigError(
+                f"{sd} exists but is not a sweep folder (no sweep.json; holds {foreign[0]}); "
+                "pick another sweep name or --out"
+            )
     for run in p.runs:
         run_dir = sd / run.name
         if (run_dir / "run.json").is_file():
@@ -488,7 +495,7 @@ def reconcile(p: Prepared, *, retry_failed: bool = False) -> tuple[dict[str, dic
             status, action = "failed", "skip (failed; use --retry-failed)"
         else:
             status, exit_code = "pending", None
-            action = f"resume after step {state.checkpoint}" if state.has_meta else "new"
+            action = f"resume from step {state.checkpoint + 1}" if state.has_meta else "new"
         # Finished runs keep the command that last ran them; pending ones show the next one.
         command = prev.get("command") if status != "pending" else None
         if not command:
@@ -619,7 +626,7 @@ def run_sweep(
     with _SweepLock(sd) as lock:
         _check_sweep_dir(prepared)  # again: another sweep may have claimed the folder meanwhile
         if not (sd / "sweep.json").is_file():
-            (sd / "sweep.toml").write_text(prepared.spec.path.read_text())
+            atomic_write_bytes(sd / "sweep.toml", prepared.spec.path.read_bytes())
             atomic_write_json(sd / "sweep.json", {**prepared.resolved(), "source": str(prepared.spec.path.resolve())})
         rows, _ = reconcile(prepared, retry_failed=retry_failed)
         manifest = _schedule(prepared, rows, jobs, slots, lock.fd, log)

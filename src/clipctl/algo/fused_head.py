@@ -122,8 +122,8 @@ class _FusedLogProbEntropy(torch.autograd.Function):
                     ge = grad_ent[t0:t1].to(acc).unsqueeze(1)
                     gx -= ge * p * (x - mean_x[t0:t1].unsqueeze(1))
                 gx = gx / tau
-                grad_h[t0:t1] += gx @ weight[v0:v1].to(acc)
-                grad_w[v0:v1] += gx.T @ h
+                grad_h[t0:t1].addmm_(gx, weight[v0:v1].to(acc))
+                grad_w[v0:v1].addmm_(gx.T, h)
                 if grad_b is not None:
                     grad_b[v0:v1] += gx.sum(0)
         return (

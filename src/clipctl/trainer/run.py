@@ -1,4 +1,9 @@
-"""The run driver: create or resume a run directory and loop over steps."""
+"""The run driver: create or resume a run directory and loop over steps.
+
+``parallel`` (``trainer/distributed.py``) is the only thing that differs
+between one process and several: it builds the trainer, gives ranks other
+than 0 a writer and a log that do nothing, and runs rank-0-only work.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,9 @@ from typing import Callable, Optional
 
 from clipctl.config import Config, config_from_dict, config_to_dict
 from clipctl.errors import ConfigError, RunDirError
-from clipctl.runlog import atomic_write_json, drop_parts_after, latest_checkpoint, read_meta, read_table
-from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
-from clipctl.trainer.loop import Trainer, write_step
+from clipctl.runlog import latest_checkpoint, read_meta, read_table
+from clipctl.trainer.distributed import SingleProcess
+from clipctl.trainer.loop import Trainer
 
 
 @dataclass
@@ -100,16 +105,22 @@ def train(
     on_start: Optional[Callable[[Path, int, int], None]] = None,
     on_step: Optional[Callable[[dict], None]] = None,
     stop_after: Optional[int] = None,
+    parallel: Optional[SingleProcess] = None,
 ) -> TrainResult:
     """Train a new run (``cfg``) or continue one (``resume``); returns where it stopped.
 
     ``stop_after`` ends the loop after that step (used by tests to simulate an
-    interrupted run); the run stays resumable.
+    interrupted run); the run stays resumable. ``parallel`` comes from
+    ``distributed.setup`` (default: one process).
     """
-    log = log or (lambda msg: None)
+    par = parallel or SingleProcess()
+    log = par.logger(log or (lambda msg: None))
+    on_start, on_step = par.main_only(on_start), par.main_only(on_step)
+    writer = par.writer()
     if resume is not None:
         run_dir = Path(resume)
         cfg, meta = resume_config(run_dir, list(overrides))
+        par.check_resume(meta, run_dir)
         meta["config"] = config_to_dict(cfg)
         meta.setdefault("resumed", []).append(
             {"time": dt.datetime.now().isoformat(timespec="seconds"), "command": command_line or sys.argv}
@@ -118,22 +129,19 @@ def train(
         start = ckpt[0] + 1 if ckpt else 1
         # Steps after the checkpoint were (maybe partly) logged by the killed
         # process; they are recomputed, so their parts go first.
-        drop_parts_after(run_dir, start - 1)
-        trainer = Trainer(cfg, init_path=str(ckpt[1]) if ckpt else None, log=log)
+        writer.drop_after(run_dir, start - 1)
+        trainer = par.make_trainer(cfg, init_path=str(ckpt[1]) if ckpt else None, log=log)
         if ckpt:
-            state = load_trainer_state(ckpt[1])
-            trainer.optimizer.load_state_dict(state["optimizer"])
-            trainer.scheduler.load_state_dict(state["scheduler"])
-            set_rng_states(state["rng"])
+            trainer.load_checkpoint(ckpt[1])
             log(f"resuming {run_dir} from checkpoint step {ckpt[0]}")
         else:
             log(f"resuming {run_dir}: no checkpoint yet, starting from step 1")
-        atomic_write_json(run_dir / "run.json", meta)
+        writer.meta(run_dir, meta)
     else:
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
-        run_dir = new_run_dir(out, name, preset)
-        trainer = Trainer(cfg, log=log)
+        run_dir = par.on_main(new_run_dir, out, name, preset)
+        trainer = par.make_trainer(cfg, log=log)
         meta = {
             "name": run_dir.name,
             "preset": preset,
@@ -146,32 +154,32 @@ def train(
             "git_revision": _git_revision(),
             "command": command_line or sys.argv,
             "start_time": dt.datetime.now().isoformat(timespec="seconds"),
+            **par.describe(),
         }
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / "run.json", meta)
+        writer.meta(run_dir, meta)
         start = 1
 
     total = cfg.train.steps
     if on_start:
         on_start(run_dir, start, total)
+    # Evaluation runs on rank 0 alone (the others wait); zero3 rejects eval.every.
     if start == 1 and cfg.eval.every:
-        evaluate_during_training(trainer, run_dir, 0, log)
+        par.on_main(evaluate_during_training, trainer, run_dir, 0, log)
     last = None
     step = start - 1
     for step in range(start, total + 1):
         out_step = trainer.run_step(step)
-        write_step(run_dir, out_step)
+        writer.step(run_dir, out_step)
         last = out_step.metrics
         if step % cfg.train.save_every == 0 or step == total:
-            save_checkpoint(
-                run_dir, step, trainer.model, trainer.tokenizer, trainer.optimizer, trainer.scheduler, cfg.train.keep_last
-            )
+            trainer.save_checkpoint(run_dir, step, cfg.train.keep_last)
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
-            evaluate_during_training(trainer, run_dir, step, log)
+            par.on_main(evaluate_during_training, trainer, run_dir, step, log)
         if on_step:
             on_step(last)
         if stop_after is not None and step >= stop_after:
             break
+    par.barrier()  # rank 0's last writes are done before any rank returns
     if last is None:
         steps = read_table(run_dir, "steps")
         last = steps.iloc[-1].to_dict() if not steps.empty else None
