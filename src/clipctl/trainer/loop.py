@@ -23,10 +23,9 @@ Departures from the textbook, each deliberate:
 3. The prompt at position ``j`` of step ``s`` is sampled with seed
    ``derived_seed(seed, s, 1) + j * G``: a resumed run samples the same
    responses without carrying a sampler state, and the samples do not depend
-   on how many processes share the step (``trainer/distributed.py``). The
-   ``hf`` engine draws a whole call from one seed, so it gets one call per
-   prompt group; an engine that seeds each prompt of a call itself
-   (``PROMPT_SEEDED_ENGINES``) gets one call per run of consecutive prompts.
+   on how many processes share the step (``trainer/distributed.py``). Both
+   engines seed each response of a call by its row (``PROMPT_SEEDED_ENGINES``),
+   so a run of consecutive prompts shares one batched call.
 4. Everything that depends on ranks goes through ``self.comm``: in a single
    process its collectives are the identity, so this file reads as the
    single-process algorithm; ``distributed.py`` supplies the multi-process one.
@@ -68,7 +67,7 @@ PROBE_COLUMNS = (
 TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
 # Engines whose generate() seeds prompt i of a call with params.seed + i * params.n
 # (rollout/vllm.py, point 4), so any run of consecutive prompts can share a call.
-PROMPT_SEEDED_ENGINES = ("vllm",)
+PROMPT_SEEDED_ENGINES = ("hf", "vllm")
 
 
 def derived_seed(*parts: int) -> int:
