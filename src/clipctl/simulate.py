@@ -418,7 +418,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     theta = torch.tensor(init_rng.normal(0.0, 1.0, cfg.actions) * cfg.init_scale, dtype=torch.float64)
     opt = _Optimizer(cfg.optimizer, cfg.lr, cfg.actions)
     steps, updates = [], []
-    replays = {"noclip": (1.0, math.inf), "lowonly": (cfg.eps_low, math.inf), "highonly": (1.0, cfg.eps_high)}
+    replays = algo.probe_replays(cfg.eps_low, cfg.eps_high)
     for step in range(1, cfg.steps + 1):
         t0 = time.perf_counter()
         # Sampling and rewards depend on (seed, step) only, so runs of different
@@ -450,14 +450,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 th, _, _ = _update_epochs(start_theta, opt, actions, old_logp, adv, cfg, el, eh, with_stats=False)
                 post[label] = float(entropy_of(th))
             opt.restore(real_opt)
-            probe = {
-                "entropy_post_noclip": post["noclip"],
-                "entropy_post_lowonly": post["lowonly"],
-                "entropy_post_highonly": post["highonly"],
-                "clip_attributed_dH": H1 - post["noclip"],
-                "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
-                "clip_high_attributed_dH": post["highonly"] - post["noclip"],
-            }
+            probe = algo.attributed_entropy_changes(H1, post)
         t_probe = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
         n_tok = float(sums["n_tokens"])

@@ -377,3 +377,15 @@ def test_sums_over_random_minibatches_match_whole_batch(seed):
         part = clip_stat_sums(logp[rows], old[rows], adv[rows], mask[rows], entropy[rows], **HAND_KW)
         total = part if total is None else add_sums(total, part)
     assert_stats_equal(finalize_clip_stats(total), whole)
+
+
+def test_probe_replays_and_attributed_changes_by_hand():
+    from clipctl.algo import attributed_entropy_changes, probe_replays
+
+    assert probe_replays(0.1, 0.28) == {"noclip": (1.0, math.inf), "lowonly": (0.1, math.inf), "highonly": (1.0, 0.28)}
+    out = attributed_entropy_changes(2.0, {"noclip": 1.5, "lowonly": 1.75, "highonly": 1.25})
+    # 2.0 - 1.5 = 0.5; 1.75 - 1.5 = 0.25; 1.25 - 1.5 = -0.25
+    assert out["clip_attributed_dH"] == 0.5
+    assert out["clip_low_attributed_dH"] == 0.25
+    assert out["clip_high_attributed_dH"] == -0.25
+    assert out["entropy_post_noclip"] == 1.5

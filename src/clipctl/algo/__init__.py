@@ -18,9 +18,11 @@ from clipctl.algo.stats import (
     STAT_KEYS,
     SUM_KEYS,
     add_sums,
+    attributed_entropy_changes,
     clip_event_masks,
     clip_stat_sums,
     finalize_clip_stats,
+    probe_replays,
 )
 
 __all__ = [
@@ -29,6 +31,8 @@ __all__ = [
     "STAT_KEYS",
     "SUM_KEYS",
     "add_sums",
+    "attributed_entropy_changes",
+    "probe_replays",
     "agg_loss",
     "clip_event_masks",
     "clip_stat_sums",

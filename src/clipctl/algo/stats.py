@@ -170,3 +170,28 @@ def finalize_clip_stats(sums: Mapping[str, torch.Tensor | float]) -> dict[str, f
         high = p_above * out[f"{thm}_high"] if s["n_above"] > 0 else 0.0
         out[f"{thm}_drift"] = (low - high) if n > 0 else math.nan
     return out
+
+
+def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, float]]:
+    """The three counterfactual replays of SPEC 7b as ``label -> (eps_low, eps_high)``.
+
+    ``noclip``: no clipping at all; ``lowonly``: the run's clip-low alone;
+    ``highonly``: the run's clip-high alone. Dual clip is off in all three.
+    """
+    return {
+        "noclip": (1.0, math.inf),
+        "lowonly": (eps_low, math.inf),
+        "highonly": (1.0, eps_high),
+    }
+
+
+def attributed_entropy_changes(entropy_post: float, post: Mapping[str, float]) -> dict[str, float]:
+    """SPEC 7b columns from the real ``entropy_post`` and the replays' Eq. 4 entropies."""
+    return {
+        "entropy_post_noclip": post["noclip"],
+        "entropy_post_lowonly": post["lowonly"],
+        "entropy_post_highonly": post["highonly"],
+        "clip_attributed_dH": entropy_post - post["noclip"],
+        "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
+        "clip_high_attributed_dH": post["highonly"] - post["noclip"],
+    }

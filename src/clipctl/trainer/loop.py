@@ -376,11 +376,7 @@ class Trainer:
         """
         a = self.cfg.algo
         real_state = self._snapshot()
-        replays = {
-            "noclip": (1.0, math.inf),
-            "lowonly": (a.eps_low, math.inf),
-            "highonly": (1.0, a.eps_high),
-        }
+        replays = algo.probe_replays(a.eps_low, a.eps_high)
         post = {}
         for label, (eps_low, eps_high) in replays.items():
             self._restore(start_state)
@@ -389,14 +385,7 @@ class Trainer:
         self._restore(real_state)
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
             entropy_post = self._eq4_entropy(batch)
-        return {
-            "entropy_post_noclip": post["noclip"],
-            "entropy_post_lowonly": post["lowonly"],
-            "entropy_post_highonly": post["highonly"],
-            "clip_attributed_dH": entropy_post - post["noclip"],
-            "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
-            "clip_high_attributed_dH": post["highonly"] - post["noclip"],
-        }
+        return algo.attributed_entropy_changes(entropy_post, post)
 
     def _eq4_entropy(self, batch: RolloutBatch) -> float:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
