@@ -579,6 +579,18 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _lock_free(path: Path) -> bool:
+    import fcntl
+
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_and_logs_every_step_once(tmp_path):
     path = write_sweep(tmp_path, """name = "k"
@@ -603,6 +615,8 @@ preset = "tiny-cpu"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its trainer, with no chance to clean up
         proc.wait()
+    # The trainer dies asynchronously; until it has, it holds the sweep's lock.
+    _wait_for(lambda: _lock_free(out / "k" / ".lock"), 30, "the killed trainer to exit")
     from clipctl.runlog import latest_checkpoint
 
     assert not (second / "run.json").exists()
