@@ -154,6 +154,7 @@ def train(
         nonlocal task
         console.print(f"run directory: {run_dir}", markup=False, highlight=False)
         task = progress.add_task("train", total=total, completed=first - 1, stats="")
+        progress.start()  # only now: an error before this point prints its one line alone
 
     def on_step(m: dict) -> None:
         stats = (
@@ -162,12 +163,14 @@ def train(
         )
         progress.update(task, advance=1, stats=stats)
 
-    with progress:
+    try:
         result = run_training(
             cfg, out=out, name=name, preset=preset, resume=resume, overrides=tuple(set_),
             command_line=["clipctl", *sys.argv[1:]], log=log, on_start=on_start, on_step=on_step,
             parallel=parallel,
         )
+    finally:
+        progress.stop()
     console.print(_summary_table(result.run_dir))
 
 
