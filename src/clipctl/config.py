@@ -30,6 +30,7 @@ def _f(default, help: str, **kw):
 class ModelConfig:
     path: str = _f("builtin:tiny", "HF model id, local folder, or 'builtin:tiny' (built locally on first use)")
     dtype: str = _f("float32", "parameter dtype: float32 | bfloat16 | float16")
+    device: str = _f("auto", "where the policy runs: auto (the current CUDA device if any, else cpu) | cpu | cuda | cuda:N")
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,10 @@ def validate(cfg: Config) -> None:
     _require(all(0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must each be in [0, 1)")
     _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 = off)")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
+    _require(
+        cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:"),
+        f"model.device={cfg.model.device!r} must be auto, cpu, cuda or cuda:N",
+    )
     _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r} must be float32, bfloat16 or float16")
     _require(cfg.data.chat_template in ("auto", "true", "false"), f"data.chat_template={cfg.data.chat_template!r} must be auto, true or false")
     _require("{prompt}" in cfg.data.prompt_template, "data.prompt_template must contain '{prompt}'")

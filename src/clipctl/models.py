@@ -223,6 +223,15 @@ def load_model(path: str, dtype: str = "float32"):
     return model
 
 
+def resolve_device(setting: str) -> torch.device:
+    """``auto`` -> the current CUDA device when there is one, else the CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"model.device={setting!r} but no CUDA device is visible; use model.device=cpu or auto")
+    return torch.device(setting)
+
+
 def _first_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__

@@ -46,7 +46,7 @@ import torch
 from clipctl import algo
 from clipctl.config import Config, is_on_policy
 from clipctl.data import load_examples, step_prompt_indices
-from clipctl.models import load_model, load_tokenizer, resolve_model_path
+from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_model_path
 from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.runlog import write_part
@@ -149,7 +149,8 @@ class Trainer:
         path = init_path or resolve_model_path(cfg.model.path, self.log)
         self.model_path = path
         self.tokenizer = load_tokenizer(path)
-        self.model = load_model(path, cfg.model.dtype)
+        # Under DeepSpeed with GPUs the launcher has made this rank's GPU current.
+        self.model = load_model(path, cfg.model.dtype).to(resolve_device(cfg.model.device))
         self.model.eval()
         self.examples = load_examples(cfg.data, self.tokenizer, need_gold=is_verifiable(cfg.reward.kind))
         o = cfg.optim
