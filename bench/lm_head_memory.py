@@ -132,6 +132,8 @@ def main() -> None:
     ref_name = "trl" if "trl" in methods else "plain"
     print(f"\nvocab {args.vocab}, device {args.device}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "
           f"ratios are method / {ref_name} at the same size")
+    peak_key = "cuda_peak_mb" if args.device.startswith("cuda") else "peak_rss_mb"
+    print(f"peak = {'torch.cuda.max_memory_allocated' if peak_key == 'cuda_peak_mb' else 'whole-process peak RSS'}")
     print(f"{'hidden':>6} {'tokens':>6} {'method':>8} {'seconds':>9} {'peak MB':>9} {'time x':>7} {'peak x':>7}")
     for r in rows:
         ref = next((q for q in rows if q["method"] == ref_name and q["tokens"] == r["tokens"]
@@ -140,8 +142,8 @@ def main() -> None:
             print(f"{r['hidden']:>6} {r['tokens']:>6} {r['method']:>8}  {r['error']}")
             continue
         tx = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
-        px = f"{r['peak_rss_mb'] / ref['peak_rss_mb']:.2f}" if ref else "-"
-        print(f"{r['hidden']:>6} {r['tokens']:>6} {r['method']:>8} {r['seconds']:>9.2f} {r['peak_rss_mb']:>9.0f} {tx:>7} {px:>7}")
+        px = f"{r[peak_key] / ref[peak_key]:.2f}" if ref else "-"
+        print(f"{r['hidden']:>6} {r['tokens']:>6} {r['method']:>8} {r['seconds']:>9.2f} {r[peak_key]:>9.0f} {tx:>7} {px:>7}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
