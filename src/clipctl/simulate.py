@@ -491,14 +491,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     return pd.DataFrame(steps), pd.DataFrame(updates)
 
 
-_PROBE_KEYS = (
-    "entropy_post_noclip",
-    "entropy_post_lowonly",
-    "entropy_post_highonly",
-    "clip_attributed_dH",
-    "clip_low_attributed_dH",
-    "clip_high_attributed_dH",
-)
+_PROBE_KEYS = algo.PROBE_KEYS
 
 
 def run_config(cfg: DynamicsConfig) -> dict:

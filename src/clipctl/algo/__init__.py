@@ -15,6 +15,7 @@ from clipctl.algo.entropy import (
 from clipctl.algo.fused_head import choose_tiles, fused_logprobs_entropy
 from clipctl.algo.losses import LOSS_AGGS, agg_loss, log_ratio, per_token_clipped_loss, policy_loss
 from clipctl.algo.stats import (
+    PROBE_KEYS,
     STAT_KEYS,
     SUM_KEYS,
     add_sums,
@@ -28,6 +29,7 @@ from clipctl.algo.stats import (
 __all__ = [
     "ADV_NORMS",
     "LOSS_AGGS",
+    "PROBE_KEYS",
     "STAT_KEYS",
     "SUM_KEYS",
     "add_sums",

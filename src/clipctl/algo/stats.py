@@ -172,6 +172,17 @@ def finalize_clip_stats(sums: Mapping[str, torch.Tensor | float]) -> dict[str, f
     return out
 
 
+# SPEC 7b columns of the steps table (NaN on steps that are not probed).
+PROBE_KEYS = (
+    "entropy_post_noclip",
+    "entropy_post_lowonly",
+    "entropy_post_highonly",
+    "clip_attributed_dH",
+    "clip_low_attributed_dH",
+    "clip_high_attributed_dH",
+)
+
+
 def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, float]]:
     """The three counterfactual replays of SPEC 7b as ``label -> (eps_low, eps_high)``.
 

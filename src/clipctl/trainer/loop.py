@@ -54,16 +54,8 @@ from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_
 
 Log = Callable[[str], None]
 
+PROBE_COLUMNS = algo.PROBE_KEYS  # SPEC 7b; NaN on steps that are not probed
 # Columns of the steps table whose values depend on wall-clock time, not on the math.
-# SPEC 7b columns; NaN on steps that are not probed.
-PROBE_COLUMNS = (
-    "entropy_post_noclip",
-    "entropy_post_lowonly",
-    "entropy_post_highonly",
-    "clip_attributed_dH",
-    "clip_low_attributed_dH",
-    "clip_high_attributed_dH",
-)
 TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
 # Engines whose generate() seeds prompt i of a call with params.seed + i * params.n
 # (rollout/vllm.py, point 4), so any run of consecutive prompts can share a call.
