@@ -273,20 +273,39 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], value
 
 
+def toml_names(folder: Path) -> list[str]:
+    """Names of the ``.toml`` files shipped in ``folder``."""
+    return sorted(p.stem for p in folder.glob("*.toml"))
+
+
+def named_toml(spec, folder: Path, *, missing_file: str, unknown: str) -> Path:
+    """A ``.toml`` path as given, or the file ``folder/<spec>.toml`` shipped under that name.
+
+    ``missing_file`` and ``unknown`` are the error messages; ``{spec}`` and
+    ``{valid}`` (the shipped names) are filled in.
+    """
+    candidate = Path(spec)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(missing_file.format(spec=spec))
+        return candidate
+    path = folder / f"{spec}.toml"
+    if not path.is_file():
+        raise ConfigError(unknown.format(spec=spec, valid=", ".join(toml_names(folder))))
+    return path
+
+
 def available_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    return toml_names(PRESET_DIR)
 
 
 def preset_path(preset: str) -> Path:
-    candidate = Path(preset)
-    if candidate.suffix == ".toml" or candidate.exists():
-        if not candidate.is_file():
-            raise ConfigError(f"preset file {preset} not found; pass an existing .toml file or a preset name")
-        return candidate
-    path = PRESET_DIR / f"{preset}.toml"
-    if not path.is_file():
-        raise ConfigError(f"unknown preset '{preset}'; valid presets: {', '.join(available_presets())}")
-    return path
+    return named_toml(
+        preset,
+        PRESET_DIR,
+        missing_file="preset file {spec} not found; pass an existing .toml file or a preset name",
+        unknown="unknown preset '{spec}'; valid presets: {valid}",
+    )
 
 
 def load_preset_dict(preset: str) -> dict[str, Any]:

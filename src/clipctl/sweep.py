@@ -46,7 +46,17 @@ from typing import Any, Callable, Optional, Sequence
 
 import pandas as pd
 
-from clipctl.config import PRESET_DIR, SECTIONS, Config, coerce, load_config, parse_override, preset_path
+from clipctl.config import (
+    PRESET_DIR,
+    SECTIONS,
+    Config,
+    coerce,
+    load_config,
+    named_toml,
+    parse_override,
+    preset_path,
+    toml_names,
+)
 from clipctl.errors import ClipctlError, ConfigError, RunDirError
 from clipctl.runlog import PART_RE, atomic_write_bytes, atomic_write_json, latest_checkpoint, read_meta, write_parquet_atomic
 
@@ -92,20 +102,17 @@ class RunSpec:
 
 
 def available_sweeps() -> list[str]:
-    return sorted(p.stem for p in SWEEP_DIR.glob("*.toml"))
+    return toml_names(SWEEP_DIR)
 
 
 def sweep_path(spec: str | os.PathLike) -> Path:
     """A sweep file path, or the name of a shipped one (``presets/sweeps/NAME.toml``)."""
-    candidate = Path(spec)
-    if candidate.suffix == ".toml" or candidate.exists():
-        if not candidate.is_file():
-            raise ConfigError(f"sweep file {spec} not found; pass an existing .toml file or a shipped sweep name")
-        return candidate
-    path = SWEEP_DIR / f"{spec}.toml"
-    if not path.is_file():
-        raise ConfigError(f"unknown sweep '{spec}'; pass a .toml file or a shipped sweep: {', '.join(available_sweeps())}")
-    return path
+    return named_toml(
+        spec,
+        SWEEP_DIR,
+        missing_file="sweep file {spec} not found; pass an existing .toml file or a shipped sweep name",
+        unknown="unknown sweep '{spec}'; pass a .toml file or a shipped sweep: {valid}",
+    )
 
 
 def _field_type(key: str):
