@@ -12,6 +12,7 @@ import torch
 from clipctl.config import load_config
 from clipctl.runlog import read_run
 from clipctl.trainer import TIMING_COLUMNS, Trainer, train
+from clipctl.trainer.batch import StepBatch
 from clipctl.trainer.loop import PROBE_COLUMNS
 
 SPEC_COLUMNS = (
@@ -139,8 +140,8 @@ def test_on_policy_config_warns(fast_overrides):
 
 def test_old_logprobs_match_full_softmax(fast_overrides):
     trainer = Trainer(load_config("tiny-cpu", fast_overrides))
-    _, batch, _ = trainer.rollout(1)
-    logp, ent = trainer.policy_stats(batch)
+    _, batch, rewards = trainer.rollout(1)
+    logp, ent = trainer.policy_stats(StepBatch.from_rollout(batch, rewards, rewards, trainer.device))
     with torch.no_grad():
         ids = torch.cat([batch.prompt_ids, batch.response_ids], 1)
         attn = torch.cat([batch.prompt_mask, batch.response_mask], 1)

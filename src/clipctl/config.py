@@ -67,6 +67,12 @@ class TrainConfig:
     rollout_batch_prompts: int = _f(8, "prompts per step (P)")
     minibatch_prompts: int = _f(4, "prompts per optimizer step (M); P / M optimizer steps per epoch")
     micro_batch_size: int = _f(16, "responses per forward/backward pass (memory only; gradient unchanged)")
+    micro_batch_tokens: int = _f(
+        0,
+        "token budget per forward/backward pass, padding included (0 = off: use micro_batch_size); rows are "
+        "sorted by length within a minibatch and packed, so padding stays small; gradient unchanged",
+    )
+    gradient_checkpointing: bool = _f(False, "recompute each decoder layer's activations in backward (memory for time; 7B on one GPU)")
     ppo_epochs: int = _f(1, "passes over each rollout batch")
     seed: int = _f(0, "seed of prompt order, sampling, random rewards and init")
     save_every: int = _f(10, "checkpoint every N steps (the last step is always saved)")
@@ -84,6 +90,11 @@ class OptimConfig:
     eps: float = _f(1e-8, "AdamW epsilon")
     grad_clip: float = _f(1.0, "max global gradient norm (0 = off)")
     warmup_steps: int = _f(0, "linear warm-up, in optimizer steps, then constant")
+    master_weights: bool = _f(
+        True,
+        "when model.dtype is bfloat16/float16: keep float32 master weights, gradients and AdamW state "
+        "(false = step AdamW on the low-precision weights, where small updates round away; warned)",
+    )
 
 
 @dataclass(frozen=True)
@@ -360,25 +371,32 @@ def validate(cfg: Config) -> None:
         value = getattr(t, name)
         _require(value >= 1, f"train.{name}={value} must be >= 1")
     _require(t.lm_head in ("fused", "chunked"), f"train.lm_head={t.lm_head!r} must be fused or chunked")
+    _require(
+        t.micro_batch_tokens >= 0, f"train.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0 = use micro_batch_size)"
+    )
     _require(t.lm_head_budget_mb >= 1, f"train.lm_head_budget_mb={t.lm_head_budget_mb} must be >= 1")
     _require(t.save_every >= 1, f"train.save_every={t.save_every} must be >= 1")
-    _require(t.seed >= 0, f"train.seed={t.seed} must be >= 0")
+    _require(0 <= t.seed <= 2**63 - 1, f"train.seed={t.seed} must be in [0, 2**63 - 1]; pick a smaller seed, e.g. 0")
     _require(
         t.rollout_batch_prompts % t.minibatch_prompts == 0,
         f"train.rollout_batch_prompts ({t.rollout_batch_prompts}) must be divisible by "
         f"train.minibatch_prompts ({t.minibatch_prompts}); pick a minibatch size that divides the batch",
     )
     _require(r.n >= 1, f"rollout.n={r.n} must be >= 1")
-    _require(r.temperature > 0, f"rollout.temperature={r.temperature} must be > 0")
+    _require(
+        r.temperature > 0 and math.isfinite(r.temperature),
+        f"rollout.temperature={r.temperature} must be a finite number > 0 (1.0 samples the model as is)",
+    )
     _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]")
     _require(r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens} must be >= 1")
     from clipctl.rollout import ENGINES
 
     _require(r.engine in ENGINES, f"rollout.engine={r.engine!r} is unknown; valid: {', '.join(ENGINES)}")
     _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be a positive number")
-    _require(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay} must be >= 0")
+    _require(o.weight_decay >= 0 and math.isfinite(o.weight_decay), f"optim.weight_decay={o.weight_decay} must be a finite number >= 0")
+    _require(o.eps > 0 and math.isfinite(o.eps), f"optim.eps={o.eps} must be a finite number > 0 (AdamW default 1e-8)")
     _require(all(0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must each be in [0, 1)")
-    _require(o.grad_clip >= 0, f"optim.grad_clip={o.grad_clip} must be >= 0 (0 = off)")
+    _require(o.grad_clip >= 0 and math.isfinite(o.grad_clip), f"optim.grad_clip={o.grad_clip} must be a finite number >= 0 (0 = off)")
     _require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
     _require(
         cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:"),
@@ -401,7 +419,10 @@ def validate(cfg: Config) -> None:
         all(1 <= k <= e.n for k in e.k),
         f"eval.k={list(e.k)} must lie in [1, eval.n={e.n}]; lower k or raise eval.n",
     )
-    _require(e.temperature > 0, f"eval.temperature={e.temperature} must be > 0")
+    _require(
+        e.temperature > 0 and math.isfinite(e.temperature),
+        f"eval.temperature={e.temperature} must be a finite number > 0 (the paper uses 0.6)",
+    )
     _require(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens} must be >= 1")
     _require(e.limit >= 0, f"eval.limit={e.limit} must be >= 0 (0 = all)")
     _require(0 <= cfg.log.token_sample_rate <= 1, f"log.token_sample_rate={cfg.log.token_sample_rate} must be in [0, 1]")

@@ -1,8 +1,11 @@
 """Checkpoints: HF-format model and tokenizer plus the trainer state, written atomically.
 
 ``checkpoints/step-N/`` holds ``config.json``/``model.safetensors`` (and the
-tokenizer files), loadable by any HF tool, and ``trainer_state.pt`` with the
-optimizer, LR scheduler and RNG states. The folder is assembled under a hidden
+tokenizer files), loadable by any HF tool, in the model's dtype, and
+``trainer_state.pt`` with the optimizer, LR scheduler and RNG states. A
+low-precision model's float32 master weights are in
+``master_weights.safetensors`` (``precision.py``): resuming loads them, so a
+resumed bf16 run is exact. The folder is assembled under a hidden
 temp name and renamed, and ``trainer_state.pt`` is written last, so a folder
 named ``step-N`` with that file is complete. Under DeepSpeed the optimizer
 state lives in ``step-N/deepspeed/`` instead (see ``distributed.py``).
@@ -39,25 +42,36 @@ def new_checkpoint_folder(run_dir: Path, step: int) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=folder))
 
 
+def discard_partial(run_dir: Path) -> None:
+    """Remove the temp folders of saves that did not finish (killed, or a full disk); only the run's writer calls it."""
+    for leftover in (Path(run_dir) / "checkpoints").glob(".step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def finish_checkpoint(run_dir: Path, step: int, tmp: Path, tokenizer, state: dict, keep_last: int) -> Path:
     """Add tokenizer and ``trainer_state.pt`` (last) to ``tmp``, rename it to ``step-N``, prune old ones."""
     folder = Path(run_dir) / "checkpoints"
     final = folder / f"step-{step}"
     tokenizer.save_pretrained(tmp)
-    torch.save(state, tmp / "trainer_state.pt")
+    with open(tmp / "trainer_state.pt", "wb") as f:  # a full disk raises OSError(ENOSPC), not a torch message
+        torch.save(state, f)
     if final.exists():  # a stale copy of this step from an interrupted attempt
         shutil.rmtree(final)
     os.replace(tmp, final)
     for _, old in checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    for leftover in folder.glob(".step-*"):  # temp folders of killed saves
-        shutil.rmtree(leftover, ignore_errors=True)
+    discard_partial(run_dir)
     return final
 
 
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int) -> Path:
+def save_checkpoint(
+    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra_files=None
+) -> Path:
+    """HF export of ``model`` (in its own dtype), ``extra_files(folder)`` (e.g. master weights), trainer state."""
     tmp = new_checkpoint_folder(run_dir, step)
     model.save_pretrained(tmp)
+    if extra_files is not None:
+        extra_files(tmp)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),

@@ -76,6 +76,7 @@ from clipctl.trainer.checkpoint import (
 )
 # loop.py imports this module only inside Trainer.__init__, so this import is not circular.
 from clipctl.trainer.loop import Trainer, _pad_to, policy_logp_entropy, write_step
+from clipctl.trainer.precision import PlainWeights
 
 BUILTIN_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 SPEC_HELP = "zero1|zero2|zero3|FILE.json"
@@ -443,6 +444,15 @@ def deepspeed_config(spec: str, cfg, world: int) -> dict:
     rows = (cfg.train.minibatch_prompts // world) * cfg.rollout.n  # this rank's rows per minibatch
     micro = min(cfg.train.micro_batch_size, rows)
     gas = math.ceil(rows / cfg.train.micro_batch_size)
+    if cfg.model.dtype == "bfloat16":
+        # DeepSpeed's bf16 mode: bf16 forward/backward, float32 master weights
+        # and optimizer state in ZeRO's partitions (precision.py does this in one process).
+        if isinstance(base.get("bf16"), dict) and base["bf16"].get("enabled") is False:
+            raise ConfigError(
+                f"--deepspeed {spec} disables bf16 but model.dtype=bfloat16: AdamW would step bf16 weights and lose "
+                f"small updates; remove the bf16 section or set model.dtype=float32"
+            )
+        base = {**base, "bf16": {**base.get("bf16", {}), "enabled": True}}
     derived = {
         "train_micro_batch_size_per_gpu": micro,
         "gradient_accumulation_steps": gas,
@@ -474,6 +484,12 @@ def check_world(cfg, world: int, stage: int) -> None:
         )
     if cfg.rollout.engine != "hf":
         raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} is not supported with --deepspeed yet; use rollout.engine=hf")
+    if cfg.train.micro_batch_tokens:
+        raise ConfigError(
+            f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is not supported with --deepspeed (its gradient "
+            f"accumulation needs the same number of micro-batches on every rank); set train.micro_batch_tokens=0 "
+            f"and size passes with train.micro_batch_size"
+        )
     if stage == 3 and cfg.eval.every:
         raise ConfigError(
             "eval.every is not supported with --deepspeed zero3 yet; set eval.every=0 and evaluate the "
@@ -529,6 +545,12 @@ class DeepSpeedTrainer(Trainer):
                  f"{self.ds_config['gradient_accumulation_steps']} micro-batches per optimizer step per process")
 
     # ------------------------------------------------------------ mechanics
+
+    def _keeps_master_weights(self) -> bool:
+        return False  # DeepSpeed's bf16 mode keeps them in ZeRO's float32 partitions
+
+    def _make_weights(self):
+        return PlainWeights(self.model)
 
     def _forward(self, inputs, targets, width, with_entropy):
         return self.ds_engine(inputs, targets, width, with_entropy)

@@ -29,6 +29,12 @@ Departures from the textbook, each deliberate:
 4. Everything that depends on ranks goes through ``self.comm``: in a single
    process its collectives are the identity, so this file reads as the
    single-process algorithm; ``distributed.py`` supplies the multi-process one.
+5. The step's batch moves to the device once (``batch.StepBatch``); loss,
+   clip-statistic sums and KL stay there and are read back once per optimizer
+   step. Micro-batches are trimmed to their own longest prompt and response,
+   or packed by length under a token budget (``train.micro_batch_tokens``).
+6. A bfloat16 model is trained through float32 master weights, gradients and
+   AdamW state (``precision.py``); generation and forward/backward run in bf16.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_m
 from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.runlog import write_part
+from clipctl.trainer.batch import MicroBatch, StepBatch, StepTotals, UpdateStats, k3_kl_sum, plan_micro_batches
 from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
+from clipctl.trainer.precision import checkpointed_layers, enable_checkpointing, make_weights
 
 Log = Callable[[str], None]
 
@@ -142,12 +150,18 @@ class Trainer:
         self.model_path = path
         self.tokenizer = load_tokenizer(path)
         # Under DeepSpeed with GPUs the launcher has made this rank's GPU current.
-        self.model = load_model(path, cfg.model.dtype).to(resolve_device(cfg.model.device))
+        self.device = resolve_device(cfg.model.device)
+        # Loaded in float32 when a float32 master copy will be kept (precision.py);
+        # make_weights then casts the model to model.dtype.
+        self.model = load_model(path, "float32" if self._keeps_master_weights() else cfg.model.dtype).to(self.device)
+        if cfg.train.gradient_checkpointing:
+            enable_checkpointing(self.model)
         self.model.eval()
+        self.weights = self._make_weights()
         self.examples = load_examples(cfg.data, self.tokenizer, need_gold=is_verifiable(cfg.reward.kind))
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
+            self.weights.params(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
         )
         warmup = o.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -160,35 +174,33 @@ class Trainer:
                 "so clipping cannot bite; lower train.minibatch_prompts or raise train.ppo_epochs"
             )
 
+    # ------------------------------------------------------------ set-up hooks (DeepSpeedTrainer overrides)
+
+    def _keeps_master_weights(self) -> bool:
+        """True when this trainer keeps its own float32 master copy (precision.py)."""
+        return self.cfg.model.dtype != "float32" and self.cfg.optim.master_weights
+
+    def _make_weights(self):
+        return make_weights(self.model, self.cfg.model.dtype, self.cfg.optim.master_weights, self.log)
+
     # ------------------------------------------------------------ forward passes
-
-    def _model_inputs(self, batch: RolloutBatch, rows: slice) -> dict:
-        ids = torch.cat([batch.prompt_ids[rows], batch.response_ids[rows]], dim=1)
-        attn = torch.cat([batch.prompt_mask[rows], batch.response_mask[rows]], dim=1)
-        # Positions as generate() assigns them with left padding.
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        device = next(self.model.parameters()).device
-        return {
-            "input_ids": ids.to(device),
-            "attention_mask": attn.to(device),
-            "position_ids": positions.to(device),
-            "use_cache": False,
-        }
-
-    def _logp_entropy(self, batch: RolloutBatch, rows: slice, with_entropy: bool = True):
-        """Log-probs ``[n, Tr]`` (with gradient) and entropies of the response tokens of ``rows``."""
-        width = batch.response_ids.shape[1]
-        inputs = self._model_inputs(batch, rows)
-        targets = batch.response_ids[rows].to(inputs["input_ids"].device)
-        return self._forward(inputs, targets, width, with_entropy)
 
     def _forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool):
         return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy)
 
-    def _micro_slices(self, start: int, stop: int):
-        size = self.cfg.train.micro_batch_size
-        for s in range(start, stop, size):
-            yield slice(s, min(s + size, stop))
+    def _micro_logp_entropy(self, sb: StepBatch, mb: MicroBatch):
+        """Log-probs and entropies ``[n, response_width]`` of a micro-batch's response tokens."""
+        inputs, targets = sb.model_inputs(mb)
+        with checkpointed_layers(self.model, self.cfg.train.gradient_checkpointing and torch.is_grad_enabled()):
+            return self._forward(inputs, targets, mb.response_width, True)
+
+    def _micro_batches(self, sb: StepBatch, lo: int, hi: int) -> list[MicroBatch]:
+        t = self.cfg.train
+        plans = plan_micro_batches(
+            sb.prompt_lengths, sb.response_lengths, lo, hi,
+            rows_per_pass=t.micro_batch_size, tokens_per_pass=t.micro_batch_tokens,
+        )
+        return [MicroBatch(torch.tensor(rows, device=self.device), wp, wr) for rows, wp, wr in plans]
 
     def _minibatch_bounds(self, n_rows: int):
         # This process's rows of each minibatch (all of them in a single process).
@@ -196,15 +208,21 @@ class Trainer:
         return [(s, min(s + per, n_rows)) for s in range(0, n_rows, per)]
 
     @torch.no_grad()
-    def policy_stats(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(logp [N, Tr], entropy [N, Tr])`` of the batch under the current policy."""
-        logps, ents = [], []
-        for lo, hi in self._minibatch_bounds(len(batch)):
-            for rows in self._micro_slices(lo, hi):
-                logp, ent = self._logp_entropy(batch, rows)
-                logps.append(logp.cpu())
-                ents.append(ent.cpu())
-        return torch.cat(logps), torch.cat(ents)
+    def policy_stats(self, sb: StepBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logp [N, Tr], entropy [N, Tr])`` of the batch under the current policy, on the device.
+
+        Computed with the same micro-batches as the updates, so the first
+        minibatch's ratio is 1 bit for bit; padded positions hold 0.
+        """
+        logp = torch.zeros(sb.response_ids.shape, dtype=torch.float32, device=self.device)
+        ent = torch.zeros_like(logp)
+        for lo, hi in self._minibatch_bounds(len(sb)):
+            for mb in self._micro_batches(sb, lo, hi):
+                lp, h = self._micro_logp_entropy(sb, mb)
+                logp[mb.rows, : mb.response_width] = lp.float()
+                ent[mb.rows, : mb.response_width] = h.float()
+        return logp, ent
+
 
     # ------------------------------------------------------------ one step
 
@@ -258,49 +276,37 @@ class Trainer:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def update_minibatch(self, batch, lo, hi, old_logp, adv, *, eps_low, eps_high, dual_clip_c):
-        """One optimizer step on rows ``lo:hi``; returns (stat sums, loss, kl sum, grad norm)."""
-        a, mask = self.cfg.algo, batch.response_mask
+    def update_minibatch(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c):
+        """One optimizer step on rows ``lo:hi``; returns (loss, kl sum, grad norm, stat sums) as host floats.
+
+        Everything stays on the device until the optimizer step; then one copy
+        brings the loss, KL and statistic sums back.
+        """
+        a = self.cfg.algo
         # Normalisers of the whole minibatch (over all processes), so that neither
         # the micro-batch split nor the process split changes the gradient.
         n_seqs = self.comm.sum(hi - lo)
-        n_tokens = self.comm.sum(mask[lo:hi].sum().item())
+        n_tokens = self.comm.sum(sb.n_tokens(lo, hi))
         self._zero_grad()
-        sums = None
-        loss_total = 0.0
-        kl_sum = 0.0
-        for rows in self._micro_slices(lo, hi):
-            logp, ent = self._logp_entropy(batch, rows)
-            logp = logp.cpu() if logp.device.type != "cpu" else logp
-            m = mask[rows]
+        stats = UpdateStats()
+        for mb in self._micro_batches(sb, lo, hi):
+            logp, ent = self._micro_logp_entropy(sb, mb)
+            old, adv, mask = sb.take(sb.old_logp, mb), sb.take(sb.advantages, mb), sb.take(sb.response_mask, mb)
             loss = algo.policy_loss(
-                logp,
-                old_logp[rows],
-                adv[rows],
-                m,
-                eps_low=eps_low,
-                eps_high=eps_high,
-                loss_agg=a.loss_agg,
-                dual_clip_c=dual_clip_c,
-                max_new_tokens=self.cfg.rollout.max_new_tokens,
-                num_seqs=n_seqs,
-                num_tokens=n_tokens,
+                logp, old, adv, mask,
+                eps_low=eps_low, eps_high=eps_high, loss_agg=a.loss_agg, dual_clip_c=dual_clip_c,
+                max_new_tokens=self.cfg.rollout.max_new_tokens, num_seqs=n_seqs, num_tokens=n_tokens,
             )
             self._backward(loss)
-            loss_total += loss.item()
-            part = algo.clip_stat_sums(
-                logp, old_logp[rows], adv[rows], m, ent.cpu(),
-                eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c,
+            sums = algo.clip_stat_sums(
+                logp, old, adv, mask, ent, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
             )
-            sums = part if sums is None else algo.add_sums(sums, part)
-            with torch.no_grad():
-                lr_ = algo.log_ratio(logp.detach(), old_logp[rows])
-                k3 = torch.exp(lr_) - 1.0 - lr_  # unbiased estimator of KL(pi_old || pi_theta)
-                kl_sum += torch.where(m.bool(), k3, torch.zeros_like(k3)).sum().item()
+            stats.add(loss, k3_kl_sum(logp, old, mask), sums)
         grad_norm = self._optimizer_step()
+        loss, kl_sum, sums = stats.to_host()
         # Each process holds its share of the minibatch: add the shares up.
-        sums, loss_total, kl_sum = self.comm.sums(sums), self.comm.sum(loss_total), self.comm.sum(kl_sum)
-        return sums, loss_total, kl_sum, grad_norm
+        sums = {k: float(v) for k, v in self.comm.sums(sums).items()}
+        return self.comm.sum(loss), self.comm.sum(kl_sum), grad_norm, sums
 
     def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -309,57 +315,58 @@ class Trainer:
         loss.backward()
 
     def _optimizer_step(self) -> float:
-        """Clip, step optimizer and scheduler; returns the gradient norm before clipping."""
+        """Clip, step optimizer and scheduler; returns the gradient norm before clipping (one host read)."""
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.weights.params(), max_norm)
         self.optimizer.step()
+        self.weights.after_step()
         self.scheduler.step()
-        return grad_norm
+        return grad_norm.item()
 
-    def update_epochs(self, step, batch, old_logp, adv, *, eps_low, eps_high, dual_clip_c):
+    def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
-        updates, step_sums = [], None
-        losses, kls, norms = [], 0.0, []
+        updates, totals = [], StepTotals([], 0.0, [])
         for epoch in range(self.cfg.train.ppo_epochs):
-            for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(batch))):
+            for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
                 lr = self.scheduler.get_last_lr()[0]
-                sums, loss, kl_sum, grad_norm = self.update_minibatch(
-                    batch, lo, hi, old_logp, adv, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
+                loss, kl_sum, grad_norm, sums = self.update_minibatch(
+                    sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
                 )
-                step_sums = sums if step_sums is None else algo.add_sums(step_sums, sums)
-                n_tok = float(sums["n_tokens"])
+                totals.add(loss, kl_sum, grad_norm, sums)
+                n_tok = sums["n_tokens"]
                 updates.append(
                     {
                         "step": step, "epoch": epoch, "minibatch": mb, "update": len(updates),
                         "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan,
                         "grad_norm": grad_norm, "lr": lr,
                         **algo.finalize_clip_stats(sums),
-                        **{k: float(v) for k, v in sums.items()},
+                        **sums,
                     }
                 )
-                losses.append(loss)
-                kls += kl_sum
-                norms.append(grad_norm)
-        return updates, step_sums, losses, kls, norms
+        return updates, totals
+
 
     # ------------------------------------------------------------ clip probe (SPEC 7b)
 
     def _snapshot(self) -> dict:
-        """Host copies of weights, optimizer and scheduler state (deep: AdamW updates in place)."""
+        """Host copies of weights (and master weights), optimizer and scheduler state (deep: AdamW updates in place)."""
         return {
             "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "master": self.weights.state(),
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "scheduler": copy.deepcopy(self.scheduler.state_dict()),
         }
 
     def _restore(self, snap: dict) -> None:
         self.model.load_state_dict(snap["model"])
+        if snap["master"]:
+            self.weights.load_state(snap["master"])
         # load_state_dict keeps references to the given tensors: hand it a copy so
         # the snapshot survives the replay's in-place optimizer updates.
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
 
-    def clip_probe(self, step, batch, old_logp, adv, start_state, entropy_post) -> dict:
+    def clip_probe(self, step: int, sb: StepBatch, start_state: dict, entropy_post: float) -> dict:
         """Replay the step's updates from ``start_state`` without clipping (SPEC 7b).
 
         Three replays on the same samples, advantages, minibatches and order:
@@ -373,27 +380,31 @@ class Trainer:
         post = {}
         for label, (eps_low, eps_high) in replays.items():
             self._restore(start_state)
-            self.update_epochs(step, batch, old_logp, adv, eps_low=eps_low, eps_high=eps_high, dual_clip_c=None)
-            post[label] = self._eq4_entropy(batch)
+            self.update_epochs(step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=None)
+            post[label] = self._eq4_entropy(sb)
         self._restore(real_state)
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
-            entropy_post = self._eq4_entropy(batch)
+            entropy_post = self._eq4_entropy(sb)
         return algo.attributed_entropy_changes(entropy_post, post)
 
-    def _eq4_entropy(self, batch: RolloutBatch) -> float:
+    def _eq4_entropy(self, sb: StepBatch) -> float:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
         G = self.cfg.rollout.n
-        _, ent = self.policy_stats(batch)
-        return algo.sequence_mean_entropy(self.comm.rows(ent, G), self.comm.rows(batch.response_mask, G)).item()
+        _, ent = self.policy_stats(sb)
+        return algo.sequence_mean_entropy(self.comm.rows(ent.cpu(), G), self.comm.rows(sb.rollout.response_mask, G)).item()
 
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, run_dir: Path, step: int, keep_last: int) -> Path:
-        return save_checkpoint(run_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, keep_last)
+        return save_checkpoint(
+            run_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, keep_last,
+            extra_files=self.weights.save,
+        )
 
     def load_checkpoint(self, ckpt_dir: Path) -> None:
-        """Optimizer, scheduler and RNG states of a checkpoint (the weights were loaded at init)."""
+        """Master weights, optimizer, scheduler and RNG states of a checkpoint (the model was loaded at init)."""
         state = load_trainer_state(ckpt_dir)
+        self.weights.load(ckpt_dir)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_states(state["rng"])
@@ -401,63 +412,75 @@ class Trainer:
     # ------------------------------------------------------------ the step
 
     def run_step(self, step: int) -> StepOutput:
-        cfg = self.cfg
-        a, G = cfg.algo, cfg.rollout.n
+        cfg, a, G = self.cfg, self.cfg.algo, self.cfg.rollout.n
         t0 = time.perf_counter()
-        prompts, batch, rewards = self.rollout(step)
+        prompts, rollout, rewards = self.rollout(step)
         t_rollout = time.perf_counter() - t0
 
+        # The batch moves to the device once; pi_old's log-probs and entropy are computed there.
         adv = algo.group_advantages(rewards, G, a.adv_norm)
-        mask = batch.response_mask
-        old_logp, old_ent = self.policy_stats(batch)
-
-        probe = self.cfg.log.clip_probe_every and step % self.cfg.log.clip_probe_every == 0
-        if probe:
-            start_state = self._snapshot()
+        sb = StepBatch.from_rollout(rollout, rewards, adv, self.device)
+        sb.old_logp, sb.old_entropy = self.policy_stats(sb)
+        probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
+        start_state = self._snapshot() if probe else None
 
         t1 = time.perf_counter()
-        updates, step_sums, losses, kls, norms = self.update_epochs(
-            step, batch, old_logp, adv, eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c
-        )
-        opt_index = len(updates)
+        updates, totals = self.update_epochs(step, sb, eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c)
         # The engine samples the next step from the updated weights (no-op for hf,
         # which shares the trainer's model).
         self.engine.sync_weights(self.model)
         t_update = time.perf_counter() - t1
 
-        # Step metrics see the whole step: in a single process the comm calls
-        # below return their argument; with several processes they gather
-        # every process's rows in global order.
-        g = self.comm
-        gbatch, gmask = g.batch(batch, G), g.rows(mask, G)
-        g_rewards, g_adv, g_old_logp, g_old_ent = (g.rows(t, G) for t in (rewards, adv, old_logp, old_ent))
         if cfg.log.entropy_post:
-            _, post_ent = self.policy_stats(batch)
-            post_ent = g.rows(post_ent, G)
-            entropy_post = algo.sequence_mean_entropy(post_ent, gmask).item()
-            entropy_post_token_mean = algo.token_mean_entropy(post_ent, gmask).item()
+            post = self._entropy_metrics(sb, self.policy_stats(sb)[1])
         else:
-            entropy_post = entropy_post_token_mean = math.nan
+            post = {"entropy": math.nan, "entropy_token_mean": math.nan}
         t2 = time.perf_counter()
-        attributed = self.clip_probe(step, batch, old_logp, adv, start_state, entropy_post) if probe else {
-            k: math.nan for k in PROBE_COLUMNS
-        }
+        attributed = (
+            self.clip_probe(step, sb, start_state, post["entropy"]) if probe else {k: math.nan for k in PROBE_COLUMNS}
+        )
         probe_seconds = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
 
-        lengths = gmask.sum(-1).float()
-        n_tokens = float(lengths.sum())
-        verifiable = is_verifiable(cfg.reward.kind)
-        rewards, adv = g_rewards, g_adv
         metrics = {
             "step": step,
-            "entropy": algo.sequence_mean_entropy(g_old_ent, gmask).item(),
-            "entropy_token_mean": algo.token_mean_entropy(g_old_ent, gmask).item(),
-            "entropy_post": entropy_post,
-            "entropy_post_token_mean": entropy_post_token_mean,
-            **algo.finalize_clip_stats(step_sums),
+            **self._batch_metrics(sb, post),
+            **totals.metrics(),
             **attributed,
-            **self._engine_logprob_gap(gbatch, g_old_logp),
+            "lr": self.scheduler.get_last_lr()[0],
+            "n_updates": len(updates),
+            "probe_seconds": probe_seconds,
+            "rollout_seconds": t_rollout,
+            "update_seconds": t_update,
+            "step_seconds": step_seconds,
+        }
+        metrics["tokens_per_second"] = metrics["n_tokens"] / step_seconds if step_seconds > 0 else math.nan
+        return self._step_output(step, prompts, sb, metrics, updates)
+
+    # ------------------------------------------------------------ the step's rows
+
+    def _entropy_metrics(self, sb: StepBatch, ent: torch.Tensor) -> dict:
+        """Eq. 4 (sequence-mean) and token-mean entropy of the step's global batch."""
+        G = self.cfg.rollout.n
+        ent, mask = self.comm.rows(ent.cpu(), G), self.comm.rows(sb.rollout.response_mask, G)
+        return {
+            "entropy": algo.sequence_mean_entropy(ent, mask).item(),
+            "entropy_token_mean": algo.token_mean_entropy(ent, mask).item(),
+        }
+
+    def _batch_metrics(self, sb: StepBatch, post: dict) -> dict:
+        """Entropy, reward and length metrics of the step's global batch (one host copy each)."""
+        G, g = self.cfg.rollout.n, self.comm
+        mask = g.rows(sb.rollout.response_mask, G)
+        rewards, adv = g.rows(sb.rewards.cpu(), G), g.rows(sb.advantages.cpu(), G)
+        pre = self._entropy_metrics(sb, sb.old_entropy)
+        lengths = mask.sum(-1).float()
+        verifiable = is_verifiable(self.cfg.reward.kind)
+        return {
+            **pre,
+            "entropy_post": post["entropy"],
+            "entropy_post_token_mean": post["entropy_token_mean"],
+            **self._engine_logprob_gap(g.batch(sb.rollout, G), g.rows(sb.old_logp.cpu(), G)),
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
             "accuracy": (rewards > 0.5).float().mean().item() if verifiable else math.nan,
@@ -465,25 +488,25 @@ class Trainer:
             "adv_abs_mean": adv.abs().mean().item(),
             "response_length_mean": lengths.mean().item(),
             "response_length_max": lengths.max().item(),
-            "truncated_frac": gbatch.truncated.float().mean().item(),
-            "loss": float(np.mean(losses)),
-            "approx_kl": kls / float(step_sums["n_tokens"]) if float(step_sums["n_tokens"]) else math.nan,
-            "grad_norm": float(np.mean(norms)),
-            "lr": self.scheduler.get_last_lr()[0],
-            "n_updates": opt_index,
-            "probe_seconds": probe_seconds,
-            "n_tokens": n_tokens,
-            "rollout_seconds": t_rollout,
-            "update_seconds": t_update,
-            "step_seconds": step_seconds,
-            "tokens_per_second": n_tokens / step_seconds if step_seconds > 0 else math.nan,
+            "truncated_frac": g.rows(sb.rollout.truncated, G).float().mean().item(),
+            "n_tokens": float(lengths.sum()),
         }
+
+    def _step_output(self, step: int, prompts, sb: StepBatch, metrics: dict, updates: list[dict]) -> StepOutput:
+        cfg, G, g = self.cfg, self.cfg.rollout.n, self.comm
         out = StepOutput(metrics, updates)
+        if not (cfg.log.samples_every and step % cfg.log.samples_every == 0) and not cfg.log.token_sample_rate > 0:
+            return out
+        gbatch = g.batch(sb.rollout, G)
+        rewards, adv = g.rows(sb.rewards.cpu(), G), g.rows(sb.advantages.cpu(), G)
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
             out.samples = self._sample_rows(step, g.objects(prompts, 1), gbatch, rewards, adv)
         if cfg.log.token_sample_rate > 0:
-            out.tokens = self._token_rows(step, gbatch, g_old_logp, g_old_ent, adv)
+            out.tokens = self._token_rows(
+                step, gbatch, g.rows(sb.old_logp.cpu(), G), g.rows(sb.old_entropy.cpu(), G), adv
+            )
         return out
+
 
     # ------------------------------------------------------------ optional logs
 

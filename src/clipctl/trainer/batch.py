@@ -1,0 +1,175 @@
+"""Typed step data: the batch on the device, micro-batch plans, statistic accumulators.
+
+``StepBatch`` is everything one step trains on, moved to the trainer's device
+once: the rollout's token ids and masks, rewards, advantages and the old
+log-probs / entropies. ``plan_micro_batches`` cuts a minibatch's rows into
+forward/backward passes, either a fixed number of rows or a token budget
+(padding included); each pass is trimmed to its own longest prompt and
+response, so padding costs only what the pass needs. ``UpdateStats`` adds up
+one optimizer step's loss, clip-statistic sums and KL on the device; they are
+read back to the host once per optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from clipctl import algo
+from clipctl.rollout import RolloutBatch
+
+
+@dataclass
+class MicroBatch:
+    """Rows of one forward/backward pass and the widths they are trimmed to."""
+
+    rows: torch.Tensor  # [n] long, on the device
+    prompt_width: int  # the last prompt_width prompt columns (prompts are left-padded)
+    response_width: int  # the first response_width response columns (responses are right-padded)
+
+
+@dataclass
+class StepBatch:
+    """One step's samples on the trainer's device (``N = P * G`` rows, prompt-major)."""
+
+    rollout: RolloutBatch  # host copy: texts and ids for logs
+    prompt_ids: torch.Tensor  # [N, Tp] left-padded
+    prompt_mask: torch.Tensor
+    response_ids: torch.Tensor  # [N, Tr] right-padded
+    response_mask: torch.Tensor
+    prompt_lengths: list[int]  # host, for micro-batch plans
+    response_lengths: list[int]
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N]
+    old_logp: Optional[torch.Tensor] = None  # [N, Tr] log pi_old of the sampled tokens
+    old_entropy: Optional[torch.Tensor] = None  # [N, Tr] H_t under pi_old
+
+    @classmethod
+    def from_rollout(cls, rollout: RolloutBatch, rewards: torch.Tensor, advantages: torch.Tensor, device) -> "StepBatch":
+        return cls(
+            rollout=rollout,
+            prompt_ids=rollout.prompt_ids.to(device),
+            prompt_mask=rollout.prompt_mask.to(device),
+            response_ids=rollout.response_ids.to(device),
+            response_mask=rollout.response_mask.to(device),
+            prompt_lengths=rollout.prompt_mask.sum(-1).tolist(),
+            response_lengths=rollout.response_mask.sum(-1).tolist(),
+            rewards=rewards.to(device),
+            advantages=advantages.to(device),
+        )
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def n_tokens(self, lo: int, hi: int) -> int:
+        """Valid response tokens of rows ``lo:hi`` (a host count: no device sync)."""
+        return int(sum(self.response_lengths[lo:hi]))
+
+    def model_inputs(self, mb: MicroBatch) -> tuple[dict, torch.Tensor]:
+        """Model inputs of a micro-batch and its target tokens ``[n, response_width]``."""
+        tp = self.prompt_ids.shape[1]
+        p0, w = tp - mb.prompt_width, mb.response_width
+        ids = torch.cat([self.prompt_ids[mb.rows, p0:], self.response_ids[mb.rows, :w]], dim=1)
+        attn = torch.cat([self.prompt_mask[mb.rows, p0:], self.response_mask[mb.rows, :w]], dim=1)
+        # Positions as generate() assigns them with left padding (trimmed columns are padding).
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        inputs = {"input_ids": ids, "attention_mask": attn, "position_ids": positions, "use_cache": False}
+        return inputs, self.response_ids[mb.rows, :w]
+
+    def take(self, t: torch.Tensor, mb: MicroBatch) -> torch.Tensor:
+        """The micro-batch's rows of a ``[N]`` or ``[N, Tr]`` tensor (trimmed to its response width)."""
+        return t[mb.rows] if t.dim() == 1 else t[mb.rows, : mb.response_width]
+
+
+def plan_micro_batches(
+    prompt_lengths: list[int],
+    response_lengths: list[int],
+    lo: int,
+    hi: int,
+    *,
+    rows_per_pass: int,
+    tokens_per_pass: int = 0,
+) -> list[tuple[list[int], int, int]]:
+    """Forward/backward passes over rows ``lo:hi`` as ``(rows, prompt_width, response_width)``.
+
+    ``tokens_per_pass = 0``: consecutive runs of ``rows_per_pass`` rows. Otherwise
+    rows are sorted by length (longest first, ties by row) and packed greedily
+    while ``len(rows) * (prompt_width + response_width) <= tokens_per_pass``; a
+    row longer than the budget gets a pass of its own. A pure function of the
+    lengths, so the old log-probs and the updates use the same passes (ratio 1
+    exactly on the first minibatch).
+    """
+    def widths(rows: list[int]) -> tuple[int, int]:
+        return max(prompt_lengths[i] for i in rows), max(1, max(response_lengths[i] for i in rows))
+
+    if tokens_per_pass <= 0:
+        groups = [list(range(s, min(s + rows_per_pass, hi))) for s in range(lo, hi, rows_per_pass)]
+        return [(g, *widths(g)) for g in groups]
+    order = sorted(range(lo, hi), key=lambda i: (-(prompt_lengths[i] + response_lengths[i]), i))
+    plans, current, wp, wr = [], [], 0, 0
+    for i in order:
+        np_, nr = max(wp, prompt_lengths[i]), max(wr, response_lengths[i], 1)
+        if current and (len(current) + 1) * (np_ + nr) > tokens_per_pass:
+            plans.append((current, wp, wr))
+            current, np_, nr = [], prompt_lengths[i], max(1, response_lengths[i])
+        current.append(i)
+        wp, wr = np_, nr
+    if current:
+        plans.append((current, wp, wr))
+    return plans
+
+
+class UpdateStats:
+    """Sums of one optimizer step, kept on the device until ``to_host``."""
+
+    def __init__(self):
+        self.loss: Optional[torch.Tensor] = None
+        self.kl_sum: Optional[torch.Tensor] = None
+        self.sums: Optional[dict[str, torch.Tensor]] = None
+
+    def add(self, loss: torch.Tensor, kl_sum: torch.Tensor, sums: dict[str, torch.Tensor]) -> None:
+        loss = loss.detach().double()
+        self.loss = loss if self.loss is None else self.loss + loss
+        self.kl_sum = kl_sum if self.kl_sum is None else self.kl_sum + kl_sum
+        self.sums = sums if self.sums is None else algo.add_sums(self.sums, sums)
+
+    def to_host(self) -> tuple[float, float, dict[str, float]]:
+        """``(loss, kl_sum, sums)`` as Python floats: one device-to-host copy."""
+        keys = list(self.sums)
+        values = torch.stack([self.loss, self.kl_sum, *(self.sums[k].double() for k in keys)]).cpu().tolist()
+        return values[0], values[1], dict(zip(keys, values[2:]))
+
+
+@dataclass
+class StepTotals:
+    """What a step's optimizer steps add up to (host floats), for the steps row."""
+
+    losses: list[float]
+    kl_sum: float
+    grad_norms: list[float]
+    sums: Optional[dict[str, float]] = None
+
+    def add(self, loss: float, kl_sum: float, grad_norm: float, sums: dict[str, float]) -> None:
+        self.losses.append(loss)
+        self.kl_sum += kl_sum
+        self.grad_norms.append(grad_norm)
+        self.sums = dict(sums) if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
+
+    def metrics(self) -> dict:
+        n_tok = self.sums["n_tokens"]
+        return {
+            **algo.finalize_clip_stats(self.sums),
+            "loss": sum(self.losses) / len(self.losses),
+            "approx_kl": self.kl_sum / n_tok if n_tok else math.nan,
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+        }
+
+
+def k3_kl_sum(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum over valid tokens of the k3 estimator ``exp(l) - 1 - l`` of KL(pi_old || pi_theta)."""
+    lr_ = algo.log_ratio(logp.detach(), old_logp)
+    k3 = torch.exp(lr_) - 1.0 - lr_
+    return torch.where(mask.bool(), k3, torch.zeros_like(k3)).sum().double()
