@@ -179,10 +179,12 @@ def _sums(**kw) -> dict:
 def test_combine_updates_weights_by_region_size():
     updates = pd.DataFrame(
         [
-            {"step": 1, "epoch": 0, "minibatch": 0, **_sums(n_tokens=10, n_below=1, gap_sum_below=4.0, q_sum=1.0, q_sum_below=0.5)},
-            {"step": 1, "epoch": 0, "minibatch": 1, **_sums(n_tokens=30, n_below=3, gap_sum_below=0.0, q_sum=3.0, q_sum_below=0.3,
-                                                           n_clip_low=2)},
-            {"step": 2, "epoch": 0, "minibatch": 0, **_sums(n_tokens=5, n_above=5, gap_sum_above=-5.0)},
+            {"step": 1, "epoch": 0, "minibatch": 0, **_sums(n_tokens=10, n_below=1, w_sum=10.0, w_sum_below=1.0,
+                                                           gap_wsum_below=4.0, qdev_wsum_below=0.5)},
+            {"step": 1, "epoch": 0, "minibatch": 1, **_sums(n_tokens=30, n_below=3, w_sum=30.0, w_sum_below=3.0,
+                                                           gap_wsum_below=0.0, qdev_wsum_below=0.3, n_clip_low=2)},
+            {"step": 2, "epoch": 0, "minibatch": 0, **_sums(n_tokens=5, n_above=5, w_sum=5.0, w_sum_above=5.0,
+                                                           gap_wsum_above=-5.0)},
         ]
     )
     out = analysis.combine_updates(updates).set_index("step")
@@ -190,7 +192,7 @@ def test_combine_updates_weights_by_region_size():
     assert out.loc[1, "thm2_low"] == pytest.approx(1.0)
     assert out.loc[1, "ratio_below_frac"] == pytest.approx(4 / 40)
     assert out.loc[1, "clip_low_frac"] == pytest.approx(2 / 40)
-    assert out.loc[1, "thm1_low"] == pytest.approx(4.0 / 40 - 0.8 / 4)
+    assert out.loc[1, "thm1_low"] == pytest.approx(0.8 / 4)  # (0.5 + 0.3) / (1 + 3)
     assert out.loc[1, "thm2_drift"] == pytest.approx(0.1 * 1.0)  # Y empty: its term counts 0
     assert math.isnan(out.loc[1, "thm2_high"])  # empty region: NaN, never 0
     assert math.isnan(out.loc[2, "thm2_low"])
@@ -207,6 +209,36 @@ def test_combine_updates_matches_the_steps_table_of_a_simulated_run(tmp_path):
     combined = analysis.combine_updates(run.updates).set_index("step")
     for key in STAT_KEYS:
         np.testing.assert_allclose(combined[key].to_numpy(), run.steps.set_index("step")[key].to_numpy(), equal_nan=True)
+
+
+def test_estimator_vs_exact_columns_by_hand(tmp_path):
+    # drift estimates [1, -1, 2, 3] against exact [2, 1, 1, NaN] (thm1) / [0.5, -0.5, 2, 3] (thm2)
+    steps = default_steps(
+        thm1_drift_exact=[2.0, 1.0, 1.0, NAN], thm2_drift_exact=[0.5, -0.5, 2.0, 3.0],
+        ratio_below_frac_exact=[0.1, 0.1, 0.2, 0.2], ratio_above_frac_exact=[0.2, 0.2, 0.2, 0.2],
+    )
+    row = analysis.analyze_runs([make_run(tmp_path, "sim", steps=steps)])[0].iloc[0]
+    # signs (+,-,+) vs (+,+,+) on the 3 finite steps: 2 of 3 agree; thm2: 4 of 4
+    assert row["thm1_vs_exact_sign_agree"] == pytest.approx(2 / 3)
+    assert row["thm2_vs_exact_sign_agree"] == 1.0
+    # rel. RMSE thm1: errors (-1, -2, 1), exact (2, 1, 1): sqrt((1 + 4 + 1) / 3) / sqrt((4 + 1 + 1) / 3) = 1
+    assert row["thm1_vs_exact_rel_rmse"] == pytest.approx(1.0)
+    # thm2: errors (0.5, -0.5, 0, 0), exact^2 (0.25, 0.25, 4, 9): sqrt(0.5 / 4) / sqrt(13.5 / 4)
+    assert row["thm2_vs_exact_rel_rmse"] == pytest.approx(math.sqrt(0.5 / 13.5))
+    assert row["avg_ratio_below_frac_exact"] == pytest.approx(0.15)
+    # runs without exact columns (clipctl train) have none of these columns
+    plain = analysis.analyze_runs([make_run(tmp_path, "train")])[0]
+    assert not [c for c in plain.columns if "exact" in c]
+
+
+def test_simulated_runs_report_estimator_agreement(tmp_path):
+    from clipctl.simulate import DynamicsConfig, run_dynamics
+
+    run_dynamics(tmp_path, grid=[(0.2, 0.2)], seeds=1, base=DynamicsConfig(steps=40))
+    row = analysis.analyze_runs([tmp_path])[0].iloc[0]
+    assert row["thm2_vs_exact_sign_agree"] > 0.7 and row["thm2_vs_exact_pearson"] > 0.5, row
+    result = runner.invoke(app, ["analyze-clip-stats", str(tmp_path)])
+    assert result.exit_code == 0 and "thm2_vs_exact_sign_agree" in result.output, result.output
 
 
 # ---------------------------------------------------------------- groups

@@ -12,6 +12,10 @@ Two caveats are built into the names:
    step did (SPEC 7b); they are confounded and expected to be weak or negative.
 2. ``thm*_vs_attr_*`` compare it with the clip-attributed change of the SPEC 7b
    probe, the test the theory is actually about.
+
+Simulated runs (``clipctl simulate``) also log the exact value of each
+estimator (``<name>_exact``); ``thm*_vs_exact_*`` then say how well the
+sampled estimators track the quantities they estimate.
 """
 
 from __future__ import annotations
@@ -312,6 +316,25 @@ def _attribution_summary(steps: pd.DataFrame) -> dict:
     return out
 
 
+def _exact_summary(steps: pd.DataFrame) -> dict:
+    """Sampled estimators against their exact values; only for runs with ``*_exact`` columns (simulated)."""
+    if not any(f"{thm}_drift_exact" in steps for thm in ("thm1", "thm2")):
+        return {}
+    out: dict = {}
+    for c in ("ratio_below_frac", "ratio_above_frac"):
+        out[f"avg_{c}_exact"] = float(_col(steps, f"{c}_exact").mean())
+    for thm in ("thm1", "thm2"):
+        est, exact = _col(steps, f"{thm}_drift"), _col(steps, f"{thm}_drift_exact")
+        out[f"{thm}_vs_exact_sign_agree"] = sign_agreement(est, exact)
+        out[f"{thm}_vs_exact_pearson"] = pearson(est, exact)
+        ok = _finite(est, exact)
+        den = float((exact[ok] ** 2).mean()) if ok.any() else math.nan
+        out[f"{thm}_vs_exact_rel_rmse"] = (
+            math.sqrt(float(((est[ok] - exact[ok]) ** 2).mean()) / den) if ok.any() and den > 0 else math.nan
+        )
+    return out
+
+
 def _eval_summary(run: Run) -> dict:
     ev = read_eval_summary(run)
     needed = {"step", "dataset", "k", "pass_at_k", "mean_at_n"}
@@ -342,6 +365,7 @@ def summarize_run(run: Run, extra_keys: Sequence[str] = ()) -> dict:
     row.update(_entropy_summary(steps))
     row.update(_theory_summary(steps))
     row.update(_attribution_summary(steps))
+    row.update(_exact_summary(steps))
     row.update(_eval_summary(run))
     return row
 
@@ -568,6 +592,7 @@ TABLE_METRICS = (
     "thm2_high_pos_share",
     "thm2_vs_raw_sign_agree",
     "thm2_vs_attr_sign_agree",
+    "thm2_vs_exact_sign_agree",  # simulated runs only
     "clip_low_attributed_dH_avg",
     "clip_high_attributed_dH_avg",
 )

@@ -38,6 +38,11 @@ Departures from the trainer (``clipctl.trainer``), each deliberate:
 4. Every step is probed (SPEC 7b): the step's updates are replayed from the
    same logits and optimizer state with no clipping, clip-low only and
    clip-high only; replays are cheap here.
+5. Next to each sampled estimator of the clip regions' probabilities and the
+   Theorem 1/2 brackets (``ratio_*_frac``, ``thm*``, from
+   ``algo.clip_stat_sums``), the run logs its exact value ``<name>_exact``
+   (``exact_clip_sums``): the tabular policy is known in full, so the
+   estimator can be checked against the quantity it estimates.
 
 Run it::
 
@@ -140,6 +145,76 @@ def theory_brackets(pi: torch.Tensor, X: torch.Tensor, Y: torch.Tensor) -> dict[
         high = q * out[f"{thm}_high"] if q > 0 else 0.0
         out[f"{thm}_drift"] = low - high
     return out
+
+
+def expected_q_of(logits: torch.Tensor) -> torch.Tensor:
+    """The Theorem 1 centre ``E_pi[Q] = sum_a pi(a)^2 (log pi(a) + H)`` of ``softmax(logits)`` (float64 scalar)."""
+    logp = torch.log_softmax(logits, dim=-1)
+    pi = logp.exp()
+    H = -(pi * logp).sum(-1)
+    return (pi * pi * (logp + H)).sum(-1)
+
+
+# The estimator columns that simulated runs also log exactly, as ``<name>_exact``.
+EXACT_KEYS = (
+    "ratio_below_frac", "ratio_above_frac",
+    "thm1_low", "thm1_high", "thm2_low", "thm2_high", "thm1_drift", "thm2_drift",
+)
+
+
+def exact_clip_sums(
+    logp_all: torch.Tensor, old_logp_all: torch.Tensor, n_tokens: float, *, eps_low: float, eps_high: float
+) -> dict[str, torch.Tensor]:
+    """What ``algo.clip_stat_sums`` adds up, in expectation, for ``n_tokens`` samples of one state.
+
+    ``logp_all``, ``old_logp_all``: ``[A]`` log pi_k and log pi_old of every
+    action. Each additive sum is ``n_tokens`` times the expectation under
+    ``pi_old`` of its per-token term, e.g. ``E_old[r 1_X f] = E_k[1_X f]``, so
+    ``finalize_clip_stats`` of the result is the exact bracket under ``pi_k``
+    (``theory_brackets``), and adding the results of several minibatches pools
+    them exactly as the sampled sums are pooled. The regions use the same
+    ratio (and clamp) as ``algo.clip_event_masks``. Clip-event counts depend on
+    the advantages and are NaN here: only the region and theory keys are exact.
+    """
+    logp_all, old_logp_all = logp_all.double(), old_logp_all.double()
+    ev = algo.clip_event_masks(
+        logp_all.unsqueeze(0), old_logp_all.unsqueeze(0), torch.zeros(1, dtype=torch.float64),
+        torch.ones(1, logp_all.shape[0]), eps_low=eps_low, eps_high=eps_high,
+    )
+    X, Y = ev["ratio_below"][0], ev["ratio_above"][0]
+    pi, pi_old = logp_all.exp(), old_logp_all.exp()
+    H = -(pi * logp_all).sum()
+    Q = pi * (logp_all + H)
+    qdev = (pi * Q).sum() - Q
+    gap = -logp_all - H
+    n = torch.tensor(float(n_tokens), dtype=torch.float64)
+    nan = torch.tensor(math.nan, dtype=torch.float64)
+
+    def under_k(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return n * (pi * x)[m].sum()
+
+    ones = torch.ones_like(pi)
+    return {
+        "n_tokens": n,
+        "n_below": n * pi_old[X].sum(),
+        "n_above": n * pi_old[Y].sum(),
+        "n_clip_low": nan,
+        "n_clip_high": nan,
+        "n_dual_clip": nan,
+        "w_sum": n * pi.sum(),
+        "w_sum_below": under_k(ones, X),
+        "w_sum_above": under_k(ones, Y),
+        "qdev_wsum_below": under_k(qdev, X),
+        "qdev_wsum_above": under_k(qdev, Y),
+        "gap_wsum_below": under_k(gap, X),
+        "gap_wsum_above": under_k(gap, Y),
+    }
+
+
+def exact_columns(exact_sums) -> dict[str, float]:
+    """``<key>_exact`` for ``EXACT_KEYS`` from ``exact_clip_sums`` (or a sum of them)."""
+    stats = algo.finalize_clip_stats(exact_sums)
+    return {f"{k}_exact": stats[k] for k in EXACT_KEYS}
 
 
 # ---------------------------------------------------------------- (a) --check
@@ -376,11 +451,19 @@ class _Optimizer:
         return theta - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
 
 
-def _update_epochs(theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, eps_low, eps_high, *, with_stats):
-    """All minibatch updates of one step from ``theta``; returns (theta, update rows, step sums)."""
+def _update_epochs(
+    theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, eps_low, eps_high, *, with_stats, old_logp_all=None
+):
+    """All minibatch updates of one step from ``theta``.
+
+    Returns (theta, update rows, step sums, step exact sums); with
+    ``with_stats`` each row carries the sampled estimators and, next to them,
+    their exact values (``<key>_exact``, from ``old_logp_all``, the ``[A]``
+    log pi_old of every action); the sums are None without ``with_stats``.
+    """
     n = actions.shape[0]
     bounds = np.linspace(0, n, cfg.minibatches + 1).round().astype(int)
-    rows, step_sums = [], None
+    rows, step_sums, step_exact = [], None, None
     for epoch in range(cfg.epochs):
         for mb in range(cfg.minibatches):
             lo, hi = int(bounds[mb]), int(bounds[mb + 1])
@@ -394,9 +477,14 @@ def _update_epochs(theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, eps_
                 H = float(entropy_of(theta))
                 sums = algo.clip_stat_sums(
                     logp.detach(), old_logp[lo:hi], adv[lo:hi], mask, torch.full_like(logp, H),
+                    torch.full_like(logp, float(expected_q_of(theta))),
                     eps_low=eps_low, eps_high=eps_high,
                 )
                 step_sums = sums if step_sums is None else algo.add_sums(step_sums, sums)
+                exact = exact_clip_sums(
+                    logp_all.detach(), old_logp_all, hi - lo, eps_low=eps_low, eps_high=eps_high
+                )
+                step_exact = exact if step_exact is None else algo.add_sums(step_exact, exact)
                 lr_ = algo.log_ratio(logp.detach(), old_logp[lo:hi])
                 rows.append(
                     {
@@ -404,11 +492,12 @@ def _update_epochs(theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, eps_
                         "approx_kl": float((torch.exp(lr_) - 1.0 - lr_).mean()),
                         "grad_norm": float(grad.norm()), "lr": cfg.lr,
                         **algo.finalize_clip_stats(sums),
+                        **exact_columns(exact),
                         **{k: float(v) for k, v in sums.items()},
                     }
                 )
             theta = opt.step(theta, grad)
-    return theta, rows, step_sums
+    return theta, rows, step_sums, step_exact
 
 
 def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -435,8 +524,9 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         H0 = float(entropy_of(theta))
         start_theta, start_opt = theta.clone(), opt.snapshot()
         t1 = time.perf_counter()
-        theta, rows, sums = _update_epochs(
-            theta, opt, actions, old_logp, adv, cfg, cfg.eps_low, cfg.eps_high, with_stats=True
+        theta, rows, sums, exact_sums = _update_epochs(
+            theta, opt, actions, old_logp, adv, cfg, cfg.eps_low, cfg.eps_high, with_stats=True,
+            old_logp_all=torch.log_softmax(theta, -1),
         )
         t_update = time.perf_counter() - t1
         H1 = float(entropy_of(theta))
@@ -447,7 +537,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
             post = {}
             for label, (el, eh) in replays.items():
                 opt.restore(start_opt)
-                th, _, _ = _update_epochs(start_theta, opt, actions, old_logp, adv, cfg, el, eh, with_stats=False)
+                th, _, _, _ = _update_epochs(start_theta, opt, actions, old_logp, adv, cfg, el, eh, with_stats=False)
                 post[label] = float(entropy_of(th))
             opt.restore(real_opt)
             probe = algo.attributed_entropy_changes(H1, post)
@@ -462,6 +552,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "entropy_post": H1,
                 "entropy_post_token_mean": H1,
                 **algo.finalize_clip_stats(sums),
+                **exact_columns(exact_sums),
                 **probe,
                 "reward_mean": float(rewards.mean()),
                 "reward_std": float(rewards.std(unbiased=False)),

@@ -273,3 +273,58 @@ def test_entropy_pipeline_end_to_end():
         hs = [full_entropy(logits[i, t].double(), 0.7).item() for t in range(4) if mask[i, t]]
         rows.append(sum(hs) / len(hs))
     assert sequence_mean_entropy(ent, mask).item() == pytest.approx(sum(rows) / 3, rel=1e-5)
+
+
+# --- the Theorem 1 centre E_pi[Q] = sum_a pi(a)^2 (log pi(a) + H) -------------
+
+
+def naive_expected_q(row, temperature=1.0):
+    """One row of logits, entry by entry with Python floats."""
+    xs = [float(v) / temperature for v in row]
+    m = max(xs)
+    z = sum(math.exp(x - m) for x in xs)
+    ps = [math.exp(x - m) / z for x in xs]
+    h = -sum(p * math.log(p) for p in ps if p > 0)
+    return sum(p * p * (math.log(p) + h) for p in ps if p > 0)
+
+
+def test_expected_q_hand_computed():
+    # row 0: logits [0, ln 3, -1e4, -1e4] -> p = [1/4, 3/4, 0, 0], H = ln 4 - (3/4) ln 3
+    #   log p + H = x - sum_b p_b x_b = x - (3/4) ln 3 -> [-(3/4) ln 3, (1/4) ln 3]
+    #   EQ = (1/16)(-(3/4) ln 3) + (9/16)((1/4) ln 3) = (9/64 - 3/64) ln 3 = (3/32) ln 3 = 0.1029948 ;
+    #   the banned entries (p = 0) add nothing
+    # row 1: uniform: log p + H = 0 for every entry -> EQ = 0
+    # row 2: [0, ln 3] / 0.5 -> p = [1/10, 9/10], x = [0, ln 9], mean x = 0.9 ln 9
+    #   EQ = (1/100)(-0.9 ln 9) + (81/100)(0.1 ln 9) = (0.081 - 0.009) ln 9 = 0.072 ln 9 = 0.1582004
+    logits = torch.tensor([[0.0, math.log(3.0), -1e4, -1e4], [0.0, 0.0, 0.0, 0.0]])
+    ent, eq = token_entropy(logits, with_expected_q=True)
+    torch.testing.assert_close(eq, torch.tensor([3 / 32 * math.log(3.0), 0.0]))
+    torch.testing.assert_close(ent, token_entropy(logits))
+    _, eq_t = token_entropy(torch.tensor([[0.0, math.log(3.0)]]), temperature=0.5, with_expected_q=True)
+    assert eq_t.item() == pytest.approx(0.072 * math.log(9.0), abs=1e-6)
+    # -inf logits (banned tokens) are no NaN
+    _, eq_inf = token_entropy(torch.tensor([[0.0, math.log(3.0), -math.inf]]), with_expected_q=True)
+    assert eq_inf.item() == pytest.approx(3 / 32 * math.log(3.0), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed, shape, temperature, chunk_rows", [(0, (3, 5, 17), 1.0, 4), (1, (7, 40), 0.7, 3), (2, (2, 2, 2, 9), 1.3, 1024)])
+def test_expected_q_matches_naive_loop(seed, shape, temperature, chunk_rows):
+    logits, targets = random_logits(seed, shape, F64)
+    ent, eq = token_entropy(logits, temperature=temperature, chunk_rows=chunk_rows, with_expected_q=True)
+    assert eq.shape == shape[:-1] and eq.dtype == torch.float32 and not eq.requires_grad
+    ref = torch.tensor([naive_expected_q(r, temperature) for r in logits.reshape(-1, shape[-1]).tolist()], dtype=F64)
+    torch.testing.assert_close(eq.double().reshape(-1), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ent, token_entropy(logits, temperature=temperature, chunk_rows=chunk_rows))
+
+
+def test_logprobs_and_entropy_with_expected_q():
+    logits, targets = random_logits(3, (4, 6, 33), F64)
+    logits.requires_grad_(True)
+    logp, ent, eq = token_logprobs_and_entropy(logits, targets, temperature=0.9, chunk_rows=5, with_expected_q=True)
+    logp2, ent2 = token_logprobs_and_entropy(logits, targets, temperature=0.9, chunk_rows=5)
+    torch.testing.assert_close(logp, logp2)
+    torch.testing.assert_close(ent, ent2)
+    torch.testing.assert_close(eq, token_entropy(logits.detach(), temperature=0.9, with_expected_q=True)[1])
+    assert logp.requires_grad and not eq.requires_grad
+    with pytest.raises(ValueError, match="with_entropy"):
+        token_logprobs_and_entropy(logits, targets, with_entropy=False, with_expected_q=True)

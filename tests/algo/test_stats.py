@@ -14,6 +14,7 @@ from clipctl.algo.stats import (
     clip_event_masks,
     clip_stat_sums,
     finalize_clip_stats,
+    pooled_expected_q,
 )
 
 INF = float("inf")
@@ -102,9 +103,25 @@ def test_zero_advantage_is_no_active_clip():
     assert not (ev["clip_low"] | ev["clip_high"] | ev["dual_clip"]).any()
 
 
+# Weighted sums with the exact centres EQ = E[Q|s_t] = [[0.2, 0.1, 0.4, -], [0.05, 0.3, 0.0, -]]
+# (any numbers will do: clip_stat_sums takes them as given):
+#
+#   token  r    region  Q              EQ - Q          r (EQ - Q)       r gap
+#   (0,0)  0.5  X       0.1534264097   0.0465735903    0.0232867952    -0.1534264097
+#   (0,1)  4.0  Y       0.0284264097   0.0715735903    0.2862943612    -0.4548225556
+#   (0,2)  1.2  -
+#   (1,0)  0.7  X       0.0697414907  -0.0197414907   -0.0138190435    -0.4881904349
+#   (1,1)  1.5  Y      -0.0185148411   0.3185148411    0.4777722617     0.0347153270
+#   (1,2)  1.0  -
+#
+# w_sum = 0.5 + 4 + 1.2 + 0.7 + 1.5 + 1 = 8.9; w_sum_below = 0.5 + 0.7 = 1.2; w_sum_above = 4 + 1.5 = 5.5
+
+HAND_EQ = [[0.2, 0.1, 0.4, NAN], [0.05, 0.3, 0.0, NAN]]
+
+
 def test_clip_stat_sums_hand_computed():
     logp, old, adv, mask, entropy = hand_example()
-    sums = clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW)
+    sums = clip_stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ, dtype=F64), **HAND_KW)
     assert tuple(sums) == SUM_KEYS
     expected = {
         "n_tokens": 6.0,
@@ -113,11 +130,13 @@ def test_clip_stat_sums_hand_computed():
         "n_clip_low": 1.0,
         "n_clip_high": 1.0,
         "n_dual_clip": 1.0,
-        "q_sum": 0.6865058788,
-        "q_sum_below": 0.2231679004,  # 0.1534264097 + 0.0697414907
-        "q_sum_above": 0.0099115686,  # 0.0284264097 - 0.0185148411
-        "gap_sum_below": -1.0042677264,  # -0.3068528194 - 0.6974149070
-        "gap_sum_above": -0.0905620876,  # -0.1137056389 + 0.0231435513
+        "w_sum": 8.9,
+        "w_sum_below": 1.2,
+        "w_sum_above": 5.5,
+        "qdev_wsum_below": 0.0094677517,  # 0.0232867952 - 0.0138190435
+        "qdev_wsum_above": 0.7640666229,  # 0.2862943612 + 0.4777722617
+        "gap_wsum_below": -0.6416168446,  # -0.1534264097 - 0.4881904349
+        "gap_wsum_above": -0.4201072286,  # -0.4548225556 + 0.0347153270
     }
     for k, v in expected.items():
         assert sums[k].dtype == F64
@@ -126,29 +145,72 @@ def test_clip_stat_sums_hand_computed():
 
 def test_finalize_hand_computed():
     logp, old, adv, mask, entropy = hand_example()
-    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW))
+    stats = finalize_clip_stats(
+        clip_stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ, dtype=F64), **HAND_KW)
+    )
     assert tuple(stats) == STAT_KEYS
     expected = {
+        # clip events stay plain shares of the 6 sampled tokens
         "clip_low_frac": 1 / 6,
         "clip_high_frac": 1 / 6,
         "dual_clip_frac": 1 / 6,
-        "ratio_below_frac": 2 / 6,
-        "ratio_above_frac": 2 / 6,
-        # mean_all(Q) - mean_X(Q) = 0.1144176465 - 0.2231679004 / 2 = 0.1144176465 - 0.1115839502
-        "thm1_low": 0.0028336963,
-        # mean_all(Q) - mean_Y(Q) = 0.1144176465 - 0.0099115686 / 2
-        #                         = 0.1144176465 - 0.0049557843 = 0.1094618621 (rounded)
-        "thm1_high": 0.1094618621,
-        # mean_X(gap) = -1.0042677264 / 2
-        "thm2_low": -0.5021338632,
-        # mean_Y(gap) = -0.0905620876 / 2
-        "thm2_high": -0.0452810438,
-        # (1/3) 0.0028336963 - (1/3) 0.1094618621 = -0.1066281658 / 3
-        "thm1_drift": -0.0355427220,
-        # (1/3)(-0.5021338632) - (1/3)(-0.0452810438) = -0.4568528194 / 3
-        "thm2_drift": -0.1522842731,
+        # region probabilities under pi_k: W_X / W = 1.2 / 8.9, W_Y / W = 5.5 / 8.9
+        "ratio_below_frac": 0.1348314607,
+        "ratio_above_frac": 0.6179775281,
+        "thm1_low": 0.0078897931,  # 0.0094677517 / 1.2
+        "thm1_high": 0.1389212042,  # 0.7640666229 / 5.5
+        "thm2_low": -0.5346807038,  # -0.6416168446 / 1.2
+        "thm2_high": -0.0763831325,  # -0.4201072286 / 5.5
+        # p * low - q * high = (qdev_wsum_below - qdev_wsum_above) / W = -0.7545988712 / 8.9
+        "thm1_drift": -0.0847863900,
+        # (-0.6416168446 + 0.4201072286) / 8.9 = -0.2215096160 / 8.9
+        "thm2_drift": -0.0248887209,
     }
     assert_stats_equal(stats, expected, rel=0, abs_=1e-9)
+
+
+def test_fallback_centre_is_the_weighted_pooled_mean_of_q():
+    # Without expected_q every token is centred on sum_t r_t Q_t / sum_t r_t:
+    #   0.5 (0.1534264097) + 4 (0.0284264097) + 1.2 (0.5) + 0.7 (0.0697414907)
+    #   + 1.5 (-0.0185148411) + 1 (-0.0465735903) = 0.7648920352;  / 8.9 = 0.0859429253
+    logp, old, adv, mask, entropy = hand_example()
+    centre = pooled_expected_q(logp, old, mask, entropy)
+    assert centre.dtype == F64 and centre.item() == pytest.approx(0.0859429253, abs=1e-9)
+    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW))
+    # thm1_low = centre - E_w[Q | X] = 0.0859429253 - (0.0767132049 + 0.0488190435) / 1.2
+    #          = 0.0859429253 - 0.1046102070 = -0.0186672817
+    assert stats["thm1_low"] == pytest.approx(-0.0186672817, abs=1e-9)
+    # thm2 does not depend on the centre
+    assert stats["thm2_low"] == pytest.approx(-0.5346807038, abs=1e-9)
+    # the same as passing the pooled centre explicitly
+    explicit = clip_stat_sums(logp, old, adv, mask, entropy, torch.full_like(logp, centre.item()), **HAND_KW)
+    assert_stats_equal(stats, finalize_clip_stats(explicit))
+    # unweighted: plain mean of the 6 Q values = 0.6865058788 / 6
+    plain = pooled_expected_q(logp, old, mask, entropy, importance_weighted=False)
+    assert plain.item() == pytest.approx(0.6865058788 / 6, abs=1e-9)
+
+
+def test_unweighted_estimator_by_hand():
+    # importance_weighted=False: every weight is 1 (the pi_old measure).
+    logp, old, adv, mask, entropy = hand_example()
+    eq = torch.tensor(HAND_EQ, dtype=F64)
+    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, importance_weighted=False, **HAND_KW))
+    assert stats["ratio_below_frac"] == pytest.approx(2 / 6) and stats["ratio_above_frac"] == pytest.approx(2 / 6)
+    # mean_X(EQ - Q) = (0.0465735903 - 0.0197414907) / 2
+    assert stats["thm1_low"] == pytest.approx(0.0134160498, abs=1e-9)
+    # mean_X(gap) = (-0.3068528194 - 0.6974149070) / 2; drift (1/3)(-0.5021338632) - (1/3)(-0.0452810438)
+    assert stats["thm2_low"] == pytest.approx(-0.5021338632, abs=1e-9)
+    assert stats["thm2_drift"] == pytest.approx(-0.1522842731, abs=1e-9)
+
+
+def test_on_policy_weights_change_nothing():
+    # r = 1 everywhere (minibatch 0 of epoch 0): weighted and unweighted sums agree exactly.
+    logp, _, adv, mask, entropy = hand_example()
+    eq = torch.tensor(HAND_EQ, dtype=F64)
+    a = clip_stat_sums(logp, logp.clone(), adv, mask, entropy, eq, **HAND_KW)
+    b = clip_stat_sums(logp, logp.clone(), adv, mask, entropy, eq, importance_weighted=False, **HAND_KW)
+    for k in SUM_KEYS:
+        assert a[k].item() == b[k].item(), k
 
 
 def test_advantages_1d_and_2d_agree():
@@ -161,9 +223,10 @@ def test_advantages_1d_and_2d_agree():
 
 def test_float32_inputs_sum_in_float64():
     logp, old, adv, mask, entropy = hand_example(torch.float32)
-    sums = clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW)
+    sums = clip_stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ), **HAND_KW)
     assert all(sums[k].dtype == F64 for k in SUM_KEYS)
-    assert sums["q_sum"].item() == pytest.approx(0.6865058788, abs=1e-6)
+    assert sums["qdev_wsum_above"].item() == pytest.approx(0.7640666229, abs=1e-6)
+    assert sums["w_sum"].item() == pytest.approx(8.9, abs=1e-6)
 
 
 def test_log_ratio_clamp_applies_to_events():
@@ -178,6 +241,9 @@ def test_log_ratio_clamp_applies_to_events():
     # with eps_high = 1e8 and c = 1e8 both fire: 4.85e8 > 1e8 + 1 and 4.85e8 > 1e8
     ev = clip_event_masks(logp, old, torch.tensor([-1.0], dtype=F64), mask, eps_low=0.2, eps_high=1e8, dual_clip_c=1e8)
     assert ev["ratio_above"].all() and ev["dual_clip"].all()
+    # the weight uses the same clamped ratio: finite
+    sums = clip_stat_sums(logp, old, torch.tensor([-1.0], dtype=F64), mask, torch.ones(1, 1, dtype=F64), eps_low=0.2, eps_high=1e8)
+    assert sums["w_sum"].item() == pytest.approx(math.exp(20.0))
 
 
 # --- empty regions -------------------------------------------------------------
@@ -185,8 +251,9 @@ def test_log_ratio_clamp_applies_to_events():
 
 def test_empty_regions_give_nan_not_zero():
     logp, old, adv, mask, entropy = hand_example()
+    eq = torch.tensor(HAND_EQ, dtype=F64)
     # eps_high = inf: region Y is empty; eps_low = 1: region X is empty
-    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eps_low=1.0, eps_high=INF))
+    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, eps_low=1.0, eps_high=INF))
     assert stats["ratio_below_frac"] == 0.0 and stats["ratio_above_frac"] == 0.0
     assert stats["clip_low_frac"] == 0.0 and stats["clip_high_frac"] == 0.0
     assert stats["dual_clip_frac"] == 0.0
@@ -196,13 +263,13 @@ def test_empty_regions_give_nan_not_zero():
     # finalize_clip_stats), so the drifts stay finite
     assert stats["thm1_drift"] == 0.0 and stats["thm2_drift"] == 0.0
 
-    only_x = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eps_low=0.2, eps_high=INF))
+    only_x = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, eps_low=0.2, eps_high=INF))
     assert math.isnan(only_x["thm1_high"]) and math.isnan(only_x["thm2_high"])
-    assert only_x["thm2_low"] == pytest.approx(-0.5021338632, abs=1e-9)
-    # drift = (1/3)(-0.5021338632) - 0 = -0.1673779544
-    assert only_x["thm2_drift"] == pytest.approx(-0.1673779544, abs=1e-9)
-    # thm1 drift = (1/3)(0.0028336963) = 0.0009445654
-    assert only_x["thm1_drift"] == pytest.approx(0.0009445654, abs=1e-9)
+    assert only_x["thm2_low"] == pytest.approx(-0.5346807038, abs=1e-9)
+    # drift = (1.2 / 8.9)(-0.5346807038) - 0 = -0.6416168446 / 8.9 = -0.0720917803
+    assert only_x["thm2_drift"] == pytest.approx(-0.0720917803, abs=1e-9)
+    # thm1 drift = 0.0094677517 / 8.9 = 0.0010637923
+    assert only_x["thm1_drift"] == pytest.approx(0.0010637923, abs=1e-9)
 
 
 def test_no_valid_tokens_gives_all_nan():
@@ -223,46 +290,54 @@ def sums_dict(**kw) -> dict[str, torch.Tensor]:
 
 
 def test_add_sums_reweights_by_region_size_hand_computed():
-    # minibatch a: 2 tokens, 1 in X with gap -1 and Q 0.4; q_sum 1.0
-    a = sums_dict(n_tokens=2, n_below=1, n_clip_low=1, q_sum=1.0, q_sum_below=0.4, gap_sum_below=-1.0)
-    # minibatch b: 8 tokens, 3 in X with gaps summing to 3 and Q summing to 0.3; q_sum 2.0
-    b = sums_dict(n_tokens=8, n_below=3, q_sum=2.0, q_sum_below=0.3, gap_sum_below=3.0)
+    # minibatch a: 2 tokens (weights 2.5), 1 in X with weight 0.5, weighted gap -1, weighted EQ - Q 0.1
+    a = sums_dict(n_tokens=2, n_below=1, n_clip_low=1, w_sum=2.5, w_sum_below=0.5, gap_wsum_below=-1.0, qdev_wsum_below=0.1)
+    # minibatch b: 8 tokens (weights 7.5), 3 in X with weights 1.5, weighted gap 3, weighted EQ - Q 0.2
+    b = sums_dict(n_tokens=8, n_below=3, w_sum=7.5, w_sum_below=1.5, gap_wsum_below=3.0, qdev_wsum_below=0.2)
     sa, sb = finalize_clip_stats(a), finalize_clip_stats(b)
-    # per minibatch: thm2_low a = -1 / 1 = -1, b = 3 / 3 = 1
-    assert sa["thm2_low"] == -1.0 and sb["thm2_low"] == 1.0
+    # per minibatch: thm2_low a = -1 / 0.5 = -2, b = 3 / 1.5 = 2
+    assert sa["thm2_low"] == -2.0 and sb["thm2_low"] == 2.0
     pooled = finalize_clip_stats(add_sums(a, b))
-    # pooled: (-1 + 3) / (1 + 3) = 0.5, NOT the mean of means (-1 + 1) / 2 = 0
-    assert pooled["thm2_low"] == pytest.approx(0.5)
+    # pooled: (-1 + 3) / (0.5 + 1.5) = 1, NOT the mean of means (-2 + 2) / 2 = 0
+    assert pooled["thm2_low"] == pytest.approx(1.0)
     assert (sa["thm2_low"] + sb["thm2_low"]) / 2 == 0.0
-    # ratio_below_frac: (1 + 3) / (2 + 8) = 0.4 (mean of fractions would be (0.5 + 0.375) / 2)
-    assert pooled["ratio_below_frac"] == pytest.approx(0.4)
-    assert pooled["clip_low_frac"] == pytest.approx(0.1)  # 1 / 10
-    # thm1_low: mean_all(Q) - mean_X(Q) = (1 + 2) / 10 - (0.4 + 0.3) / 4 = 0.3 - 0.175 = 0.125
-    assert pooled["thm1_low"] == pytest.approx(0.125)
-    # drifts: 0.4 * 0.5 = 0.2 and 0.4 * 0.125 = 0.05 (Y empty -> its term is 0)
+    # ratio_below_frac: (0.5 + 1.5) / (2.5 + 7.5) = 0.2 (mean of fractions would be (0.2 + 0.2) / 2 too,
+    # but per-token counts would give 4 / 10)
+    assert pooled["ratio_below_frac"] == pytest.approx(0.2)
+    assert pooled["clip_low_frac"] == pytest.approx(0.1)  # 1 / 10 sampled tokens
+    # thm1_low: (0.1 + 0.2) / 2 = 0.15
+    assert pooled["thm1_low"] == pytest.approx(0.15)
+    # drifts: 0.2 * 1 = 0.2 and 0.2 * 0.15 = 0.03 (Y empty -> its term is 0)
     assert pooled["thm2_drift"] == pytest.approx(0.2)
-    assert pooled["thm1_drift"] == pytest.approx(0.05)
+    assert pooled["thm1_drift"] == pytest.approx(0.03)
     assert math.isnan(pooled["thm2_high"])
 
 
-def test_add_sums_equals_concatenated_minibatch_and_differs_from_mean_of_means():
-    logp_a, old_a, adv_a, mask_a, ent_a = hand_example()
-    # minibatch b: 3 responses of different lengths, ratios in both regions
+def _batch_b():
+    # 3 responses of different lengths, ratios in both regions
     pi_b = [[0.3, 0.9, 0.05, 0.6], [0.2, 0.7, 0.4, 0.9], [0.5, 0.5, 0.5, 0.5]]
     ratio_b = [[0.6, 1.1, 0.3, 2.0], [0.75, 0.95, 1.4, 1.0], [0.4, 1.0, 1.0, 1.0]]
     logp_b = torch.tensor([[math.log(p) for p in row] for row in pi_b], dtype=F64)
     old_b = logp_b - torch.tensor([[math.log(r) for r in row] for row in ratio_b], dtype=F64)
     ent_b = torch.tensor([[2.0, 0.3, 4.0, 0.8], [2.5, 0.4, 1.0, 0.1], [1.0, 1.0, 1.0, 1.0]], dtype=F64)
+    eq_b = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.0, -0.1, 0.5, 0.2], [0.3, 0.3, 0.3, 0.3]], dtype=F64)
     mask_b = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]])
     adv_b = torch.tensor([0.5, -0.5, 2.0], dtype=F64)
+    return logp_b, old_b, adv_b, mask_b, ent_b, eq_b
 
-    sums_a = clip_stat_sums(logp_a, old_a, adv_a, mask_a, ent_a, **HAND_KW)
-    sums_b = clip_stat_sums(logp_b, old_b, adv_b, mask_b, ent_b, **HAND_KW)
+
+def test_add_sums_equals_concatenated_minibatch_and_differs_from_mean_of_means():
+    logp_a, old_a, adv_a, mask_a, ent_a = hand_example()
+    eq_a = torch.tensor(HAND_EQ, dtype=F64)
+    logp_b, old_b, adv_b, mask_b, ent_b, eq_b = _batch_b()
+
+    sums_a = clip_stat_sums(logp_a, old_a, adv_a, mask_a, ent_a, eq_a, **HAND_KW)
+    sums_b = clip_stat_sums(logp_b, old_b, adv_b, mask_b, ent_b, eq_b, **HAND_KW)
     pooled = finalize_clip_stats(add_sums(sums_a, sums_b))
     concat = finalize_clip_stats(
         clip_stat_sums(
             torch.cat([logp_a, logp_b]), torch.cat([old_a, old_b]), torch.cat([adv_a, adv_b]),
-            torch.cat([mask_a, mask_b]), torch.cat([ent_a, ent_b]), **HAND_KW,
+            torch.cat([mask_a, mask_b]), torch.cat([ent_a, ent_b]), torch.cat([eq_a, eq_b]), **HAND_KW,
         )
     )
     assert_stats_equal(pooled, concat)
@@ -286,10 +361,12 @@ def test_add_sums_keeps_only_sum_keys_and_is_order_free():
 # --- naive loop ------------------------------------------------------------------
 
 
-def naive_clip_stats(logp, old, adv, mask, entropy, *, eps_low, eps_high, dual_clip_c):
-    """SPEC 6 and 7 written token by token with Python floats."""
-    n = n_below = n_above = n_clip_low = n_clip_high = n_dual = 0
-    q_all, q_x, q_y, gap_x, gap_y = [], [], [], [], []
+def naive_clip_stats(logp, old, adv, mask, entropy, expected_q, *, eps_low, eps_high, dual_clip_c, weighted):
+    """SPEC 6 and 7 written token by token with Python floats.
+
+    ``expected_q`` None: the centre is the (weighted) mean of Q over valid tokens.
+    """
+    tokens = []
     for i in range(len(mask)):
         for t in range(len(mask[i])):
             if not mask[i][t]:
@@ -297,44 +374,45 @@ def naive_clip_stats(logp, old, adv, mask, entropy, *, eps_low, eps_high, dual_c
             a = adv[i] if not isinstance(adv[i], list) else adv[i][t]
             r = math.exp(min(max(logp[i][t] - old[i][t], -20.0), 20.0))
             pi, h = math.exp(logp[i][t]), entropy[i][t]
-            q = pi * (logp[i][t] + h)
-            gap = -logp[i][t] - h
-            n += 1
-            q_all.append(q)
-            if r < 1 - eps_low:
-                n_below += 1
-                q_x.append(q)
-                gap_x.append(gap)
-                n_clip_low += a < 0
-            if r > 1 + eps_high:
-                n_above += 1
-                q_y.append(q)
-                gap_y.append(gap)
-                n_clip_high += a > 0
-            if dual_clip_c is not None and a < 0 and r > dual_clip_c:
-                n_dual += 1
+            tokens.append(
+                {
+                    "w": r if weighted else 1.0, "r": r, "a": a, "q": pi * (logp[i][t] + h), "gap": -logp[i][t] - h,
+                    "eq": None if expected_q is None else expected_q[i][t],
+                }
+            )
+    n = len(tokens)
+    w_all = sum(tok["w"] for tok in tokens)
+    pooled = sum(tok["w"] * tok["q"] for tok in tokens) / w_all if n else 0.0
+    X = [tok for tok in tokens if tok["r"] < 1 - eps_low]
+    Y = [tok for tok in tokens if tok["r"] > 1 + eps_high]
 
-    def mean(xs):
-        return sum(xs) / len(xs) if xs else NAN
+    def wmean(region, f):
+        den = sum(tok["w"] for tok in region)
+        return sum(tok["w"] * f(tok) for tok in region) / den if region else NAN
 
     def frac(k):
         return k / n if n else NAN
 
+    def qdev(tok):
+        return (pooled if tok["eq"] is None else tok["eq"]) - tok["q"]
+
     out = {
-        "clip_low_frac": frac(n_clip_low),
-        "clip_high_frac": frac(n_clip_high),
-        "dual_clip_frac": frac(n_dual),
-        "ratio_below_frac": frac(n_below),
-        "ratio_above_frac": frac(n_above),
-        "thm1_low": mean(q_all) - mean(q_x),
-        "thm1_high": mean(q_all) - mean(q_y),
-        "thm2_low": mean(gap_x),
-        "thm2_high": mean(gap_y),
+        "clip_low_frac": frac(sum(tok["a"] < 0 for tok in X)),
+        "clip_high_frac": frac(sum(tok["a"] > 0 for tok in Y)),
+        "dual_clip_frac": frac(
+            sum(dual_clip_c is not None and tok["a"] < 0 and tok["r"] > dual_clip_c for tok in tokens)
+        ),
+        "ratio_below_frac": sum(tok["w"] for tok in X) / w_all if n else NAN,
+        "ratio_above_frac": sum(tok["w"] for tok in Y) / w_all if n else NAN,
+        "thm1_low": wmean(X, qdev),
+        "thm1_high": wmean(Y, qdev),
+        "thm2_low": wmean(X, lambda tok: tok["gap"]),
+        "thm2_high": wmean(Y, lambda tok: tok["gap"]),
     }
     for thm in ("thm1", "thm2"):
-        # p * mean_X = (|X| / n) (sum_X / |X|): a region with probability 0 adds 0
-        low = out["ratio_below_frac"] * out[f"{thm}_low"] if n_below else 0.0
-        high = out["ratio_above_frac"] * out[f"{thm}_high"] if n_above else 0.0
+        # p * mean_X: a region with probability 0 adds 0
+        low = out["ratio_below_frac"] * out[f"{thm}_low"] if X else 0.0
+        high = out["ratio_above_frac"] * out[f"{thm}_high"] if Y else 0.0
         out[f"{thm}_drift"] = low - high if n else NAN
     return out
 
@@ -345,20 +423,28 @@ def naive_clip_stats(logp, old, adv, mask, entropy, *, eps_low, eps_high, dual_c
 )
 @pytest.mark.parametrize("seed, n, t_len", [(0, 4, 6), (1, 1, 5), (2, 8, 3), (3, 3, 12)])
 @pytest.mark.parametrize("adv_2d", [False, True])
-def test_matches_naive_loop(eps_low, eps_high, dual_clip_c, seed, n, t_len, adv_2d):
+@pytest.mark.parametrize("weighted, with_eq", [(True, True), (True, False), (False, True), (False, False)])
+def test_matches_naive_loop(eps_low, eps_high, dual_clip_c, seed, n, t_len, adv_2d, weighted, with_eq):
     gen = torch.Generator().manual_seed(seed)
     logp = -4.0 * torch.rand(n, t_len, generator=gen, dtype=F64)
     old = logp - 0.8 * torch.randn(n, t_len, generator=gen, dtype=F64)
     entropy = 3.0 * torch.rand(n, t_len, generator=gen, dtype=F64)
     adv = torch.randn(n, t_len, generator=gen, dtype=F64) if adv_2d else torch.randn(n, generator=gen, dtype=F64)
+    eq = 0.5 * torch.randn(n, t_len, generator=gen, dtype=F64)
     mask = torch.rand(n, t_len, generator=gen) < 0.75
     mask[0, 0] = True
     # garbage on padding must be ignored
     logp = torch.where(mask, logp, torch.tensor(NAN, dtype=F64))
     entropy = torch.where(mask, entropy, torch.tensor(INF, dtype=F64))
+    eq = torch.where(mask, eq, torch.tensor(NAN, dtype=F64))
     kw = dict(eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c)
-    got = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, **kw))
-    expected = naive_clip_stats(logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), entropy.tolist(), **kw)
+    got = finalize_clip_stats(
+        clip_stat_sums(logp, old, adv, mask, entropy, eq if with_eq else None, importance_weighted=weighted, **kw)
+    )
+    expected = naive_clip_stats(
+        logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), entropy.tolist(), eq.tolist() if with_eq else None,
+        weighted=weighted, **kw,
+    )
     assert_stats_equal(got, expected)
 
 
@@ -371,10 +457,11 @@ def test_sums_over_random_minibatches_match_whole_batch(seed):
     entropy = 3.0 * torch.rand(n, t_len, generator=gen, dtype=F64)
     adv = torch.randn(n, generator=gen, dtype=F64)
     mask = torch.rand(n, t_len, generator=gen) < 0.6
-    whole = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW))
+    eq = 0.5 * torch.randn(n, t_len, generator=gen, dtype=F64)
+    whole = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, **HAND_KW))
     total = None
     for rows in (slice(0, 1), slice(1, 5), slice(5, 10)):
-        part = clip_stat_sums(logp[rows], old[rows], adv[rows], mask[rows], entropy[rows], **HAND_KW)
+        part = clip_stat_sums(logp[rows], old[rows], adv[rows], mask[rows], entropy[rows], eq[rows], **HAND_KW)
         total = part if total is None else add_sums(total, part)
     assert_stats_equal(finalize_clip_stats(total), whole)
 

@@ -23,6 +23,7 @@ from clipctl.algo.stats import (
     clip_event_masks,
     clip_stat_sums,
     finalize_clip_stats,
+    pooled_expected_q,
     probe_replays,
 )
 
@@ -45,6 +46,7 @@ __all__ = [
     "log_ratio",
     "per_token_clipped_loss",
     "policy_loss",
+    "pooled_expected_q",
     "sequence_mean_entropy",
     "token_entropy",
     "token_logprobs",

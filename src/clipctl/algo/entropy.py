@@ -79,15 +79,24 @@ def token_logprobs(
 
 @torch.no_grad()
 def token_entropy(
-    logits: torch.Tensor, *, temperature: float = 1.0, chunk_rows: int = DEFAULT_CHUNK_ROWS
-) -> torch.Tensor:
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    with_expected_q: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """``H_t = -sum_a pi(a) log pi(a)`` of ``softmax(logits / temperature)`` per row.
 
     ``H = -sum_a p_a log p_a`` with ``log p = x - logsumexp(x)``, ``x = logits / tau``.
     Returns ``[...]`` float32 with no gradient (entropy is a metric here).
+
+    ``with_expected_q=True`` returns ``(H, EQ)`` instead, with the Theorem 1
+    centre ``EQ_t = E_{a~pi}[Q(a)] = sum_a pi(a)^2 (log pi(a) + H_t)``
+    (``Q(a) = pi(a) (log pi(a) + H_t)``) from the same chunk of probabilities.
     """
     rows = _rows(logits)
     out = torch.empty(rows.shape[0], dtype=torch.float32, device=logits.device)
+    eq = torch.empty_like(out) if with_expected_q else None
     for start in range(0, rows.shape[0], chunk_rows):
         x = rows[start : start + chunk_rows].float() / temperature
         logp = x - torch.logsumexp(x, dim=-1, keepdim=True)
@@ -95,8 +104,14 @@ def token_entropy(
         # -sum p log p on normalised log-probs keeps float32 precision for large
         # logits; where() makes 0 * log 0 = 0 for banned (-inf) logits.
         plogp = torch.where(probs > 0, probs * logp, torch.zeros_like(probs))
-        out[start : start + chunk_rows] = -plogp.sum(-1)
-    return out.view(logits.shape[:-1])
+        h = -plogp.sum(-1)
+        out[start : start + chunk_rows] = h
+        if eq is not None:
+            # log p_a + H = x_a - sum_b p_b x_b: sum_a p_a^2 (log p_a + H) without 0 * inf
+            q = torch.where(probs > 0, probs * probs * (logp + h.unsqueeze(-1)), torch.zeros_like(probs))
+            eq[start : start + chunk_rows] = q.sum(-1)
+    shape = logits.shape[:-1]
+    return (out.view(shape), eq.view(shape)) if eq is not None else out.view(shape)
 
 
 def token_logprobs_and_entropy(
@@ -106,9 +121,22 @@ def token_logprobs_and_entropy(
     temperature: float = 1.0,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     with_entropy: bool = True,
-) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """``(logp [...], entropy [...] or None)``; see ``token_logprobs`` and ``token_entropy``."""
+    with_expected_q: bool = False,
+):
+    """``(logp [...], entropy [...] or None)``; see ``token_logprobs`` and ``token_entropy``.
+
+    ``with_expected_q=True`` (needs ``with_entropy``) returns a third tensor,
+    ``(logp, entropy, expected_q)``: the per-position Theorem 1 centre of
+    ``token_entropy(..., with_expected_q=True)``, from the same pass.
+    """
+    if with_expected_q and not with_entropy:
+        raise ValueError("with_expected_q=True needs with_entropy=True (both come from one pass)")
     logp = token_logprobs(logits, targets, temperature=temperature, chunk_rows=chunk_rows)
+    if with_expected_q:
+        entropy, expected_q = token_entropy(
+            logits.detach(), temperature=temperature, chunk_rows=chunk_rows, with_expected_q=True
+        )
+        return logp, entropy, expected_q
     entropy = (
         token_entropy(logits.detach(), temperature=temperature, chunk_rows=chunk_rows)
         if with_entropy

@@ -10,6 +10,8 @@ Per token with ``x = (h W^T + b) / tau``:
 
 - ``logp = x_y - logsumexp(x)``
 - ``H = logsumexp(x) - sum_a softmax(x)_a x_a`` (SPEC 5)
+- ``EQ = sum_a softmax(x)_a^2 (x_a - sum_b softmax(x)_b x_b)`` (optional: the
+  Theorem 1 centre ``E[Q]``, since ``log pi_a + H = x_a - sum_b pi_b x_b``)
 - ``d logp / d x_a = 1[a = y] - softmax(x)_a``;
   ``d H / d x_a = -softmax(x)_a (x_a - sum_b softmax(x)_b x_b)``
 """
@@ -51,13 +53,14 @@ def _acc_dtype(t: torch.Tensor) -> torch.dtype:
 
 class _FusedLogProbEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, tau, token_tile, vocab_tile, entropy_grad):
+    def forward(ctx, hidden, weight, bias, targets, tau, token_tile, vocab_tile, entropy_grad, with_eq):
         n, vocab = hidden.shape[0], weight.shape[0]
         acc = _acc_dtype(hidden)
         logp = torch.empty(n, dtype=acc, device=hidden.device)
         ent = torch.empty_like(logp)
         lse = torch.empty_like(logp)
         mean_x = torch.empty_like(logp)  # sum_a p_a x_a, needed by the entropy gradient
+        eq = torch.empty_like(logp) if with_eq else torch.empty(0, dtype=acc, device=hidden.device)
         for t0 in range(0, n, token_tile):
             t1 = min(t0 + token_tile, n)
             h = hidden[t0:t1].to(acc)
@@ -67,6 +70,9 @@ class _FusedLogProbEntropy(torch.autograd.Function):
             # sum exp(x - m) (x - m): shifted, so H = log s - u / s has no cancellation
             u = torch.zeros(t1 - t0, dtype=acc, device=h.device)
             xy = torch.zeros(t1 - t0, dtype=acc, device=h.device)
+            # the same two running sums with weights exp(2 (x - m)), for E[Q] = sum p^2 (x - mean_x)
+            s2 = torch.zeros(t1 - t0, dtype=acc, device=h.device)
+            u2 = torch.zeros(t1 - t0, dtype=acc, device=h.device)
             for v0 in range(0, vocab, vocab_tile):
                 v1 = min(v0 + vocab_tile, vocab)
                 x = _tile_logits(h, weight, bias, v0, v1, tau)
@@ -77,6 +83,11 @@ class _FusedLogProbEntropy(torch.autograd.Function):
                 carried = torch.where(s > 0, scale * (u + s * (m - new_m)), torch.zeros_like(u))
                 u = carried + (e * shifted).sum(1)
                 s = s * scale + e.sum(1)
+                if with_eq:
+                    scale2, e2 = scale * scale, e * e
+                    carried2 = torch.where(s2 > 0, scale2 * (u2 + s2 * (m - new_m)), torch.zeros_like(u2))
+                    u2 = carried2 + (e2 * shifted).sum(1)
+                    s2 = s2 * scale2 + e2.sum(1)
                 m = new_m
                 in_tile = (y >= v0) & (y < v1)
                 if in_tile.any():
@@ -87,13 +98,17 @@ class _FusedLogProbEntropy(torch.autograd.Function):
             logp[t0:t1] = xy - lse_t
             mean_x[t0:t1] = m + u / s
             ent[t0:t1] = torch.log(s) - u / s
+            if with_eq:
+                # sum_a e_a^2 ((x_a - m) - u / s) / s^2 with e_a = exp(x_a - m), p_a = e_a / s
+                eq[t0:t1] = (u2 - s2 * (u / s)) / (s * s)
         ctx.save_for_backward(hidden, weight, bias if bias is not None else torch.empty(0), targets, lse, mean_x)
         ctx.has_bias = bias is not None
         ctx.cfg = (tau, token_tile, vocab_tile, entropy_grad)
-        return logp, ent
+        ctx.mark_non_differentiable(eq)
+        return logp, ent, eq
 
     @staticmethod
-    def backward(ctx, grad_logp, grad_ent):
+    def backward(ctx, grad_logp, grad_ent, grad_eq):
         hidden, weight, bias, targets, lse, mean_x = ctx.saved_tensors
         bias = bias if ctx.has_bias else None
         tau, token_tile, vocab_tile, entropy_grad = ctx.cfg
@@ -130,7 +145,7 @@ class _FusedLogProbEntropy(torch.autograd.Function):
             grad_h.to(hidden.dtype),
             grad_w.to(weight.dtype),
             grad_b.to(bias.dtype) if grad_b is not None else None,
-            None, None, None, None, None,
+            None, None, None, None, None, None,
         )
 
 
@@ -143,7 +158,8 @@ def fused_logprobs_entropy(
     temperature: float = 1.0,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     entropy_grad: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_expected_q: bool = False,
+):
     """``(logp, entropy)`` of ``targets`` under ``softmax((hidden W^T + b) / tau)``.
 
     Args:
@@ -154,16 +170,24 @@ def fused_logprobs_entropy(
         budget_bytes: memory for the work tiles; tile sizes follow from it.
         entropy_grad: let gradient flow through the entropy too (entropy bonus);
             by default the entropy is a metric and gets no gradient.
+        with_expected_q: also return the Theorem 1 centre
+            ``E_pi[Q] = sum_a pi(a)^2 (log pi(a) + H)`` per token, from the same
+            tiles (two more running sums per token; no ``[tokens x vocab]``
+            tensor), as a third tensor without gradient.
     Returns:
-        two ``[...]`` tensors, float32 (float64 for float64 inputs); ``logp`` is differentiable in hidden, weight, bias.
+        two ``[...]`` tensors (three with ``with_expected_q``), float32 (float64
+        for float64 inputs); ``logp`` is differentiable in hidden, weight, bias.
     """
     shape = targets.shape
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_y = targets.reshape(-1)
     token_tile, vocab_tile = choose_tiles(flat_h.shape[0], weight.shape[0], budget_bytes)
-    logp, ent = _FusedLogProbEntropy.apply(
-        flat_h, weight, bias, flat_y, float(temperature), token_tile, vocab_tile, bool(entropy_grad)
+    logp, ent, eq = _FusedLogProbEntropy.apply(
+        flat_h, weight, bias, flat_y, float(temperature), token_tile, vocab_tile, bool(entropy_grad),
+        bool(with_expected_q),
     )
     if not entropy_grad:
         ent = ent.detach()
+    if with_expected_q:
+        return logp.view(shape), ent.view(shape), eq.view(shape)
     return logp.view(shape), ent.view(shape)
