@@ -163,6 +163,47 @@ def test_zero3_two_processes_equal_one_process_and_resume(reference, tmp_path):
     assert_same_run(run_dir, ref, [1, 2, 3, 4, 5])
 
 
+def fp32_master_weights(ckpt: Path) -> dict:
+    """The float32 master weights DeepSpeed keeps in its ZeRO optimizer partitions."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt / "deepspeed"), tag="state")
+
+
+@pytest.mark.deepspeed
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_bf16_master_weights_move_at_paper_lr(quick_model_dir, tmp_path, stage):
+    import torch
+    from safetensors.torch import load_file
+
+    overrides = [f"model.path={quick_model_dir}", *OVERRIDES, "model.dtype=bfloat16", "optim.lr=5e-7",
+                 "log.clip_probe_every=0", "train.steps=2", "train.save_every=1"]
+    torchrun("train", *sets(overrides), "--out", str(tmp_path), "--name", "b", "-q", "--deepspeed", stage)
+    ckpts = tmp_path / "b" / "checkpoints"
+    one, two = fp32_master_weights(ckpts / "step-1"), fp32_master_weights(ckpts / "step-2")
+    assert {t.dtype for t in two.values()} == {torch.float32}
+    changed = sum(int((one[k] != two[k]).sum()) for k in one)
+    assert changed / sum(t.numel() for t in one.values()) >= 0.95
+    # The HF export is in the model's dtype (bf16) and equals the master weights rounded.
+    export = load_file(ckpts / "step-2" / "model.safetensors")
+    assert {t.dtype for t in export.values()} == {torch.bfloat16}
+    for k, t in export.items():
+        if k in two:
+            assert torch.equal(t, two[k].to(torch.bfloat16)), k
+
+
+def test_bf16_model_enables_deepspeed_bf16(tmp_path):
+    ds = deepspeed_config("zero2", load_config("tiny-cpu", ["model.dtype=bfloat16"]), world=2)
+    assert ds["bf16"] == {"enabled": True}
+    assert "bf16" not in deepspeed_config("zero2", load_config("tiny-cpu"), world=2)
+    off = tmp_path / "ds.json"
+    off.write_text('{"zero_optimization": {"stage": 2}, "bf16": {"enabled": false}}')
+    with pytest.raises(ConfigError, match="disables bf16 but model.dtype=bfloat16"):
+        deepspeed_config(str(off), load_config("tiny-cpu", ["model.dtype=bfloat16"]), world=2)
+    with pytest.raises(ConfigError, match="micro_batch_tokens=64 is not supported with --deepspeed"):
+        check_world(load_config("tiny-cpu", ["train.micro_batch_tokens=64"]), 2, 2)
+
+
 @pytest.mark.deepspeed
 def test_indivisible_batch_is_one_line_error_under_torchrun(quick_model_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
