@@ -511,8 +511,9 @@ class _Policy(torch.nn.Module):
         self.model = model
         self.cfg = cfg
 
-    def forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True):
-        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy)
+    def forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True,
+                with_expected_q: bool = False):
+        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy, with_expected_q)
 
 
 class DeepSpeedTrainer(Trainer):
@@ -552,8 +553,8 @@ class DeepSpeedTrainer(Trainer):
     def _make_weights(self):
         return PlainWeights(self.model)
 
-    def _forward(self, inputs, targets, width, with_entropy):
-        return self.ds_engine(inputs, targets, width, with_entropy)
+    def _forward(self, inputs, targets, width, with_entropy, with_expected_q):
+        return self.ds_engine(inputs, targets, width, with_entropy, with_expected_q)
 
     def _zero_grad(self) -> None:
         pass  # the engine zeroes gradients after each optimizer step

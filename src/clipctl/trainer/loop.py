@@ -74,8 +74,15 @@ def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
-def policy_logp_entropy(model, cfg: Config, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True):
-    """Log-probs and entropies ``[n, width]`` of ``targets``, the last ``width`` tokens of ``inputs``."""
+def policy_logp_entropy(
+    model, cfg: Config, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True,
+    with_expected_q: bool = False,
+):
+    """Log-probs and entropies ``[n, width]`` of ``targets``, the last ``width`` tokens of ``inputs``.
+
+    ``with_expected_q`` adds a third ``[n, width]`` tensor, the per-state
+    ``E_pi[Q | s_t]`` of the Theorem 1 statistics, from the same vocabulary pass.
+    """
     tau = cfg.rollout.temperature
     if cfg.train.lm_head == "fused":
         # Stop at the final hidden states; the LM head runs tiled (never [tokens x vocab]).
@@ -83,11 +90,12 @@ def policy_logp_entropy(model, cfg: Config, inputs: dict, targets: torch.Tensor,
         head = model.get_output_embeddings()
         return algo.fused_logprobs_entropy(
             hidden, head.weight, targets, bias=head.bias, temperature=tau,
-            budget_bytes=cfg.train.lm_head_budget_mb * 2**20,
+            budget_bytes=cfg.train.lm_head_budget_mb * 2**20, with_expected_q=with_expected_q,
         )
     logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
     return algo.token_logprobs_and_entropy(
-        logits, targets, temperature=tau, chunk_rows=cfg.train.logit_chunk_rows, with_entropy=with_entropy
+        logits, targets, temperature=tau, chunk_rows=cfg.train.logit_chunk_rows,
+        with_entropy=with_entropy or with_expected_q, with_expected_q=with_expected_q,
     )
 
 
@@ -185,14 +193,14 @@ class Trainer:
 
     # ------------------------------------------------------------ forward passes
 
-    def _forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool):
-        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy)
+    def _forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool, with_expected_q: bool):
+        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy, with_expected_q)
 
-    def _micro_logp_entropy(self, sb: StepBatch, mb: MicroBatch):
-        """Log-probs and entropies ``[n, response_width]`` of a micro-batch's response tokens."""
+    def _micro_logp_entropy(self, sb: StepBatch, mb: MicroBatch, with_expected_q: bool = False):
+        """Log-probs and entropies ``[n, response_width]`` of a micro-batch's response tokens (+ E[Q|s])."""
         inputs, targets = sb.model_inputs(mb)
         with checkpointed_layers(self.model, self.cfg.train.gradient_checkpointing and torch.is_grad_enabled()):
-            return self._forward(inputs, targets, mb.response_width, True)
+            return self._forward(inputs, targets, mb.response_width, True, with_expected_q)
 
     def _micro_batches(self, sb: StepBatch, lo: int, hi: int) -> list[MicroBatch]:
         t = self.cfg.train
@@ -290,7 +298,7 @@ class Trainer:
         self._zero_grad()
         stats = UpdateStats()
         for mb in self._micro_batches(sb, lo, hi):
-            logp, ent = self._micro_logp_entropy(sb, mb)
+            logp, ent, expected_q = self._micro_logp_entropy(sb, mb, with_expected_q=True)
             old, adv, mask = sb.take(sb.old_logp, mb), sb.take(sb.advantages, mb), sb.take(sb.response_mask, mb)
             loss = algo.policy_loss(
                 logp, old, adv, mask,
@@ -299,7 +307,7 @@ class Trainer:
             )
             self._backward(loss)
             sums = algo.clip_stat_sums(
-                logp, old, adv, mask, ent, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
+                logp, old, adv, mask, ent, expected_q, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
             )
             stats.add(loss, k3_kl_sum(logp, old, mask), sums)
         grad_norm = self._optimizer_step()
