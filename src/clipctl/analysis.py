@@ -24,7 +24,7 @@ import glob
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,8 @@ CONFIG_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind", "train.seed", "op
 FRACTION_COLUMNS = ("clip_low_frac", "clip_high_frac", "ratio_below_frac", "ratio_above_frac")
 BRACKET_COLUMNS = ("thm1_low", "thm1_high", "thm2_low", "thm2_high")
 ATTRIBUTED_COLUMNS = ("clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH")
+# A run's attributed changes are flagged as noise when none exceeds this many mean |probe_noise|.
+NOISE_FACTOR = 3.0
 ID_COLUMNS = ("run", "path")
 X_AXES = ("step", "tokens")
 
@@ -97,16 +99,25 @@ def _child_runs(folder: Path) -> list[Path]:
     return sorted(c for c in folder.iterdir() if c.is_dir() and (c / "run.json").is_file())
 
 
-def load_runs(paths_or_globs: Iterable[str | os.PathLike]) -> list[Run]:
-    """``read_run`` every resolved run; a run without steps is an error."""
-    runs = []
+def load_runs(
+    paths_or_globs: Iterable[str | os.PathLike], note: Optional[Callable[[str], None]] = None
+) -> list[Run]:
+    """``read_run`` every resolved run; runs without steps yet (a run just started, or one that
+    failed at start) are skipped with a one-line ``note`` each; none with steps is an error."""
+    runs, empty = [], []
     for path in resolve_runs(paths_or_globs):
         run = read_run(path)
         if run.steps.empty or "step" not in run.steps:
-            raise RunDirError(
-                f"run '{path}' has no steps yet; wait for its first step or leave it out of the list"
-            )
-        runs.append(run)
+            empty.append(path)
+        else:
+            runs.append(run)
+    if not runs:
+        others = f" (nor do {len(empty) - 1} other run(s))" if len(empty) > 1 else ""
+        raise RunDirError(
+            f"run '{empty[0]}' has no steps yet{others}; wait for its first step or leave it out of the list"
+        )
+    for path in empty:
+        (note or (lambda msg: None))(f"note: skipped {path}: no steps yet")
     return runs
 
 
@@ -313,6 +324,15 @@ def _attribution_summary(steps: pd.DataFrame) -> dict:
         drift = _col(steps, f"{thm}_drift")
         out[f"{thm}_vs_attr_sign_agree"] = sign_agreement(drift[probed], attr[probed])
         out[f"{thm}_vs_attr_pearson"] = pearson(drift[probed], attr[probed])
+    # The noise floor: a replay of the real step lands probe_noise away from it
+    # (0 on a CPU). Attributed changes no larger than NOISE_FACTOR times the
+    # typical noise cannot be told from it.
+    noise = _col(steps, "probe_noise")[probed].abs()
+    noise = noise[np.isfinite(noise)]
+    out["probe_noise_abs_max"] = float(noise.max()) if len(noise) else math.nan
+    floor = NOISE_FACTOR * float(noise.mean()) if len(noise) else math.nan
+    sizes = [abs(out[f"{c}_avg"]) for c in ATTRIBUTED_COLUMNS if np.isfinite(out[f"{c}_avg"])]
+    out["attributed_within_noise"] = bool(sizes and floor > 0 and max(sizes) <= floor) if len(noise) else False
     return out
 
 
@@ -394,7 +414,9 @@ def _group_table(per_run: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 
 
 def analyze_runs(
-    paths_or_globs: Iterable[str | os.PathLike], group_by: Optional[Sequence[str] | str] = None
+    paths_or_globs: Iterable[str | os.PathLike],
+    group_by: Optional[Sequence[str] | str] = None,
+    note: Optional[Callable[[str], None]] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(per_run, per_group)`` tables for the runs named by paths or globs.
 
@@ -403,7 +425,7 @@ def analyze_runs(
     keys, ``group`` (a label), ``n_runs`` and ``<col>_mean`` / ``<col>_std``
     across runs of every numeric per-run column (std needs two runs).
     """
-    runs = load_runs(paths_or_globs)
+    runs = load_runs(paths_or_globs, note)
     keys = parse_keys(group_by) or list(DEFAULT_GROUP_KEYS)
     check_group_keys(runs, keys)
     per_run = pd.DataFrame([summarize_run(r, keys) for r in runs])

@@ -49,8 +49,22 @@ def handle_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             err_console.print("Interrupted; resume with --resume RUN_DIR", markup=False)
             raise typer.Exit(130)
+        except Exception as e:  # a full disk outside the run writers (eval-passk, plot, analysis...)
+            from clipctl.rundir import is_disk_full
+
+            if debug or not is_disk_full(e):
+                raise
+            err_console.print(
+                "Error: disk full (No space left on device); free some space and run the command again "
+                "(finished work is kept)", markup=False, highlight=False, soft_wrap=True,
+            )
+            raise typer.Exit(1)
 
     return wrapper
+
+
+def _note(msg: str) -> None:
+    err_console.print(msg, markup=False, highlight=False, soft_wrap=True)
 
 
 def _fmt(value) -> str:
@@ -346,7 +360,7 @@ def analyze_clip_stats(
     if fmt == "parquet" and out is None:
         raise analysis.AnalysisError("--format parquet writes a binary file: add --out FILE.parquet")
     chosen = analysis.parse_keys(metrics)
-    per_run_df, per_group_df = analysis.analyze_runs(runs, group_by=group_by)
+    per_run_df, per_group_df = analysis.analyze_runs(runs, group_by=group_by, note=_note)
     frame = analysis.summary_frame(per_run_df, per_group_df, per_run_rows=per_run, metrics=chosen)
     if fmt == "table":
         shown = chosen or [m for m in analysis.TABLE_METRICS if m in per_run_df]
@@ -390,7 +404,9 @@ def plot(
     """Plot runs grouped by clip setting: mean line across seeds with a band."""
     from clipctl.plotting import plot_to_file
 
-    path = plot_to_file(runs, kind, out, group_by=group_by, normalize=normalize, smooth=smooth, x=x, band=band)
+    path = plot_to_file(
+        runs, kind, out, group_by=group_by, normalize=normalize, smooth=smooth, x=x, band=band, note=_note
+    )
     console.print(f"wrote {path}", markup=False, highlight=False)
 
 

@@ -39,6 +39,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -63,6 +64,7 @@ from clipctl.evaluation import (
     mean_at_n,
     pass_at_k_array,
 )
+from clipctl.rundir import MAX_SEED, RunLock, ensure_output_dir
 from clipctl.runlog import atomic_write_json, read_meta, write_parquet_atomic
 from clipctl.runlog import checkpoints as run_checkpoints
 
@@ -116,14 +118,14 @@ class EvalSettings:
                 f"k ({ks[-1]}) must be <= n ({self.n}): pass@k needs at least k samples per problem; "
                 f"raise --n to {ks[-1]} or drop k={ks[-1]} from --k"
             )
-        if not self.temperature > 0:
+        if not (self.temperature > 0 and np.isfinite(self.temperature)):
             raise ConfigError(f"temperature ({self.temperature}) must be > 0: pass@k needs sampling (the paper uses 0.6)")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p ({self.top_p}) must lie in (0, 1]; 1.0 samples the full distribution")
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens ({self.max_new_tokens}) must be >= 1")
-        if self.seed < 0:
-            raise ConfigError(f"seed ({self.seed}) must be >= 0")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed ({self.seed}) must be in [0, 2**63 - 1]; pick a smaller seed, e.g. 0")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit ({self.limit}) must be >= 1; leave it unset to use every problem")
         if self.batch_prompts < 1:
@@ -466,6 +468,17 @@ def _run_steps(
     return pd.concat(frames, ignore_index=True)
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def _rmdir_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
 def _settings(n, ks, temperature, top_p, max_new_tokens, seed, limit, batch_prompts, grader_processes) -> EvalSettings:
     return EvalSettings(
         n=n, ks=tuple(ks), temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
@@ -569,7 +582,16 @@ def evaluate(
 
         return get
 
-    results = _run_steps(plan, eval_set, s, engine_for, progress, log)
+    with contextlib.ExitStack() as held:
+        if plan.run_dir is not None and _inside(plan.root, plan.run_dir):
+            held.enter_context(RunLock(plan.run_dir, "eval-passk"))  # one writer per run directory
+        created = ensure_output_dir(plan.root, "--out")  # before any sampling: a bad place fails at once
+        try:
+            results = _run_steps(plan, eval_set, s, engine_for, progress, log)
+        except BaseException:
+            for folder in reversed(created):  # nothing was written: leave no empty folders behind
+                _rmdir_if_empty(folder)
+            raise
     log(f"eval directory: {plan.root}")
     return results
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -34,6 +34,9 @@ UNITS = {
     "dH_cum": "cumulative entropy change (nats)",
     "score": "score (fraction of problems)",
 }
+
+
+MAX_SMOOTH = 1_000_000  # a rolling window in steps; far beyond any run, small enough for pandas
 
 
 class PlotError(ClipctlError):
@@ -156,12 +159,13 @@ def plot_runs(
     smooth: int = 1,
     x: str = "step",
     band: str = "minmax",
+    note: Optional[Callable[[str], None]] = None,
 ) -> Figure:
-    """Draw one ``kind`` of figure for the runs named by paths or globs."""
+    """Draw one ``kind`` of figure for the runs named by paths or globs (``note``: runs skipped)."""
     check_kind(kind)
-    if smooth < 1:
-        raise PlotError(f"--smooth must be at least 1, got {smooth}")
-    runs = analysis.load_runs(paths_or_globs)
+    if not 1 <= smooth <= MAX_SMOOTH:
+        raise PlotError(f"--smooth must be at least 1 and at most {MAX_SMOOTH} steps, got {smooth}")
+    runs = analysis.load_runs(paths_or_globs, note)
     keys = _keys(runs, group_by)
     p = _Plotter(runs, keys, x=x, smooth=smooth, normalize=normalize, band=band)
     n_runs, n_groups = len(runs), len(p.style.color)

@@ -101,9 +101,36 @@ def read_table(run_dir: Path, table: str) -> pd.DataFrame:
         try:
             frames.append(pd.read_parquet(path))
         except Exception as e:
-            raise RunDirError(f"cannot read {path}: {e}; delete that file and resume the run") from None
+            # Deleting the part would lose that step for good (the checkpoint is past it):
+            # resume rebuilds it from an earlier checkpoint (trainer/run.py, prepare_resume).
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RunDirError(
+                f"cannot read {path}: {why}; keep the file and run clipctl train --resume {Path(run_dir)} to rebuild it"
+            ) from None
     df = pd.concat(frames, ignore_index=True)
     return df
+
+
+def damaged_parts(run_dir: Path, upto: int) -> list[tuple[int, Path, str]]:
+    """``(step, path, why)`` of the parts of steps ``<= upto`` that cannot be read back, by step.
+
+    Every step up to a checkpoint has a steps part (it is written before the
+    checkpoint), so a missing one counts too (``why`` = "missing").
+    """
+    import pyarrow.parquet as pq
+
+    damaged = []
+    for table in TABLES:
+        for step, path in _parts(run_dir, table):
+            if step > upto:
+                continue
+            try:
+                pq.read_table(path)
+            except Exception as e:  # truncated, overwritten, unreadable: all the same here
+                damaged.append((step, path, f"unreadable ({(str(e).splitlines() or [type(e).__name__])[0]})"))
+    logged = {step for step, _ in _parts(run_dir, "steps")}
+    damaged += [(s, part_path(run_dir, "steps", s), "missing") for s in range(1, upto + 1) if s not in logged]
+    return sorted(damaged, key=lambda d: (d[0], str(d[1])))
 
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

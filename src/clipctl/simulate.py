@@ -292,8 +292,10 @@ def check_theorems(
     """Theorems 1 and 2 against one exact PG / NPG step on random policy pairs."""
     if actions < 2:
         raise SimulateError(f"--actions must be at least 2, got {actions}")
-    if not eta > 0:
-        raise SimulateError(f"--eta must be positive, got {eta}")
+    if not (eta > 0 and math.isfinite(eta)):
+        raise SimulateError(f"--eta must be a finite positive number, got {eta}")
+    if not 0 <= seed <= 2**63 - 1:
+        raise SimulateError(f"--seed must be in [0, 2**63 - 1], got {seed}")
     if trials < 1:
         raise SimulateError(f"--trials must be at least 1, got {trials}")
     _check_eps(eps_low, eps_high)
@@ -393,6 +395,8 @@ def parse_grid(text: str) -> list[tuple[float, float]]:
 
 def validate(cfg: DynamicsConfig) -> None:
     _check_eps(cfg.eps_low, cfg.eps_high)
+    if cfg.group_size < 1:  # before the checks below divide by it
+        raise SimulateError(f"--group-size={cfg.group_size} must be at least 1")
     checks = [
         (cfg.actions >= 2, f"--actions={cfg.actions} must be at least 2"),
         (cfg.steps >= 1, f"--steps={cfg.steps} must be at least 1"),
@@ -402,10 +406,11 @@ def validate(cfg: DynamicsConfig) -> None:
         (1 <= cfg.minibatches <= cfg.samples,
          f"--minibatches={cfg.minibatches} must be between 1 and --samples={cfg.samples}"),
         (cfg.epochs >= 1, f"--epochs={cfg.epochs} must be at least 1"),
-        (cfg.lr > 0, f"--lr={cfg.lr} must be positive"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr={cfg.lr} must be a finite positive number"),
+        (0 <= cfg.seed <= 2**63 - 1, f"--seed={cfg.seed} must be in [0, 2**63 - 1]"),
         (cfg.optimizer in OPTIMIZERS, f"--optimizer={cfg.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}"),
         (cfg.reward in REWARD_KINDS, f"--reward={cfg.reward!r} is unknown; valid: {', '.join(REWARD_KINDS)}"),
-        (cfg.init_scale >= 0, f"--init-scale={cfg.init_scale} must be >= 0"),
+        (cfg.init_scale >= 0 and math.isfinite(cfg.init_scale), f"--init-scale={cfg.init_scale} must be a finite number >= 0"),
         (cfg.probe_every >= 0, f"--probe-every={cfg.probe_every} must be >= 0"),
     ]
     for ok, msg in checks:
@@ -647,6 +652,12 @@ def run_dynamics(
     ]
     for cfg in configs:
         validate(cfg)
+    from clipctl.rundir import ensure_output_dir
+
+    try:  # a file or a read-only place fails before any simulation
+        ensure_output_dir(out, "--out")
+    except ClipctlError as e:
+        raise SimulateError(f"cannot write run directory: {e}") from None
     paths = []
     for cfg in configs:
         steps, updates = simulate_run(cfg)

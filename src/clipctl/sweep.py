@@ -58,6 +58,7 @@ from clipctl.config import (
     toml_names,
 )
 from clipctl.errors import ClipctlError, ConfigError, RunDirError
+from clipctl.rundir import MAX_SEED, check_output_dir, ensure_output_dir
 from clipctl.runlog import PART_RE, atomic_write_bytes, atomic_write_json, latest_checkpoint, read_meta, write_parquet_atomic
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
@@ -233,8 +234,8 @@ def load_sweep(spec: str | os.PathLike) -> SweepSpec:
         if not isinstance(seeds, list) or not seeds:
             raise ConfigError(f"{path}: seeds must be a non-empty list of integers, e.g. seeds = [0, 1, 2]")
         for s in seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or s < 0:
-                raise ConfigError(f"{path}: seeds must be integers >= 0, got {s!r}")
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED:
+                raise ConfigError(f"{path}: seeds must be integers >= 0 and <= 2**63 - 1, got {s!r}")
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"{path}: seeds {seeds} repeat a seed; list each once")
 
@@ -623,13 +624,14 @@ def run_sweep(
     jobs, slots = _gpu_slots(gpus, gpus_per_run, jobs)
     prepared = prepare(spec_path, out)
     if dry_run:
+        check_output_dir(out, "--out")
         rows, actions = reconcile(prepared, retry_failed=retry_failed)
         df = manifest_frame(rows)
         df.insert(1, "action", [actions[r] for r in df["run"]])
         df.attrs["sweep_dir"] = str(prepared.sweep_dir)
         return df
     sd = prepared.sweep_dir
-    sd.mkdir(parents=True, exist_ok=True)
+    ensure_output_dir(sd, "--out")  # a file, a read-only place or /proc fails here, before any run starts
     with _SweepLock(sd) as lock:
         _check_sweep_dir(prepared)  # again: another sweep may have claimed the folder meanwhile
         if not (sd / "sweep.json").is_file():

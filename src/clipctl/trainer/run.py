@@ -7,9 +7,11 @@ than 0 a writer and a log that do nothing, and runs rank-0-only work.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,7 +20,9 @@ from typing import Callable, Optional
 
 from clipctl.config import Config, config_from_dict, config_to_dict
 from clipctl.errors import ConfigError, RunDirError
-from clipctl.runlog import latest_checkpoint, read_meta, read_table
+from clipctl.rundir import RunLock, check_name, disk_full_error, ensure_output_dir, forget_unstarted, is_disk_full
+from clipctl.runlog import checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
+from clipctl.trainer.checkpoint import discard_partial
 from clipctl.trainer.distributed import SingleProcess
 from clipctl.trainer.loop import Trainer
 
@@ -56,13 +60,71 @@ def _git_revision() -> Optional[str]:
         return None
 
 
-def new_run_dir(out: Path, name: Optional[str], preset: str) -> Path:
+def new_run_dir(out: Path, name: Optional[str], preset: str, held: Optional[contextlib.ExitStack] = None) -> Path:
+    """Check ``out`` and ``name``, create ``out/name`` and, given ``held``, lock it there (released when it closes).
+
+    The "already exists" check runs under the lock, so of two trainers started
+    with one name the second is refused whichever gets further first; a start
+    that fails before ``run.json`` is written leaves no folder behind.
+    """
     if name is None:
         name = f"{Path(preset).stem}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    check_name(name)
     run_dir = Path(out) / name
+    if held is not None:
+        created = ensure_output_dir(out, "--out") + ensure_output_dir(run_dir, "--out/--name")
+        held.callback(forget_unstarted, run_dir, created)  # runs after the lock is released
+        held.enter_context(RunLock(run_dir, "train"))
     if (run_dir / "run.json").exists():
         raise RunDirError(f"run directory {run_dir} already exists; continue it with --resume {run_dir} or pick another --name")
     return run_dir
+
+
+def lock_run_dir(run_dir: Path, held: contextlib.ExitStack, what: str) -> None:
+    held.enter_context(RunLock(run_dir, what))
+
+
+def _describe_damage(damaged: list[tuple[int, Path, str]]) -> str:
+    step, path, why = damaged[0]
+    more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+    return f"{path} is {why}{more}"
+
+
+def prepare_resume(run_dir: Path, log) -> Optional[tuple[int, Path]]:
+    """The checkpoint to resume from, after checking the parts it vouches for (rank 0, under the run lock).
+
+    Leftover temp folders of killed saves go. A part of a step up to the
+    checkpoint that cannot be read (or a missing steps part) is rebuilt: the
+    run goes back to the newest checkpoint before the first damaged step, and
+    the later checkpoints go (the resumed run re-makes them). Without such a
+    checkpoint nothing is changed and the error says how to rebuild
+    (docs/architecture.md, "Resume").
+    """
+    folder = Path(run_dir) / "checkpoints"
+    discard_partial(run_dir)
+    found = checkpoints(run_dir)
+    if not found:
+        return None
+    damaged = damaged_parts(run_dir, found[-1][0])
+    if not damaged:
+        return found[-1]
+    first = damaged[0][0]
+    earlier = [c for c in found if c[0] < first]
+    if not earlier:
+        kept = ", ".join(f"step-{s}" for s, _ in found)
+        raise RunDirError(
+            f"{_describe_damage(damaged)} and no checkpoint before step {first} is left to rebuild it from "
+            f"(kept: {kept}); nothing was changed. To rebuild every step from the start: "
+            f"rm -r {folder} && clipctl train --resume {run_dir}"
+        )
+    for step, path in found:
+        if step > earlier[-1][0]:
+            shutil.rmtree(path)
+    log(
+        f"{_describe_damage(damaged)}; rebuilding steps {earlier[-1][0] + 1}-{found[-1][0]} "
+        f"from checkpoint step {earlier[-1][0]}"
+    )
+    return earlier[-1]
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
@@ -92,9 +154,32 @@ def evaluate_during_training(trainer: Trainer, run_dir: Path, step: int, log) ->
         )
 
 
-def train(
+def train(cfg: Optional[Config] = None, **kwargs) -> TrainResult:
+    """Train a new run (``cfg``) or continue one (``resume``); see ``_train`` for the arguments.
+
+    The run directory is locked (``rundir.RunLock``) from before the first
+    write until this returns; a full disk becomes one ``RunDirError``.
+    """
+    par = kwargs.get("parallel") or SingleProcess()
+    where: dict = {}
+    with contextlib.ExitStack() as held:
+        try:
+            return _train(cfg, held=held, where=where, **kwargs)
+        except Exception as e:
+            run_dir = where.get("run_dir")
+            if run_dir is not None and par.is_main:  # what a failed save left behind (the lock is still held)
+                discard_partial(run_dir)
+            if not is_disk_full(e):
+                raise
+            ckpt = latest_checkpoint(run_dir) if run_dir is not None else None
+            raise disk_full_error(e, run_dir, ckpt[0] if ckpt else None) from e
+
+
+def _train(
     cfg: Optional[Config] = None,
     *,
+    held: contextlib.ExitStack,
+    where: dict,
     out: Path = Path("runs"),
     name: Optional[str] = None,
     preset: str = "tiny-cpu",
@@ -119,13 +204,16 @@ def train(
     writer = par.writer()
     if resume is not None:
         run_dir = Path(resume)
+        read_meta(run_dir)  # a missing or foreign folder fails here, before a lock file is made in it
+        par.on_main(lock_run_dir, run_dir, held, "train --resume")
+        where["run_dir"] = run_dir
         cfg, meta = resume_config(run_dir, list(overrides))
         par.check_resume(meta, run_dir)
         meta["config"] = config_to_dict(cfg)
         meta.setdefault("resumed", []).append(
             {"time": dt.datetime.now().isoformat(timespec="seconds"), "command": command_line or sys.argv}
         )
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = par.on_main(prepare_resume, run_dir, log)
         start = ckpt[0] + 1 if ckpt else 1
         # Steps after the checkpoint were (maybe partly) logged by the killed
         # process; they are recomputed, so their parts go first.
@@ -140,7 +228,8 @@ def train(
     else:
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
-        run_dir = par.on_main(new_run_dir, out, name, preset)
+        run_dir = par.on_main(new_run_dir, out, name, preset, held)
+        where["run_dir"] = run_dir
         trainer = par.make_trainer(cfg, log=log)
         meta = {
             "name": run_dir.name,
