@@ -339,3 +339,22 @@ def test_unknown_step_metric_lists_valid_ones(tmp_path):
     runs = analysis.load_runs([make_run(tmp_path, "a")])
     with pytest.raises(analysis.AnalysisError, match="unknown metric 'nope'; valid step metrics: .*entropy"):
         analysis.curves(runs, "nope")
+
+
+def test_attributed_changes_within_the_probe_noise_are_flagged():
+    from clipctl.analysis import _attribution_summary
+
+    def frame(attr: float, noise: float) -> pd.DataFrame:
+        return pd.DataFrame({
+            "clip_attributed_dH": [attr, -attr, attr], "clip_low_attributed_dH": [attr, attr, attr],
+            "clip_high_attributed_dH": [0.0, 0.0, 0.0], "probe_noise": [noise, -noise, noise],
+            "thm1_drift": [1.0, 1.0, 1.0], "thm2_drift": [1.0, 1.0, 1.0],
+        })
+
+    # |mean attributed| = 0.01 (low) vs 3 x mean |noise| = 0.03: within the noise.
+    noisy = _attribution_summary(frame(0.01, 0.01))
+    assert noisy["attributed_within_noise"] is True and noisy["probe_noise_abs_max"] == 0.01
+    clear = _attribution_summary(frame(0.1, 0.01))
+    assert clear["attributed_within_noise"] is False
+    # On a CPU the noise is exactly 0: nothing is flagged.
+    assert _attribution_summary(frame(1e-9, 0.0))["attributed_within_noise"] is False

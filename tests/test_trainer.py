@@ -108,8 +108,14 @@ def test_probe_is_exact_and_changes_nothing(tmp_path, fast_overrides):
     pd.testing.assert_frame_equal(on[cols], off[cols])
     assert off[list(PROBE_COLUMNS)].isna().all().all()
     assert on[list(PROBE_COLUMNS)].notna().all().all()
+    # On a CPU the replay with the run's own settings is the real step, bit for bit.
+    assert (on["probe_noise"] == 0).all()
+    np.testing.assert_array_equal(on["entropy_post_replay"], on["entropy_post"])
     np.testing.assert_allclose(
-        on["clip_attributed_dH"], on["entropy_post"] - on["entropy_post_noclip"], atol=1e-12
+        on["clip_attributed_dH"], on["entropy_post_replay"] - on["entropy_post_noclip"], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        on["clip_low_attributed_dH"], on["entropy_post_lowonly"] - on["entropy_post_noclip"], atol=1e-12
     )
 
 

@@ -469,10 +469,14 @@ def test_sums_over_random_minibatches_match_whole_batch(seed):
 def test_probe_replays_and_attributed_changes_by_hand():
     from clipctl.algo import attributed_entropy_changes, probe_replays
 
-    assert probe_replays(0.1, 0.28) == {"noclip": (1.0, math.inf), "lowonly": (0.1, math.inf), "highonly": (1.0, 0.28)}
-    out = attributed_entropy_changes(2.0, {"noclip": 1.5, "lowonly": 1.75, "highonly": 1.25})
-    # 2.0 - 1.5 = 0.5; 1.75 - 1.5 = 0.25; 1.25 - 1.5 = -0.25
-    assert out["clip_attributed_dH"] == 0.5
+    assert probe_replays(0.1, 0.28) == {
+        "replay": (0.1, 0.28), "noclip": (1.0, math.inf), "lowonly": (0.1, math.inf), "highonly": (1.0, 0.28)
+    }
+    out = attributed_entropy_changes(2.0, {"replay": 1.875, "noclip": 1.5, "lowonly": 1.75, "highonly": 1.25})
+    # 1.875 - 1.5 = 0.375; 1.75 - 1.5 = 0.25; 1.25 - 1.5 = -0.25; noise 2.0 - 1.875 = 0.125
+    assert out["clip_attributed_dH"] == 0.375
+    assert out["probe_noise"] == 0.125
+    assert out["entropy_post_replay"] == 1.875
     assert out["clip_low_attributed_dH"] == 0.25
     assert out["clip_high_attributed_dH"] == -0.25
     assert out["entropy_post_noclip"] == 1.5

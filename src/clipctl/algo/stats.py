@@ -250,22 +250,27 @@ def finalize_clip_stats(sums: Mapping[str, torch.Tensor | float]) -> dict[str, f
 
 # SPEC 7b columns of the steps table (NaN on steps that are not probed).
 PROBE_KEYS = (
+    "entropy_post_replay",
     "entropy_post_noclip",
     "entropy_post_lowonly",
     "entropy_post_highonly",
     "clip_attributed_dH",
     "clip_low_attributed_dH",
     "clip_high_attributed_dH",
+    "probe_noise",
 )
 
 
 def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, float]]:
-    """The three counterfactual replays of SPEC 7b as ``label -> (eps_low, eps_high)``.
+    """The four replays of the clip probe as ``label -> (eps_low, eps_high)``.
 
+    ``replay``: the run's own clip settings (and its dual clip), i.e. the real
+    step again: its distance to the real step is the probe's noise floor;
     ``noclip``: no clipping at all; ``lowonly``: the run's clip-low alone;
-    ``highonly``: the run's clip-high alone. Dual clip is off in all three.
+    ``highonly``: the run's clip-high alone. Dual clip is off in the last three.
     """
     return {
+        "replay": (eps_low, eps_high),
         "noclip": (1.0, math.inf),
         "lowonly": (eps_low, math.inf),
         "highonly": (1.0, eps_high),
@@ -273,12 +278,20 @@ def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, flo
 
 
 def attributed_entropy_changes(entropy_post: float, post: Mapping[str, float]) -> dict[str, float]:
-    """SPEC 7b columns from the real ``entropy_post`` and the replays' Eq. 4 entropies."""
+    """Probe columns from the real ``entropy_post`` and the replays' Eq. 4 entropies.
+
+    Every attributed change is a difference of two replays, so non-determinism
+    of the real step (GPU atomics) cannot land in one of them only; it is
+    measured on its own as ``probe_noise = entropy_post - entropy_post_replay``
+    (exactly 0 on a CPU).
+    """
     return {
+        "entropy_post_replay": post["replay"],
         "entropy_post_noclip": post["noclip"],
         "entropy_post_lowonly": post["lowonly"],
         "entropy_post_highonly": post["highonly"],
-        "clip_attributed_dH": entropy_post - post["noclip"],
+        "clip_attributed_dH": post["replay"] - post["noclip"],
         "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
         "clip_high_attributed_dH": post["highonly"] - post["noclip"],
+        "probe_noise": entropy_post - post["replay"],
     }

@@ -377,10 +377,11 @@ class Trainer:
     def clip_probe(self, step: int, sb: StepBatch, start_state: dict, entropy_post: float) -> dict:
         """Replay the step's updates from ``start_state`` without clipping (SPEC 7b).
 
-        Three replays on the same samples, advantages, minibatches and order:
-        no clipping; clip-low only; clip-high only (dual clip off in all three).
-        Eq. 4 entropy is measured on the step's batch after each; the real
-        post-step state is restored at the end, so probing changes nothing else.
+        Four replays on the same samples, advantages, minibatches and order:
+        the run's own settings (the noise floor), no clipping, clip-low only,
+        clip-high only (dual clip only in the first). Eq. 4 entropy is measured
+        on the step's batch after each; the real post-step state is restored at
+        the end, so probing changes nothing else.
         """
         a = self.cfg.algo
         real_state = self._snapshot()
@@ -388,7 +389,8 @@ class Trainer:
         post = {}
         for label, (eps_low, eps_high) in replays.items():
             self._restore(start_state)
-            self.update_epochs(step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=None)
+            dual = a.dual_clip_c if label == "replay" else None
+            self.update_epochs(step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual)
             post[label] = self._eq4_entropy(sb)
         self._restore(real_state)
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
