@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 
@@ -89,14 +90,19 @@ def test_update_stats_and_step_totals_add_up():
     full_b = {k: b.get(k, torch.tensor(0.0, dtype=torch.float64)) for k in algo.SUM_KEYS}
     stats.add(torch.tensor(0.5), torch.tensor(0.25, dtype=torch.float64), full_a)
     stats.add(torch.tensor(1.5), torch.tensor(0.75, dtype=torch.float64), full_b)
-    loss, kl, sums = stats.to_host()
-    assert (loss, kl, sums["n_tokens"], sums["n_below"]) == (2.0, 1.0, 5.0, 1.0)
+    loss, kl, sums, norm = stats.to_host(torch.tensor(4.0))
+    assert (loss, kl, sums["n_tokens"], sums["n_below"], norm) == (2.0, 1.0, 5.0, 1.0, 4.0)
     totals = StepTotals([], 0.0, [])
     totals.add(loss, kl, 3.0, sums)
     totals.add(1.0, 1.0, 1.0, sums)
     m = totals.metrics()
     assert m["loss"] == 1.5 and m["grad_norm"] == 2.0 and m["approx_kl"] == pytest.approx(2.0 / 10.0)
     assert totals.sums["n_tokens"] == 10.0 and totals.sums["n_below"] == 2.0
+    assert m["skipped_updates"] == 0
+    # Nothing measured (every update skipped): NaN, never 0.
+    none = StepTotals([], 0.0, [], skipped=2).metrics()
+    assert math.isnan(none["loss"]) and math.isnan(none["clip_low_frac"]) and math.isnan(none["approx_kl"])
+    assert none["skipped_updates"] == 2
 
 
 # ---------------------------------------------------------------- the trainer

@@ -72,6 +72,11 @@ class TrainConfig:
         "token budget per forward/backward pass, padding included (0 = off: use micro_batch_size); rows are "
         "sorted by length within a minibatch and packed, so padding stays small; gradient unchanged",
     )
+    on_nonfinite: str = _f(
+        "stop",
+        "a minibatch whose loss or gradient norm is NaN/inf is never applied; stop = end the run with an error "
+        "naming the step and the last good checkpoint | skip = drop that optimizer step and go on",
+    )
     gradient_checkpointing: bool = _f(False, "recompute each decoder layer's activations in backward (memory for time; 7B on one GPU)")
     ppo_epochs: int = _f(1, "passes over each rollout batch")
     seed: int = _f(0, "seed of prompt order, sampling, random rewards and init")
@@ -371,6 +376,9 @@ def validate(cfg: Config) -> None:
         value = getattr(t, name)
         _require(value >= 1, f"train.{name}={value} must be >= 1")
     _require(t.lm_head in ("fused", "chunked"), f"train.lm_head={t.lm_head!r} must be fused or chunked")
+    _require(
+        t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite={t.on_nonfinite!r} must be stop or skip"
+    )
     _require(
         t.micro_batch_tokens >= 0, f"train.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0 = use micro_batch_size)"
     )

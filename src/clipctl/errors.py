@@ -25,3 +25,26 @@ class ModelError(ClipctlError):
 
 class RunDirError(ClipctlError):
     """A run directory is missing, unreadable or inconsistent."""
+
+
+class NonFiniteError(ClipctlError):
+    """A training step produced a non-finite loss, gradient norm or entropy (``train.on_nonfinite``)."""
+
+    def __init__(self, step: int, what: str, hint: str = ""):
+        self.step, self.what, self.hint = step, what, hint
+        super().__init__(self._message(""))
+
+    def _message(self, where: str) -> str:
+        return (
+            f"step {self.step} diverged: {self.what}; nothing of step {self.step} was written{where}. {self.hint}"
+        ).rstrip()
+
+    def at(self, run_dir, checkpoint_step) -> "NonFiniteError":
+        """The same error, naming the run's last good checkpoint."""
+        if checkpoint_step is None:
+            where = f"; {run_dir} has no checkpoint yet"
+        else:
+            where = f"; last good checkpoint: {run_dir}/checkpoints/step-{checkpoint_step}"
+        err = NonFiniteError(self.step, self.what, self.hint)
+        err.args = (self._message(where),)
+        return err

@@ -136,11 +136,12 @@ class UpdateStats:
         self.kl_sum = kl_sum if self.kl_sum is None else self.kl_sum + kl_sum
         self.sums = sums if self.sums is None else algo.add_sums(self.sums, sums)
 
-    def to_host(self) -> tuple[float, float, dict[str, float]]:
-        """``(loss, kl_sum, sums)`` as Python floats: one device-to-host copy."""
+    def to_host(self, grad_norm: torch.Tensor) -> tuple[float, float, dict[str, float], float]:
+        """``(loss, kl_sum, sums, grad_norm)`` as Python floats: one device-to-host copy."""
         keys = list(self.sums)
-        values = torch.stack([self.loss, self.kl_sum, *(self.sums[k].double() for k in keys)]).cpu().tolist()
-        return values[0], values[1], dict(zip(keys, values[2:]))
+        parts = [self.loss, self.kl_sum, *(self.sums[k].double() for k in keys)]
+        values = torch.stack([*(t.to(grad_norm.device) for t in parts), grad_norm.double()]).cpu().tolist()
+        return values[0], values[1], dict(zip(keys, values[2:-1])), values[-1]
 
 
 @dataclass
@@ -151,6 +152,7 @@ class StepTotals:
     kl_sum: float
     grad_norms: list[float]
     sums: Optional[dict[str, float]] = None
+    skipped: int = 0  # optimizer steps dropped for a non-finite loss or gradient (train.on_nonfinite=skip)
 
     def add(self, loss: float, kl_sum: float, grad_norm: float, sums: dict[str, float]) -> None:
         self.losses.append(loss)
@@ -159,13 +161,21 @@ class StepTotals:
         self.sums = dict(sums) if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
 
     def metrics(self) -> dict:
-        n_tok = self.sums["n_tokens"]
+        """Step metrics; NaN where nothing was measured (every update skipped)."""
+        sums = self.sums if self.sums is not None else empty_sums()
+        n_tok = sums["n_tokens"]
         return {
-            **algo.finalize_clip_stats(self.sums),
-            "loss": sum(self.losses) / len(self.losses),
+            **algo.finalize_clip_stats(sums),
+            "loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
             "approx_kl": self.kl_sum / n_tok if n_tok else math.nan,
-            "grad_norm": sum(self.grad_norms) / len(self.grad_norms),
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan,
+            "skipped_updates": self.skipped,
         }
+
+
+def empty_sums() -> dict[str, float]:
+    """The statistic sums of no tokens (every fraction and mean of them is NaN)."""
+    return {k: 0.0 for k in algo.SUM_KEYS}
 
 
 def k3_kl_sum(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

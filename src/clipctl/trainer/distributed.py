@@ -484,6 +484,11 @@ def check_world(cfg, world: int, stage: int) -> None:
         )
     if cfg.rollout.engine != "hf":
         raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} is not supported with --deepspeed yet; use rollout.engine=hf")
+    if cfg.train.on_nonfinite == "skip":
+        raise ConfigError(
+            "train.on_nonfinite=skip is not supported with --deepspeed (the engine applies its update before the "
+            "gradient norm is known); use train.on_nonfinite=stop"
+        )
     if cfg.train.micro_batch_tokens:
         raise ConfigError(
             f"train.micro_batch_tokens={cfg.train.micro_batch_tokens} is not supported with --deepspeed (its gradient "
@@ -565,12 +570,20 @@ class DeepSpeedTrainer(Trainer):
         self.ds_engine.backward(loss * self.comm.world_size, scale_wrt_gas=False)
         self.ds_engine.step()  # applies the update only at the last micro-batch
 
-    def _optimizer_step(self) -> float:
+    def _grad_norm(self) -> torch.Tensor:
+        # The engine has already stepped at the last micro-batch (a non-finite
+        # step then stops the run before anything of it is written; skipping
+        # is not possible here, so check_world rejects train.on_nonfinite=skip).
         if not self.ds_engine.was_step_applied():
             raise RuntimeError("DeepSpeed did not step at the end of the minibatch; micro-batch count != accumulation steps")
-        self.scheduler.step()
         norm = self.ds_engine.get_global_grad_norm()
-        return math.nan if norm is None else float(norm)
+        return torch.as_tensor(math.nan if norm is None else float(norm), dtype=torch.float64)
+
+    def _apply_update(self) -> None:
+        self.scheduler.step()
+
+    def _skip_update(self) -> None:
+        raise RuntimeError("train.on_nonfinite=skip is not supported with --deepspeed (check_world rejects it)")
 
     def _full_params(self):
         """Context in which every rank holds the full parameters (ZeRO-3 gathers them)."""

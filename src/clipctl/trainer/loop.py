@@ -56,7 +56,16 @@ from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_m
 from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.runlog import write_part
-from clipctl.trainer.batch import MicroBatch, StepBatch, StepTotals, UpdateStats, k3_kl_sum, plan_micro_batches
+from clipctl.errors import NonFiniteError
+from clipctl.trainer.batch import (
+    MicroBatch,
+    StepBatch,
+    StepTotals,
+    UpdateStats,
+    empty_sums,
+    k3_kl_sum,
+    plan_micro_batches,
+)
 from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
 from clipctl.trainer.precision import checkpointed_layers, enable_checkpointing, make_weights
 
@@ -287,8 +296,10 @@ class Trainer:
     def update_minibatch(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c):
         """One optimizer step on rows ``lo:hi``; returns (loss, kl sum, grad norm, stat sums) as host floats.
 
-        Everything stays on the device until the optimizer step; then one copy
-        brings the loss, KL and statistic sums back.
+        Everything stays on the device until the gradient is complete; then one
+        copy brings the loss, KL, gradient norm and statistic sums back. A
+        non-finite loss or gradient norm is never applied (``train.on_nonfinite``):
+        ``stop`` raises, ``skip`` drops the update and returns ``None``.
         """
         a = self.cfg.algo
         # Normalisers of the whole minibatch (over all processes), so that neither
@@ -310,11 +321,25 @@ class Trainer:
                 logp, old, adv, mask, ent, expected_q, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
             )
             stats.add(loss, k3_kl_sum(logp, old, mask), sums)
-        grad_norm = self._optimizer_step()
-        loss, kl_sum, sums = stats.to_host()
+        loss, kl_sum, sums, grad_norm = stats.to_host(self._grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
+        loss, kl_sum = self.comm.sum(loss), self.comm.sum(kl_sum)
         sums = {k: float(v) for k, v in self.comm.sums(sums).items()}
-        return self.comm.sum(loss), self.comm.sum(kl_sum), grad_norm, sums
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            what = f"loss {loss}, gradient norm {grad_norm}"
+            if self.cfg.train.on_nonfinite == "stop":
+                raise NonFiniteError(self.current_step, what, self._nonfinite_hint())
+            self.log(f"warning: step {self.current_step}: {what}; update skipped (train.on_nonfinite=skip)")
+            self._skip_update()
+            return None
+        self._apply_update()
+        return loss, kl_sum, grad_norm, sums
+
+    def _nonfinite_hint(self) -> str:
+        return (
+            f"Lower optim.lr (now {self.cfg.optim.lr:g}) and start a new run or resume from that checkpoint, "
+            f"or set train.on_nonfinite=skip to drop such updates"
+        )
 
     def _zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -322,37 +347,48 @@ class Trainer:
     def _backward(self, loss: torch.Tensor) -> None:
         loss.backward()
 
-    def _optimizer_step(self) -> float:
-        """Clip, step optimizer and scheduler; returns the gradient norm before clipping (one host read)."""
+    def _grad_norm(self) -> torch.Tensor:
+        """Clip the gradient; its global norm before clipping, on the device."""
         max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.weights.params(), max_norm)
+        return torch.nn.utils.clip_grad_norm_(self.weights.params(), max_norm)
+
+    def _apply_update(self) -> None:
         self.optimizer.step()
         self.weights.after_step()
         self.scheduler.step()
-        return grad_norm.item()
+
+    def _skip_update(self) -> None:
+        # The schedule counts attempted optimizer steps, so a skip does not shift it.
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
 
     def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
         updates, totals = [], StepTotals([], 0.0, [])
+        self.current_step = step
         for epoch in range(self.cfg.train.ppo_epochs):
             for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
                 lr = self.scheduler.get_last_lr()[0]
-                loss, kl_sum, grad_norm, sums = self.update_minibatch(
-                    sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
-                )
+                done = self.update_minibatch(sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c)
+                row = {"step": step, "epoch": epoch, "minibatch": mb, "update": len(updates), "lr": lr}
+                if done is None:  # skipped (train.on_nonfinite=skip): nothing was measured
+                    totals.skipped += 1
+                    updates.append({**row, "loss": math.nan, "approx_kl": math.nan, "grad_norm": math.nan,
+                                    **algo.finalize_clip_stats(empty_sums()), **empty_sums(), "skipped": True})
+                    continue
+                loss, kl_sum, grad_norm, sums = done
                 totals.add(loss, kl_sum, grad_norm, sums)
                 n_tok = sums["n_tokens"]
                 updates.append(
                     {
-                        "step": step, "epoch": epoch, "minibatch": mb, "update": len(updates),
-                        "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan,
-                        "grad_norm": grad_norm, "lr": lr,
+                        **row, "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan,
+                        "grad_norm": grad_norm,
                         **algo.finalize_clip_stats(sums),
                         **sums,
+                        "skipped": False,
                     }
                 )
         return updates, totals
-
 
     # ------------------------------------------------------------ clip probe (SPEC 7b)
 
@@ -406,6 +442,9 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, run_dir: Path, step: int, keep_last: int) -> Path:
+        finite = torch.stack([torch.isfinite(p).all() for p in self.weights.params()]).all()
+        if not bool(finite):  # never write a checkpoint a resume could not use
+            raise NonFiniteError(step, "the weights are not finite", self._nonfinite_hint())
         return save_checkpoint(
             run_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, keep_last,
             extra_files=self.weights.save,
@@ -431,6 +470,7 @@ class Trainer:
         adv = algo.group_advantages(rewards, G, a.adv_norm)
         sb = StepBatch.from_rollout(rollout, rewards, adv, self.device)
         sb.old_logp, sb.old_entropy = self.policy_stats(sb)
+        self._check_finite(step, sb.old_entropy, "entropy under pi_old (the policy was already broken)")
         probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
         start_state = self._snapshot() if probe else None
 
@@ -442,7 +482,9 @@ class Trainer:
         t_update = time.perf_counter() - t1
 
         if cfg.log.entropy_post:
-            post = self._entropy_metrics(sb, self.policy_stats(sb)[1])
+            post_ent = self.policy_stats(sb)[1]
+            self._check_finite(step, post_ent, "entropy after the step's updates")
+            post = self._entropy_metrics(sb, post_ent)
         else:
             post = {"entropy": math.nan, "entropy_token_mean": math.nan}
         t2 = time.perf_counter()
@@ -466,6 +508,11 @@ class Trainer:
         }
         metrics["tokens_per_second"] = metrics["n_tokens"] / step_seconds if step_seconds > 0 else math.nan
         return self._step_output(step, prompts, sb, metrics, updates)
+
+    def _check_finite(self, step: int, t: torch.Tensor, what: str) -> None:
+        """Stop (whatever ``train.on_nonfinite``) when ``t`` holds NaN/inf: nothing of the step is written."""
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteError(step, f"{what} is not finite", self._nonfinite_hint())
 
     # ------------------------------------------------------------ the step's rows
 

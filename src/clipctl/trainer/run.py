@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from clipctl.config import Config, config_from_dict, config_to_dict
-from clipctl.errors import ConfigError, RunDirError
+from clipctl.errors import ConfigError, NonFiniteError, RunDirError
 from clipctl.rundir import RunLock, check_name, disk_full_error, ensure_output_dir, forget_unstarted, is_disk_full
 from clipctl.runlog import checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
 from clipctl.trainer.checkpoint import discard_partial
@@ -169,6 +169,9 @@ def train(cfg: Optional[Config] = None, **kwargs) -> TrainResult:
             run_dir = where.get("run_dir")
             if run_dir is not None and par.is_main:  # what a failed save left behind (the lock is still held)
                 discard_partial(run_dir)
+            if isinstance(e, NonFiniteError) and run_dir is not None:
+                ckpt = latest_checkpoint(run_dir)
+                raise e.at(run_dir, ckpt[0] if ckpt else None) from None
             if not is_disk_full(e):
                 raise
             ckpt = latest_checkpoint(run_dir) if run_dir is not None else None
