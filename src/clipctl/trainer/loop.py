@@ -501,6 +501,7 @@ class Trainer:
             **attributed,
             "lr": self.scheduler.get_last_lr()[0],
             "n_updates": len(updates),
+            "update_tokens": self.comm.sum(sum(sb.prompt_lengths) + sum(sb.response_lengths)) * cfg.train.ppo_epochs,
             "probe_seconds": probe_seconds,
             "rollout_seconds": t_rollout,
             "update_seconds": t_update,
