@@ -14,10 +14,14 @@ Per token with ``x = (h W^T + b) / tau``:
   Theorem 1 centre ``E[Q]``, since ``log pi_a + H = x_a - sum_b pi_b x_b``)
 - ``d logp / d x_a = 1[a = y] - softmax(x)_a``;
   ``d H / d x_a = -softmax(x)_a (x_a - sum_b softmax(x)_b x_b)``
+
+On CUDA (when triton imports) ``fused_logprobs_entropy`` runs the Triton
+kernels of ``fused_head_triton`` instead of this tiled loop (``impl``).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -149,6 +153,47 @@ class _FusedLogProbEntropy(torch.autograd.Function):
         )
 
 
+IMPLS = ("auto", "tiled", "triton")
+IMPL_ENV = "CLIPCTL_FUSED_HEAD"
+
+
+def triton_available() -> bool:
+    """Whether triton imports (checked once; only called for CUDA tensors or a forced Triton path)."""
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            import triton  # noqa: F401
+
+            _TRITON_OK = True
+        except ImportError:
+            _TRITON_OK = False
+    return _TRITON_OK
+
+
+_TRITON_OK: Optional[bool] = None
+
+
+def resolve_impl(hidden: torch.Tensor, weight: torch.Tensor, bias=None, impl: Optional[str] = None) -> str:
+    """``"triton"`` or ``"tiled"`` for these inputs.
+
+    ``impl`` (else ``$CLIPCTL_FUSED_HEAD``, else ``"auto"``): ``auto`` takes the
+    Triton kernels for CUDA tensors of one fp32/bf16/fp16 dtype when triton
+    imports, the tiled path otherwise (CPU, float64, mixed dtypes);
+    ``triton`` / ``tiled`` force one (CPU tensors on ``triton`` need
+    ``TRITON_INTERPRET=1``).
+    """
+    impl = impl or os.environ.get(IMPL_ENV, "") or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"fused head impl {impl!r} must be one of {IMPLS}")
+    if impl != "auto":
+        return impl
+    if not (hidden.is_cuda and weight.is_cuda) or not triton_available():
+        return "tiled"
+    from clipctl.algo.fused_head_triton import supports
+
+    return "triton" if supports(hidden, weight, bias) else "tiled"
+
+
 def fused_logprobs_entropy(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -159,6 +204,7 @@ def fused_logprobs_entropy(
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     entropy_grad: bool = False,
     with_expected_q: bool = False,
+    impl: Optional[str] = None,
 ):
     """``(logp, entropy)`` of ``targets`` under ``softmax((hidden W^T + b) / tau)``.
 
@@ -174,6 +220,9 @@ def fused_logprobs_entropy(
             ``E_pi[Q] = sum_a pi(a)^2 (log pi(a) + H)`` per token, from the same
             tiles (two more running sums per token; no ``[tokens x vocab]``
             tensor), as a third tensor without gradient.
+        impl: ``auto`` (default; ``$CLIPCTL_FUSED_HEAD`` overrides it): the
+            Triton kernels (``fused_head_triton``) for CUDA tensors when triton
+            imports, this tiled path otherwise; ``tiled`` / ``triton`` force one.
     Returns:
         two ``[...]`` tensors (three with ``with_expected_q``), float32 (float64
         for float64 inputs); ``logp`` is differentiable in hidden, weight, bias.
@@ -181,11 +230,18 @@ def fused_logprobs_entropy(
     shape = targets.shape
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_y = targets.reshape(-1)
-    token_tile, vocab_tile = choose_tiles(flat_h.shape[0], weight.shape[0], budget_bytes)
-    logp, ent, eq = _FusedLogProbEntropy.apply(
-        flat_h, weight, bias, flat_y, float(temperature), token_tile, vocab_tile, bool(entropy_grad),
-        bool(with_expected_q),
-    )
+    if resolve_impl(hidden, weight, bias, impl) == "triton":
+        from clipctl.algo.fused_head_triton import fused_flat
+
+        logp, ent, eq = fused_flat(
+            flat_h, weight, bias, flat_y, temperature, budget_bytes, entropy_grad, with_expected_q
+        )
+    else:
+        token_tile, vocab_tile = choose_tiles(flat_h.shape[0], weight.shape[0], budget_bytes)
+        logp, ent, eq = _FusedLogProbEntropy.apply(
+            flat_h, weight, bias, flat_y, float(temperature), token_tile, vocab_tile, bool(entropy_grad),
+            bool(with_expected_q),
+        )
     if not entropy_grad:
         ent = ent.detach()
     if with_expected_q:
