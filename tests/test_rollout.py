@@ -73,3 +73,47 @@ def test_batched_call_equals_per_prompt_calls(quick_model_dir):
         assert both.response_text[rows] == part.response_text
     again = engine.generate(prompts, params)
     assert torch.equal(again.response_ids, both.response_ids)
+
+
+def test_device_uniforms_equal_the_numpy_ones_bit_for_bit():
+    from clipctl.rollout.hf import row_uniforms_torch
+
+    seeds = np.concatenate([np.arange(50), [2**31 - 1, 2**40 + 7, 2**62 + 3, 2**63 - 1]]).astype(np.int64)
+    positions = np.array([0, 1, 2, 17, 255, 1023, 4095])
+    got = row_uniforms_torch(torch.from_numpy(seeds), torch.from_numpy(positions)).numpy()
+    want = np.stack([row_uniforms(seeds, int(p)) for p in positions], 1)
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("top_p, batch_size, new_tokens", [(1.0, 0, 10), (0.9, 5, 10), (1.0, 4, 60)])
+def test_static_decoder_samples_what_generate_samples(quick_model_dir, top_p, batch_size, new_tokens):
+    """The static-cache loop (the CUDA default) against HF generate: same tokens, masks, widths."""
+    from clipctl.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(quick_model_dir))
+    model = load_model(str(quick_model_dir))
+    prompts = [tok("Question: How many apples?\nAnswer:")["input_ids"], tok("Question: A?\nAnswer:")["input_ids"],
+               tok("Q: 2 + 2?")["input_ids"]]
+    params = SamplingParams(n=3, temperature=0.9, top_p=top_p, max_new_tokens=new_tokens, seed=11)
+    ref = HFEngine(model, tok, batch_size=batch_size, decode="generate").generate(prompts, params)
+    got = HFEngine(model, tok, batch_size=batch_size, decode="static").generate(prompts, params)
+    assert torch.equal(got.response_ids, ref.response_ids)
+    assert torch.equal(got.response_mask, ref.response_mask)
+    assert torch.equal(got.truncated, ref.truncated)
+    assert got.response_text == ref.response_text
+    # resumed / re-split: a later call for the second prompt alone samples its rows again
+    part = HFEngine(model, tok, decode="static").generate(prompts[1:2], SamplingParams(
+        3, 0.9, top_p, new_tokens, seed=11 + 3))
+    m = part.response_mask.bool()
+    assert torch.equal(got.response_ids[3:6, : part.response_ids.shape[1]][m], part.response_ids[m])
+
+
+def test_decoder_choice():
+    class Tok:
+        eos_token_id, pad_token_id = 0, 0
+
+    assert HFEngine(None, Tok())._decoder(torch.device("cpu")) == "generate"
+    assert HFEngine(None, Tok())._decoder(torch.device("cuda")) == "static"
+    assert HFEngine(None, Tok(), decode="static")._decoder(torch.device("cpu")) == "static"
+    with pytest.raises(ValueError, match="decode"):
+        HFEngine(None, Tok(), decode="fast")
