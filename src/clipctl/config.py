@@ -112,6 +112,22 @@ class AlgoConfig:
         "seq-mean-token-mean",
         "loss aggregation: seq-mean-token-mean | token-mean | seq-mean-token-sum | seq-mean-token-sum-norm",
     )
+    entropy_coef: float = _f(
+        0.0, "entropy bonus: loss - coef x entropy (aggregated like the loss; needs train.lm_head=fused); "
+        "fixed, or the bonus controller's starting value"
+    )
+    entropy_target: Optional[float] = _f(
+        None, "target Eq. 4 entropy in nats: a PI controller sets each step's knob to hold it (none = off; algo/control.py)"
+    )
+    entropy_controller: str = _f(
+        "clip", "knob of the entropy controller: clip (eps_low, from algo.eps_low; eps_high stays fixed) | bonus (entropy_coef)"
+    )
+    controller_kp: float = _f(2.0, "entropy controller: proportional gain on the relative error (target - H) / target")
+    controller_ki: float = _f(0.5, "entropy controller: integral gain (per step) on the relative error")
+    eps_low_min: float = _f(0.02, "clip controller: smallest eps_low it may set (strongest clip-low)")
+    eps_low_max: float = _f(1.0, "clip controller: largest eps_low it may set (1 = clip-low off)")
+    entropy_coef_scale: float = _f(0.01, "bonus controller: coefficient change per unit of PI output")
+    entropy_coef_max: float = _f(0.1, "bonus controller: largest coefficient it may set")
 
 
 @dataclass(frozen=True)
@@ -368,7 +384,33 @@ def validate(cfg: Config) -> None:
         a.dual_clip_c is None or a.dual_clip_c > 1.0,
         f"algo.dual_clip_c={a.dual_clip_c} must be > 1; use none to disable dual clip",
     )
-    from clipctl.algo import ADV_NORMS, LOSS_AGGS
+    from clipctl.algo import ADV_NORMS, CONTROLLERS, LOSS_AGGS
+
+    _require(
+        math.isfinite(a.entropy_coef) and a.entropy_coef >= 0,
+        f"algo.entropy_coef={a.entropy_coef} must be a finite number >= 0 (0 = no entropy bonus)",
+    )
+    _require(
+        a.entropy_target is None or (math.isfinite(a.entropy_target) and a.entropy_target > 0),
+        f"algo.entropy_target={a.entropy_target} must be a positive number of nats (or none = off)",
+    )
+    _require(
+        a.entropy_controller in CONTROLLERS,
+        f"algo.entropy_controller={a.entropy_controller!r} is unknown; valid: {', '.join(CONTROLLERS)}",
+    )
+    for name in ("controller_kp", "controller_ki", "entropy_coef_scale", "entropy_coef_max"):
+        value = getattr(a, name)
+        _require(math.isfinite(value) and value >= 0, f"algo.{name}={value} must be a finite number >= 0")
+    _require(
+        0 < a.eps_low_min <= a.eps_low_max <= 1,
+        f"algo.eps_low_min={a.eps_low_min} and algo.eps_low_max={a.eps_low_max} must satisfy 0 < min <= max <= 1",
+    )
+    uses_bonus = a.entropy_coef > 0 or (a.entropy_target is not None and a.entropy_controller == "bonus")
+    _require(
+        not uses_bonus or cfg.train.lm_head == "fused",
+        f"an entropy bonus needs the entropy's gradient, which only train.lm_head=fused provides "
+        f"(now {cfg.train.lm_head!r}); set train.lm_head=fused",
+    )
 
     _require(a.adv_norm in ADV_NORMS, f"algo.adv_norm={a.adv_norm!r} is unknown; valid: {', '.join(ADV_NORMS)}")
     _require(a.loss_agg in LOSS_AGGS, f"algo.loss_agg={a.loss_agg!r} is unknown; valid: {', '.join(LOSS_AGGS)}")

@@ -5,6 +5,7 @@ Functions here take tensors and a few floats; no config, no logging, no
 """
 
 from clipctl.algo.advantages import ADV_NORMS, group_advantages, zero_std_group_frac
+from clipctl.algo.control import CONTROLLERS, ControlSettings, control_output, control_step
 from clipctl.algo.entropy import (
     sequence_mean_entropy,
     token_entropy,
@@ -28,6 +29,10 @@ from clipctl.algo.stats import (
 )
 
 __all__ = [
+    "CONTROLLERS",
+    "ControlSettings",
+    "control_output",
+    "control_step",
     "ADV_NORMS",
     "LOSS_AGGS",
     "PROBE_KEYS",

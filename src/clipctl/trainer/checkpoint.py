@@ -18,6 +18,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -65,7 +66,8 @@ def finish_checkpoint(run_dir: Path, step: int, tmp: Path, tokenizer, state: dic
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra_files=None
+    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra_files=None,
+    extra_state: Optional[dict] = None,
 ) -> Path:
     """HF export of ``model`` (in its own dtype), ``extra_files(folder)`` (e.g. master weights), trainer state."""
     tmp = new_checkpoint_folder(run_dir, step)
@@ -77,6 +79,7 @@ def save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": rng_states(),
+        **(extra_state or {}),
     }
     return finish_checkpoint(run_dir, step, tmp, tokenizer, state, keep_last)
 

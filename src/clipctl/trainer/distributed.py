@@ -516,9 +516,8 @@ class _Policy(torch.nn.Module):
         self.model = model
         self.cfg = cfg
 
-    def forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True,
-                with_expected_q: bool = False):
-        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy, with_expected_q)
+    def forward(self, inputs: dict, targets: torch.Tensor, width: int, **head):
+        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, **head)
 
 
 class DeepSpeedTrainer(Trainer):
@@ -558,8 +557,8 @@ class DeepSpeedTrainer(Trainer):
     def _make_weights(self):
         return PlainWeights(self.model)
 
-    def _forward(self, inputs, targets, width, with_entropy, with_expected_q):
-        return self.ds_engine(inputs, targets, width, with_entropy, with_expected_q)
+    def _forward(self, inputs, targets, width, **head):
+        return self.ds_engine(inputs, targets, width, **head)
 
     def _zero_grad(self) -> None:
         pass  # the engine zeroes gradients after each optimizer step
@@ -624,6 +623,7 @@ class DeepSpeedTrainer(Trainer):
         state = {
             "step": step,
             "scheduler": self.scheduler.state_dict(),
+            "control": self.control.state_dict(),
             "rng": rng_states(),
             **self.comm.describe(),
         }
@@ -641,4 +641,5 @@ class DeepSpeedTrainer(Trainer):
             str(Path(ckpt_dir) / "deepspeed"), tag="state", load_optimizer_states=True, load_lr_scheduler_states=False
         )
         self.scheduler.load_state_dict(state["scheduler"])
+        self.control.load_state_dict(state.get("control", {}))
         set_rng_states(state["rng"])

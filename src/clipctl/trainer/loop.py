@@ -67,6 +67,7 @@ from clipctl.trainer.batch import (
     plan_micro_batches,
 )
 from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
+from clipctl.trainer.control import EntropyControl, Knobs
 from clipctl.trainer.precision import checkpointed_layers, enable_checkpointing, make_weights
 
 Log = Callable[[str], None]
@@ -85,12 +86,13 @@ def derived_seed(*parts: int) -> int:
 
 def policy_logp_entropy(
     model, cfg: Config, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True,
-    with_expected_q: bool = False,
+    with_expected_q: bool = False, entropy_grad: bool = False,
 ):
     """Log-probs and entropies ``[n, width]`` of ``targets``, the last ``width`` tokens of ``inputs``.
 
     ``with_expected_q`` adds a third ``[n, width]`` tensor, the per-state
     ``E_pi[Q | s_t]`` of the Theorem 1 statistics, from the same vocabulary pass.
+    ``entropy_grad`` lets gradients flow through the entropy (entropy bonus; fused head only).
     """
     tau = cfg.rollout.temperature
     if cfg.train.lm_head == "fused":
@@ -100,6 +102,7 @@ def policy_logp_entropy(
         return algo.fused_logprobs_entropy(
             hidden, head.weight, targets, bias=head.bias, temperature=tau,
             budget_bytes=cfg.train.lm_head_budget_mb * 2**20, with_expected_q=with_expected_q,
+            entropy_grad=entropy_grad,
         )
     logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
     return algo.token_logprobs_and_entropy(
@@ -176,6 +179,7 @@ class Trainer:
         self.model.eval()
         self.weights = self._make_weights()
         self.examples = load_examples(cfg.data, self.tokenizer, need_gold=is_verifiable(cfg.reward.kind))
+        self.control = EntropyControl(cfg.algo)
         o = cfg.optim
         self.optimizer = torch.optim.AdamW(
             self.weights.params(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
@@ -202,14 +206,14 @@ class Trainer:
 
     # ------------------------------------------------------------ forward passes
 
-    def _forward(self, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool, with_expected_q: bool):
-        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, with_entropy, with_expected_q)
+    def _forward(self, inputs: dict, targets: torch.Tensor, width: int, **head):
+        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, **head)
 
-    def _micro_logp_entropy(self, sb: StepBatch, mb: MicroBatch, with_expected_q: bool = False):
-        """Log-probs and entropies ``[n, response_width]`` of a micro-batch's response tokens (+ E[Q|s])."""
+    def _micro_logp_entropy(self, sb: StepBatch, mb: MicroBatch, **head):
+        """Log-probs and entropies ``[n, response_width]`` of a micro-batch's response tokens (``head``: E[Q|s], entropy gradient)."""
         inputs, targets = sb.model_inputs(mb)
         with checkpointed_layers(self.model, self.cfg.train.gradient_checkpointing and torch.is_grad_enabled()):
-            return self._forward(inputs, targets, mb.response_width, True, with_expected_q)
+            return self._forward(inputs, targets, mb.response_width, **head)
 
     def _micro_batches(self, sb: StepBatch, lo: int, hi: int) -> list[MicroBatch]:
         t = self.cfg.train
@@ -293,7 +297,7 @@ class Trainer:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def update_minibatch(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c):
+    def update_minibatch(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
         """One optimizer step on rows ``lo:hi``; returns (loss, kl sum, grad norm, stat sums) as host floats.
 
         Everything stays on the device until the gradient is complete; then one
@@ -309,18 +313,23 @@ class Trainer:
         self._zero_grad()
         stats = UpdateStats()
         for mb in self._micro_batches(sb, lo, hi):
-            logp, ent, expected_q = self._micro_logp_entropy(sb, mb, with_expected_q=True)
+            logp, ent, expected_q = self._micro_logp_entropy(
+                sb, mb, with_expected_q=True, entropy_grad=entropy_coef > 0
+            )
             old, adv, mask = sb.take(sb.old_logp, mb), sb.take(sb.advantages, mb), sb.take(sb.response_mask, mb)
+            norms = dict(max_new_tokens=self.cfg.rollout.max_new_tokens, num_seqs=n_seqs, num_tokens=n_tokens)
             loss = algo.policy_loss(
                 logp, old, adv, mask,
-                eps_low=eps_low, eps_high=eps_high, loss_agg=a.loss_agg, dual_clip_c=dual_clip_c,
-                max_new_tokens=self.cfg.rollout.max_new_tokens, num_seqs=n_seqs, num_tokens=n_tokens,
+                eps_low=eps_low, eps_high=eps_high, loss_agg=a.loss_agg, dual_clip_c=dual_clip_c, **norms,
             )
+            if entropy_coef > 0:  # entropy bonus, aggregated like the loss
+                loss = loss - entropy_coef * algo.agg_loss(ent, mask, a.loss_agg, **norms)
             self._backward(loss)
             sums = algo.clip_stat_sums(
                 logp, old, adv, mask, ent, expected_q, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
             )
             stats.add(loss, k3_kl_sum(logp, old, mask), sums)
+            del ent  # with an entropy bonus it holds the graph
         loss, kl_sum, sums, grad_norm = stats.to_host(self._grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
         loss, kl_sum = self.comm.sum(loss), self.comm.sum(kl_sum)
@@ -362,14 +371,16 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
 
-    def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c):
+    def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
         updates, totals = [], StepTotals([], 0.0, [])
         self.current_step = step
         for epoch in range(self.cfg.train.ppo_epochs):
             for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
                 lr = self.scheduler.get_last_lr()[0]
-                done = self.update_minibatch(sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c)
+                done = self.update_minibatch(
+                    sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef
+                )
                 row = {"step": step, "epoch": epoch, "minibatch": mb, "update": len(updates), "lr": lr}
                 if done is None:  # skipped (train.on_nonfinite=skip): nothing was measured
                     totals.skipped += 1
@@ -410,7 +421,7 @@ class Trainer:
         self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
         self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
 
-    def clip_probe(self, step: int, sb: StepBatch, start_state: dict, entropy_post: float) -> dict:
+    def clip_probe(self, step: int, sb: StepBatch, start_state: dict, entropy_post: float, knobs: Knobs) -> dict:
         """Replay the step's updates from ``start_state`` without clipping (SPEC 7b).
 
         Four replays on the same samples, advantages, minibatches and order:
@@ -421,12 +432,14 @@ class Trainer:
         """
         a = self.cfg.algo
         real_state = self._snapshot()
-        replays = algo.probe_replays(a.eps_low, a.eps_high)
+        replays = algo.probe_replays(knobs.eps_low, knobs.eps_high)
         post = {}
         for label, (eps_low, eps_high) in replays.items():
             self._restore(start_state)
             dual = a.dual_clip_c if label == "replay" else None
-            self.update_epochs(step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual)
+            self.update_epochs(
+                step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual, entropy_coef=knobs.entropy_coef
+            )
             post[label] = self._eq4_entropy(sb)
         self._restore(real_state)
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
@@ -447,13 +460,14 @@ class Trainer:
             raise NonFiniteError(step, "the weights are not finite", self._nonfinite_hint())
         return save_checkpoint(
             run_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, keep_last,
-            extra_files=self.weights.save,
+            extra_files=self.weights.save, extra_state={"control": self.control.state_dict()},
         )
 
     def load_checkpoint(self, ckpt_dir: Path) -> None:
         """Master weights, optimizer, scheduler and RNG states of a checkpoint (the model was loaded at init)."""
         state = load_trainer_state(ckpt_dir)
         self.weights.load(ckpt_dir)
+        self.control.load_state_dict(state.get("control", {}))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         set_rng_states(state["rng"])
@@ -471,11 +485,16 @@ class Trainer:
         sb = StepBatch.from_rollout(rollout, rewards, adv, self.device)
         sb.old_logp, sb.old_entropy = self.policy_stats(sb)
         self._check_finite(step, sb.old_entropy, "entropy under pi_old (the policy was already broken)")
+        pre = self._entropy_metrics(sb, sb.old_entropy)
+        knobs = self.control.step(pre["entropy"])  # the config's bounds, or the entropy controller's
         probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
         start_state = self._snapshot() if probe else None
 
         t1 = time.perf_counter()
-        updates, totals = self.update_epochs(step, sb, eps_low=a.eps_low, eps_high=a.eps_high, dual_clip_c=a.dual_clip_c)
+        updates, totals = self.update_epochs(
+            step, sb, eps_low=knobs.eps_low, eps_high=knobs.eps_high, dual_clip_c=a.dual_clip_c,
+            entropy_coef=knobs.entropy_coef,
+        )
         # The engine samples the next step from the updated weights (no-op for hf,
         # which shares the trainer's model).
         self.engine.sync_weights(self.model)
@@ -489,15 +508,17 @@ class Trainer:
             post = {"entropy": math.nan, "entropy_token_mean": math.nan}
         t2 = time.perf_counter()
         attributed = (
-            self.clip_probe(step, sb, start_state, post["entropy"]) if probe else {k: math.nan for k in PROBE_COLUMNS}
+            self.clip_probe(step, sb, start_state, post["entropy"], knobs) if probe
+            else {k: math.nan for k in PROBE_COLUMNS}
         )
         probe_seconds = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
 
         metrics = {
             "step": step,
-            **self._batch_metrics(sb, post),
+            **self._batch_metrics(sb, pre, post),
             **totals.metrics(),
+            **self.control.columns(knobs),
             **attributed,
             "lr": self.scheduler.get_last_lr()[0],
             "n_updates": len(updates),
@@ -526,12 +547,11 @@ class Trainer:
             "entropy_token_mean": algo.token_mean_entropy(ent, mask).item(),
         }
 
-    def _batch_metrics(self, sb: StepBatch, post: dict) -> dict:
+    def _batch_metrics(self, sb: StepBatch, pre: dict, post: dict) -> dict:
         """Entropy, reward and length metrics of the step's global batch (one host copy each)."""
         G, g = self.cfg.rollout.n, self.comm
         mask = g.rows(sb.rollout.response_mask, G)
         rewards, adv = g.rows(sb.rewards.cpu(), G), g.rows(sb.advantages.cpu(), G)
-        pre = self._entropy_metrics(sb, sb.old_entropy)
         lengths = mask.sum(-1).float()
         verifiable = is_verifiable(self.cfg.reward.kind)
         return {
