@@ -33,6 +33,12 @@ from clipctl.errors import ClipctlError, RunDirError
 from clipctl.runlog import Run, read_run
 
 DEFAULT_GROUP_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind")
+# Added to the default grouping when any run has an entropy controller, so
+# controlled and fixed runs of the same start bounds are told apart.
+CONTROL_GROUP_KEYS = ("algo.entropy_target", "algo.entropy_controller")
+# A run collapsed when its final entropy is under this share of its first
+# step's entropy, exploded when over EXPLODE_RATIO times it (docs/analysis.md).
+COLLAPSE_RATIO, EXPLODE_RATIO = 0.25, 1.5
 # Config values every per-run row carries (dotted section.key names).
 CONFIG_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind", "train.seed", "optim.lr")
 FRACTION_COLUMNS = ("clip_low_frac", "clip_high_frac", "ratio_below_frac", "ratio_above_frac")
@@ -162,6 +168,16 @@ def parse_keys(text: Optional[str | Sequence[str]]) -> Optional[list[str]]:
     return keys or None
 
 
+def default_group_keys(runs: Sequence[Run]) -> list[str]:
+    """The clip settings and reward kind; plus the entropy controller's keys when any run has one."""
+    controlled = any(_is_number(config_value(r, "algo.entropy_target")) for r in runs)
+    return [*DEFAULT_GROUP_KEYS, *(CONTROL_GROUP_KEYS if controlled else ())]
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def check_group_keys(runs: Sequence[Run], keys: Sequence[str]) -> None:
     valid = valid_group_keys(runs)
     for key in keys:
@@ -181,7 +197,10 @@ def format_value(value) -> str:
     return str(value)
 
 
-_SHORT = {"algo.eps_low": "eps_low", "algo.eps_high": "eps_high", "reward.kind": "reward"}
+_SHORT = {
+    "algo.eps_low": "eps_low", "algo.eps_high": "eps_high", "reward.kind": "reward",
+    "algo.entropy_target": "target", "algo.entropy_controller": "controller",
+}
 
 
 def group_label(values: dict, keys: Sequence[str]) -> str:
@@ -293,6 +312,25 @@ def _entropy_summary(steps: pd.DataFrame) -> dict:
     }
 
 
+def _control_summary(steps: pd.DataFrame, entropy: dict) -> dict:
+    """Entropy control: tracking of the target over the run's last half, the knobs at the end, collapse/explosion."""
+    start, end = entropy["entropy_start"], entropy["entropy_end"]
+    target = _col(steps, "entropy_target")
+    half = steps.iloc[len(steps) // 2 :]
+    t = float(target.iloc[-1]) if len(target) else math.nan
+    err = float((_col(half, "entropy") - t).abs().mean()) if math.isfinite(t) else math.nan
+    return {
+        "entropy_target": t,
+        "entropy_track_err": err,
+        "entropy_track_err_rel": err / t if math.isfinite(t) else math.nan,
+        "eps_low_last": float(_col(steps, "eps_low").iloc[-1]),
+        "entropy_coef_last": float(_col(steps, "entropy_coef").iloc[-1]),
+        "reward_last_half": float(_col(half, "reward_mean").mean()),
+        "collapsed": bool(start > 0 and end < COLLAPSE_RATIO * start),
+        "exploded": bool(start > 0 and end > EXPLODE_RATIO * start),
+    }
+
+
 def _theory_summary(steps: pd.DataFrame) -> dict:
     out = {f"avg_{c}": float(_col(steps, c).mean()) for c in FRACTION_COLUMNS}
     for c in BRACKET_COLUMNS:
@@ -383,6 +421,7 @@ def summarize_run(run: Run, extra_keys: Sequence[str] = ()) -> dict:
     for key in dict.fromkeys((*CONFIG_KEYS, *extra_keys)):
         row[key] = config_value(run, key)
     row.update(_entropy_summary(steps))
+    row.update(_control_summary(steps, row))
     row.update(_theory_summary(steps))
     row.update(_attribution_summary(steps))
     row.update(_exact_summary(steps))
@@ -426,7 +465,7 @@ def analyze_runs(
     across runs of every numeric per-run column (std needs two runs).
     """
     runs = load_runs(paths_or_globs, note)
-    keys = parse_keys(group_by) or list(DEFAULT_GROUP_KEYS)
+    keys = parse_keys(group_by) or default_group_keys(runs)
     check_group_keys(runs, keys)
     per_run = pd.DataFrame([summarize_run(r, keys) for r in runs])
     return per_run, _group_table(per_run, keys)
@@ -470,7 +509,7 @@ def curves(
     if smooth < 1:
         raise AnalysisError(f"--smooth must be at least 1, got {smooth}")
     check_metric(runs, metric)
-    keys = list(group_by or DEFAULT_GROUP_KEYS)
+    keys = list(group_by or default_group_keys(runs))
     frames = []
     for run in runs:
         steps = run.steps.sort_values("step", kind="stable")
@@ -514,7 +553,7 @@ def aggregate_curves(long: pd.DataFrame) -> pd.DataFrame:
 
 def eval_curves(runs: Sequence[Run], *, group_by: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Long table of the eval summaries: ``group, run, step, dataset, k, pass_at_k, mean_at_n``."""
-    keys = list(group_by or DEFAULT_GROUP_KEYS)
+    keys = list(group_by or default_group_keys(runs))
     frames = []
     for run in runs:
         ev = read_eval_summary(run)

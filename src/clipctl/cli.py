@@ -342,7 +342,7 @@ def analyze_clip_stats(
         ..., metavar="RUN_OR_GLOB", help="Run directories, quoted globs ('runs/*'), or a folder holding runs."
     ),
     group_by: Optional[str] = typer.Option(
-        None, "--group-by", "-g", help="Comma-separated config keys section.key (default: algo.eps_low,algo.eps_high,reward.kind)."
+        None, "--group-by", "-g", help="Comma-separated config keys section.key (default: algo.eps_low,algo.eps_high,reward.kind, plus algo.entropy_target,algo.entropy_controller when a run has a controller)."
     ),
     fmt: str = typer.Option("table", "--format", "-f", help="table | csv | json | parquet."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout (required for parquet)."),
@@ -389,12 +389,12 @@ def plot(
         ..., metavar="RUN_OR_GLOB", help="Run directories, quoted globs ('runs/*'), or a folder holding runs."
     ),
     kind: str = typer.Option(
-        "dashboard", "--kind", "-k", help="entropy | clip | theory | reward | passk | attribution | dashboard."
+        "dashboard", "--kind", "-k", help="entropy | clip | theory | reward | passk | attribution | dashboard | control."
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Figure file: .png, .svg or .pdf."),
     normalize: bool = typer.Option(False, "--normalize", help="Entropy divided by each run's initial entropy (paper Fig. 4)."),
     group_by: Optional[str] = typer.Option(
-        None, "--group-by", "-g", help="Comma-separated config keys section.key (default: algo.eps_low,algo.eps_high,reward.kind)."
+        None, "--group-by", "-g", help="Comma-separated config keys section.key (default: algo.eps_low,algo.eps_high,reward.kind, plus algo.entropy_target,algo.entropy_controller when a run has a controller)."
     ),
     smooth: int = typer.Option(1, "--smooth", help="Trailing rolling mean over N steps, per run, before averaging."),
     x: str = typer.Option("step", "--x", help="x axis: step | tokens (cumulative tokens trained on)."),

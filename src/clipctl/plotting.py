@@ -20,7 +20,7 @@ from clipctl import analysis
 from clipctl.errors import ClipctlError
 from clipctl.runlog import Run, atomic_write_bytes
 
-KINDS = ("entropy", "clip", "theory", "reward", "passk", "attribution", "dashboard")
+KINDS = ("entropy", "clip", "theory", "reward", "passk", "attribution", "dashboard", "control")
 SUFFIXES = (".png", ".svg", ".pdf")
 BANDS = ("minmax", "sd")
 
@@ -145,7 +145,7 @@ class _Plotter:
 
 
 def _keys(runs: Sequence[Run], group_by) -> list[str]:
-    keys = analysis.parse_keys(group_by) or list(analysis.DEFAULT_GROUP_KEYS)
+    keys = analysis.parse_keys(group_by) or analysis.default_group_keys(runs)
     analysis.check_group_keys(runs, keys)
     return keys
 
@@ -290,6 +290,28 @@ def _draw_dashboard(p: _Plotter, caption: str) -> Figure:
     return fig
 
 
+def _draw_control(p: _Plotter, caption: str) -> Figure:
+    """Entropy against its target, the knobs the controller set, and reward (issue 13)."""
+    fig, axes = _figure(2, 2)
+    ax = axes[0, 0]
+    p.metric(ax, "entropy")
+    if p.has("entropy_target"):
+        p.metric(ax, "entropy_target", suffix=" (target)", linestyle=":")
+    p.finish(ax, "Entropy (Eq. 4, solid) and target (dotted)", UNITS["entropy"])
+    for ax, metric, title, unit in (
+        (axes[0, 1], "eps_low", "eps_low used each step (clip controller's knob)", "eps_low"),
+        (axes[1, 0], "entropy_coef", "Entropy-bonus coefficient used each step (bonus controller's knob)", "coefficient"),
+    ):
+        if p.has(metric):
+            p.metric(ax, metric)
+        else:  # runs from before the knobs were logged
+            ax.text(0.5, 0.5, f"{metric} not logged by these runs", ha="center", va="center", transform=ax.transAxes)
+        p.finish(ax, title, unit)
+    p.reward(axes[1, 1])
+    fig.suptitle(f"Entropy control\n{caption}", fontsize=9)
+    return fig
+
+
 _DRAW = {
     "entropy": _draw_entropy,
     "clip": _draw_clip,
@@ -298,6 +320,7 @@ _DRAW = {
     "passk": _draw_passk,
     "attribution": _draw_attribution,
     "dashboard": _draw_dashboard,
+    "control": _draw_control,
 }
 
 
