@@ -1,4 +1,4 @@
-"""The pass@k evaluation driver (SPEC section 8): files, scores, seeding, resume.
+"""The pass@k evaluation driver (docs/definitions.md section 9): files, scores, seeding, resume.
 
 Fast tests use a random 1-layer Qwen2 (hidden 64, 2 heads of 32) saved in a tmp
 folder with the tokenizer files of the cached ``builtin:tiny``; when that model

@@ -1,4 +1,4 @@
-"""Pure evaluation core (SPEC section 8): pass@k, mean@n, bootstrap, benchmarks, graders."""
+"""Pure evaluation core (docs/definitions.md section 9): pass@k, mean@n, bootstrap, benchmarks, graders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rewards (SPEC section 2): number extraction, gsm8k on the packaged test set,
+"""Rewards (docs/definitions.md section 2): number extraction, gsm8k on the packaged test set,
 math_verify hand cases, seeded random rewards, the registry."""
 
 from __future__ import annotations

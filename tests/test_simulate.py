@@ -255,7 +255,7 @@ def test_issue8_acceptance(tmp_path):
     agree = (np.sign(events["thm2_drift"]) == np.sign(events["clip_attributed_dH"])).mean()
     assert agree >= 0.70, agree  # measured 0.88
     assert steps["clip_low_attributed_dH"].mean() > 0  # measured +0.0115 nats per step
-    # The raw change is confounded (SPEC 7b): far weaker agreement.
+    # The raw change is confounded (docs/definitions.md section 8): far weaker agreement.
     raw = (np.sign(events["thm2_drift"]) == np.sign(events["entropy_post"] - events["entropy"])).mean()
     assert raw < agree
 

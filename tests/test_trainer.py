@@ -15,7 +15,7 @@ from clipctl.trainer import TIMING_COLUMNS, Trainer, train
 from clipctl.trainer.batch import StepBatch
 from clipctl.trainer.loop import PROBE_COLUMNS
 
-SPEC_COLUMNS = (
+LOGGED_COLUMNS = (
     "step", "entropy", "entropy_token_mean", "entropy_post", "clip_low_frac", "clip_high_frac",
     "dual_clip_frac", "ratio_below_frac", "ratio_above_frac", "thm1_low", "thm1_high", "thm2_low",
     "thm2_high", "thm1_drift", "thm2_drift", *PROBE_COLUMNS,
@@ -37,7 +37,7 @@ def test_smoke_three_steps(tmp_path, fast_overrides):
     run = read_run(result.run_dir)
     steps = run.steps
     assert list(steps["step"]) == [1, 2, 3]
-    for col in SPEC_COLUMNS:
+    for col in LOGGED_COLUMNS:
         assert col in steps, col
     vocab = 512
     assert ((steps["entropy"] > 0) & (steps["entropy"] < math.log(vocab))).all()

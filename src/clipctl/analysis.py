@@ -3,15 +3,16 @@
 ``analyze_runs`` turns run directories (``clipctl train`` or ``clipctl
 simulate``) into one row per run and one row per group of runs (seeds of one
 setting). Column meanings are in ``docs/analysis.md``; the quantities are those
-of SPEC sections 5-7b.
+of docs/definitions.md sections 5-8.
 
 Two caveats are built into the names:
 
 1. ``thm*_vs_raw_*`` compare the predicted drift with the raw change
    ``entropy_post - entropy``, which mixes clipping with everything else the
-   step did (SPEC 7b); they are confounded and expected to be weak or negative.
-2. ``thm*_vs_attr_*`` compare it with the clip-attributed change of the SPEC 7b
-   probe, the test the theory is actually about.
+   step did (docs/definitions.md section 8); they are confounded and expected
+   to be weak or negative.
+2. ``thm*_vs_attr_*`` compare it with the clip-attributed change of the clip
+   probe (docs/definitions.md section 8), the test the theory is actually about.
 
 Simulated runs (``clipctl simulate``) also log the exact value of each
 estimator (``<name>_exact``); ``thm*_vs_exact_*`` then say how well the
@@ -276,11 +277,11 @@ def combine_updates(updates: pd.DataFrame) -> pd.DataFrame:
     """Step-level clip/theory stats recombined from the updates table's ``SUM_KEYS``.
 
     Sums are added over a step's minibatches before dividing
-    (``clipctl.algo.finalize_clip_stats``), so each conditional mean is weighted
-    by the size of its region, and an empty region gives NaN (SPEC 7).
+    (``clipctl.schema.finalize_clip_stats``), so each conditional mean is weighted
+    by the size of its region, and an empty region gives NaN (docs/definitions.md section 7).
     Returns one row per step: ``step``, the ``SUM_KEYS`` totals and ``STAT_KEYS``.
     """
-    from clipctl.algo import SUM_KEYS, finalize_clip_stats
+    from clipctl.schema import SUM_KEYS, finalize_clip_stats
 
     if updates.empty:
         return pd.DataFrame(columns=["step", *SUM_KEYS])

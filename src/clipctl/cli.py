@@ -145,7 +145,7 @@ def train(
         if deepspeed is None:
             from clipctl.errors import ConfigError
 
-            raise ConfigError(f"--nproc {nproc} needs --deepspeed {distributed.SPEC_HELP}")
+            raise ConfigError(f"--nproc {nproc} needs --deepspeed {distributed.DEEPSPEED_CHOICES}")
         if not resume:  # fail here with one line, not once per process
             distributed.check_launch(load_config(preset, set_), nproc, deepspeed)
         args = ["train", "--preset", preset, "--out", str(out), "--deepspeed", deepspeed]
@@ -308,31 +308,108 @@ def _short(value) -> str:
     return _fmt(value) if math.isnan(value) or math.isinf(value) else f"{value:.3g}"
 
 
-def _mean_sd(mean, sd) -> str:
-    text = _short(mean)
-    return text if sd is None or math.isnan(float(sd)) else f"{text}±{_short(sd)}"
+def _table_width(widths: list[int]) -> int:
+    """Printed width of a rich ``Table`` (default box, edges, padding 1) with these column widths."""
+    return sum(widths) + 3 * len(widths) + 1
 
 
-def _analysis_table(frame, *, per_run: bool, metrics, title: str) -> Table:
-    """Rich table with one column per group (``mean±sd`` across runs) or per run, one row per metric.
+def _longest_word(text: str) -> int:
+    """Width a header needs: its longest line (a group label) or word."""
+    return max((len(w) for line in text.split("\n") for w in ([line] if "\n" in text else line.split())), default=0)
 
-    Metrics run down the side: there are more of them than groups, and this
-    way a table of a few clip settings fits a terminal; names fold, never crop.
+
+def _analysis_tables(frame, *, per_run: bool, metrics, title: str, width: int) -> list:
+    """What ``analyze-clip-stats`` prints: tables (and legends) that fit in ``width`` columns.
+
+    One row per metric, one column per group (``mean±sd`` across runs) or per
+    run; values carry 3 significant digits. Metric names and numbers are never
+    split across lines: when the table is too wide, the first of these that
+    fits is used: ``±sd`` on a second line of the cell; columns headed
+    ``G1``, ``G2``, ... (``R1``, ... per run) with a legend below; the columns
+    spread over several tables; metric names replaced by ``m1``, ``m2``, ...
+    with a legend.
     """
     from rich.markup import escape
+    from rich.text import Text
 
-    table = Table(title=escape(title))
-    table.add_column("metric", overflow="fold")
+    heads, cells = [], []
     for _, row in frame.iterrows():
-        head = str(row["run"]) if per_run else f"{row['group']} ({int(row['n_runs'])} runs)"
-        table.add_column(escape(head), justify="right", overflow="fold")
+        # A group's label on lines of its own: one per config key, then the run count.
+        heads.append(str(row["run"]) if per_run else ",\n".join(str(row["group"]).split(", ")) + f"\n({int(row['n_runs'])} runs)")
     for m in metrics:
         if per_run:
-            cells = [_short(v) for v in frame[m]]
+            cells.append([(_short(v), None) for v in frame[m]])
         else:
-            cells = [_mean_sd(a, b) for a, b in zip(frame[f"{m}_mean"], frame[f"{m}_std"])]
-        table.add_row(m, *cells)
-    return table
+            cells.append([
+                (_short(a), None if math.isnan(float(b)) else _short(b))
+                for a, b in zip(frame[f"{m}_mean"], frame[f"{m}_std"])
+            ])
+    n_cols = len(heads)
+    prefix = "R" if per_run else "G"
+    short_heads = [f"{prefix}{j + 1}" for j in range(n_cols)]
+
+    def cell_text(cell, two_lines: bool) -> str:
+        mean, sd = cell
+        return mean if sd is None else f"{mean}\n±{sd}" if two_lines else f"{mean}±{sd}"
+
+    def col_width(j: int, two_lines: bool, labels: list[str]) -> int:
+        texts = [cell_text(row[j], two_lines) for row in cells]
+        return max([_longest_word(labels[j]), *(len(line) for t in texts for line in t.split("\n"))])
+
+    def layout(two_lines: bool, labels: list[str], names: list[str]) -> Optional[list[list[int]]]:
+        """Column blocks (lists of column indices) that each fit, or None."""
+        name_w = max(len(n) for n in ["metric", *names])
+        blocks, current = [], []
+        for j in range(n_cols):
+            trial = current + [j]
+            if _table_width([name_w, *(col_width(k, two_lines, labels) for k in trial)]) <= width:
+                current = trial
+            elif current:
+                blocks.append(current)
+                current = [j]
+                if _table_width([name_w, col_width(j, two_lines, labels)]) > width:
+                    return None
+            else:
+                return None
+        return blocks + [current] if current else blocks or [[]]
+
+    names = list(metrics)
+    short_names = [f"m{i + 1}" for i in range(len(names))]
+    attempts = [
+        (False, heads, names, False), (True, heads, names, False),
+        (False, short_heads, names, False), (True, short_heads, names, False),
+        (True, short_heads, names, True), (True, short_heads, short_names, True),
+    ]
+    for two_lines, labels, row_names, allow_blocks in attempts:
+        blocks = layout(two_lines, labels, row_names)
+        if blocks is not None and (allow_blocks or len(blocks) == 1):
+            break
+    else:  # nothing fits even one value column: the narrowest layout, one column per table
+        two_lines, labels, row_names = True, short_heads, short_names
+        blocks = [[j] for j in range(n_cols)] or [[]]
+
+    out: list = []
+    name_w = max(len(n) for n in ["metric", *row_names])
+    for b, block in enumerate(blocks):
+        part = title if len(blocks) == 1 else f"{title} [columns {block[0] + 1}-{block[-1] + 1} of {n_cols}]"
+        table = Table(title=escape(part))
+        table.add_column("metric", no_wrap=True, min_width=name_w)
+        for j in block:
+            w = col_width(j, two_lines, labels)
+            table.add_column(escape(labels[j]), justify="right", overflow="fold", min_width=w, max_width=w)
+        for i, name in enumerate(row_names):
+            table.add_row(name, *(cell_text(cells[i][j], two_lines) for j in block))
+        out.append(table)
+    if labels is short_heads:
+        out.extend(Text(f"{label}: {' '.join(head.split())}") for label, head in zip(short_heads, heads))
+    if row_names is short_names:
+        out.extend(Text(f"{short}: {name}") for short, name in zip(short_names, names))
+    return out
+
+
+def _print_all(target: Console, items: list) -> None:
+    for item in items:
+        target.print(item, markup=False, highlight=False) if not isinstance(item, Table) else target.print(item)
 
 
 @app.command("analyze-clip-stats")
@@ -365,14 +442,13 @@ def analyze_clip_stats(
     if fmt == "table":
         shown = chosen or [m for m in analysis.TABLE_METRICS if m in per_run_df]
         title = f"{len(per_run_df)} run(s)" + ("" if per_run else f" in {len(per_group_df)} group(s); mean±sd across runs")
-        table = _analysis_table(frame, per_run=per_run, metrics=shown, title=title)
         if out is None:
-            console.print(table)
+            _print_all(console, _analysis_tables(frame, per_run=per_run, metrics=shown, title=title, width=console.width))
             return
         import io
 
         recorder = Console(file=io.StringIO(), width=200, record=True)
-        recorder.print(table)
+        _print_all(recorder, _analysis_tables(frame, per_run=per_run, metrics=shown, title=title, width=200))
         analysis.write_text(out, recorder.export_text())
     elif out is None:
         sys.stdout.write(analysis.to_text(frame, fmt))
@@ -489,9 +565,9 @@ def simulate(
         "avg_clip_low_frac", "avg_clip_high_frac", "thm2_vs_attr_sign_agree", "thm2_vs_attr_pearson",
         "thm2_vs_raw_sign_agree", "clip_low_attributed_dH_avg", "clip_high_attributed_dH_avg", "entropy_change",
     )
-    console.print(
-        _analysis_table(per_group_df, per_run=False, metrics=shown, title="per clip setting, mean±sd across seeds")
-    )
+    _print_all(console, _analysis_tables(
+        per_group_df, per_run=False, metrics=shown, title="per clip setting, mean±sd across seeds", width=console.width
+    ))
 
 
 # ---------------------------------------------------------------- sweep (issue 5)

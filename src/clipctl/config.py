@@ -142,7 +142,7 @@ class LogConfig:
     token_sample_rate: float = _f(0.0, "share of valid tokens written as per-token rows (0 = none)")
     entropy_post: bool = _f(True, "measure Eq. 4 entropy on the step's batch after its last update")
     clip_probe_every: int = _f(
-        0, "replay every Nth step without clipping to log clip-attributed entropy change (SPEC 7b; 0 = off)"
+        0, "replay every Nth step without clipping to log clip-attributed entropy change (docs/definitions.md section 8; 0 = off)"
     )
 
 

@@ -1,4 +1,4 @@
-"""The pass@k evaluation driver: sample, grade, score, write Parquet (SPEC section 8).
+"""The pass@k evaluation driver: sample, grade, score, write Parquet (docs/definitions.md section 9).
 
 ``evaluate(target, dataset)`` evaluates a model, or each chosen checkpoint of a
 run directory, on a benchmark; ``evaluate_checkpoint`` does the same for a model
@@ -277,7 +277,7 @@ def resolve_target(target: str, checkpoints: str = "all", out: Optional[Path] = 
 
 
 def summarize(samples: pd.DataFrame, *, step: int, dataset: str, settings: EvalSettings) -> pd.DataFrame:
-    """Summary rows (one per k) from a step's samples (SPEC section 8).
+    """Summary rows (one per k) from a step's samples (docs/definitions.md section 9).
 
     Per problem ``c`` = correct samples out of ``n``; pass@k and mean@n are the
     averages over problems of ``pass_at_k_array(n, c, k)`` and ``c / n``; the

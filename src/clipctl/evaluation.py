@@ -1,4 +1,4 @@
-"""Evaluation: pass@k, mean@n, bootstrap intervals, benchmarks and graders (SPEC section 8).
+"""Evaluation: pass@k, mean@n, bootstrap intervals, benchmarks and graders (docs/definitions.md section 9).
 
 This module holds the pure parts of evaluation; it loads no model.
 
@@ -11,7 +11,7 @@ This module holds the pure parts of evaluation; it loads no model.
 3. ``BENCHMARKS`` names the packaged test sets (``clipctl/resources``) with their
    columns, grader and prompt template; ``load_benchmark`` reads one of them,
    or a local ``.jsonl``/``.parquet`` file, into ``Problem`` rows.
-4. ``GRADERS`` maps a grader name to a SPEC section 2 reward function
+4. ``GRADERS`` maps a grader name to a reward function (docs/definitions.md section 2)
    ``(response, gold) -> float``; ``grade_many`` grades a batch inline or in
    worker processes (math_verify's timeouts use signals, which work in the main
    thread of each worker process).
@@ -39,7 +39,7 @@ from clipctl import rewards
 from clipctl.errors import DataError
 
 # ---------------------------------------------------------------------------
-# pass@k and mean@n (SPEC section 8)
+# pass@k and mean@n (docs/definitions.md section 9)
 # ---------------------------------------------------------------------------
 
 
@@ -53,7 +53,7 @@ def _check_counts_scalar(n: int, c: int, k: int) -> None:
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of one problem (SPEC section 8; Chen et al. 2021, eq. 1).
+    """Unbiased pass@k of one problem (docs/definitions.md section 9; Chen et al. 2021, eq. 1).
 
     ``pass@k = 1 - C(n-c, k) / C(n, k) = 1 - prod_{i=n-c+1..n} (1 - k/i)``;
     the product form avoids huge binomials. It is 1.0 when ``n - c < k``
@@ -78,7 +78,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def pass_at_k_array(n: Union[np.ndarray, int], c: np.ndarray, k: int) -> np.ndarray:
-    """Unbiased pass@k per problem, vectorised (SPEC section 8).
+    """Unbiased pass@k per problem, vectorised (docs/definitions.md section 9).
 
     Same formula and semantics as ``pass_at_k``. Each row multiplies the factors
     ``1 - k/i`` for ``i`` in ``(n-c, n]`` and 1 elsewhere, over a ``[P, W]`` grid
@@ -140,7 +140,7 @@ def pass_at_k_array(n: Union[np.ndarray, int], c: np.ndarray, k: int) -> np.ndar
 
 
 def mean_at_n(n: Union[np.ndarray, int], c: Union[np.ndarray, int]) -> Union[np.ndarray, float]:
-    """mean@n = ``c / n``, the average single-sample accuracy (SPEC section 8).
+    """mean@n = ``c / n``, the average single-sample accuracy (docs/definitions.md section 9).
 
     Args:
         n: samples per problem (``[P]`` or one int), ``n >= 1``.
@@ -162,7 +162,7 @@ def mean_at_n(n: Union[np.ndarray, int], c: Union[np.ndarray, int]) -> Union[np.
 def bootstrap_ci(
     values: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean over problems (SPEC section 8).
+    """Percentile bootstrap interval of the mean over problems (docs/definitions.md section 9).
 
     Problems are resampled with replacement ``n_boot`` times; the interval is
     the ``alpha/2`` and ``1 - alpha/2`` quantiles of the resampled means. The
@@ -328,7 +328,7 @@ def load_benchmark(
     id_col: Optional[str] = None,
     limit: Optional[int] = None,
 ) -> list[Problem]:
-    """Problems of a registered benchmark or of a local ``.jsonl``/``.parquet`` file (SPEC section 8).
+    """Problems of a registered benchmark or of a local ``.jsonl``/``.parquet`` file (docs/definitions.md section 9).
 
     Args:
         name_or_path: a ``BENCHMARKS`` name (read from the packaged data) or a
@@ -409,7 +409,7 @@ def _grade_chunk(grader: str, pairs: list[tuple[str, str]]) -> list[float]:
 def grade_many(
     grader: str, responses: Sequence[str], golds: Sequence[str], *, processes: int = 0
 ) -> list[float]:
-    """Grade ``responses[i]`` against ``golds[i]`` with a ``GRADERS`` entry (SPEC sections 2, 8).
+    """Grade ``responses[i]`` against ``golds[i]`` with a ``GRADERS`` entry (docs/definitions.md sections 2 and 9).
 
     Args:
         grader: ``"gsm8k"`` or ``"math_verify"``.
@@ -464,7 +464,7 @@ def _last_boxed(response: str) -> Optional[str]:
 
 
 def extract_prediction(grader: str, response: str) -> Optional[str]:
-    """The answer a grader reads from ``response``, for reports (SPEC sections 2, 8).
+    """The answer a grader reads from ``response``, for reports (docs/definitions.md sections 2 and 9).
 
     ``gsm8k``: the last number (``rewards.extract_last_number``);
     ``math_verify``: the content of the last ``\\boxed{...}`` with balanced

@@ -191,7 +191,7 @@ def _draw_entropy(p: _Plotter, caption: str) -> Figure:
 def _draw_clip(p: _Plotter, caption: str) -> Figure:
     fig, axes = _figure(1, 2)
     p.clip(axes[0, 0], axes[0, 1])
-    fig.suptitle(f"Clip events per step (SPEC 6)\n{caption}", fontsize=9)
+    fig.suptitle(f"Clip events per step (definitions.md section 6)\n{caption}", fontsize=9)
     return fig
 
 
@@ -208,7 +208,7 @@ def _draw_theory(p: _Plotter, caption: str) -> Figure:
             p.metric(ax, metric)
         p.finish(ax, title, unit, zero_line=True)
     fig.suptitle(
-        f"Theory brackets (SPEC 7; > 0 means clip-low raises / clip-high lowers entropy)\n{caption}", fontsize=9
+        f"Theory brackets (definitions.md section 7; > 0 means clip-low raises / clip-high lowers entropy)\n{caption}", fontsize=9
     )
     return fig
 
@@ -249,14 +249,14 @@ def _draw_passk(p: _Plotter, caption: str) -> Figure:
         ax.set_ylabel(UNITS["score"])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle(f"Evaluation (SPEC 8)\n{caption}", fontsize=9)
+    fig.suptitle(f"Evaluation (definitions.md section 9)\n{caption}", fontsize=9)
     return fig
 
 
 def _draw_attribution(p: _Plotter, caption: str) -> Figure:
     if not p.has("clip_attributed_dH"):
         raise PlotError(
-            "no probed steps in these runs (SPEC 7b columns missing or all NaN); "
+            "no probed steps in these runs (clip-probe columns missing or all NaN); "
             "train with --set log.clip_probe_every=N or use clipctl simulate --dynamics"
         )
     fig, axes = _figure(1, 3, 5.5, 4.2)
@@ -269,7 +269,7 @@ def _draw_attribution(p: _Plotter, caption: str) -> Figure:
     p.finish(ax_cum, "Cumulative clip-attributed change", UNITS["dH_cum"], zero_line=True)
     p.entropy(ax_ent)
     fig.suptitle(
-        f"Clip attribution (SPEC 7b: replay without clipping; solid clip-low, dashed clip-high)\n{caption}",
+        f"Clip attribution (definitions.md section 8: replay without clipping; solid clip-low, dashed clip-high)\n{caption}",
         fontsize=9,
     )
     return fig

@@ -1,4 +1,4 @@
-"""Reward registry: one scalar per response (SPEC section 2).
+"""Reward registry: one scalar per response (docs/definitions.md section 2).
 
 Kinds, looked up by ``reward.kind`` in ``REWARDS``:
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from clipctl.errors import ConfigError, DataError
 
-# A number per SPEC section 2: optional sign, digits with optional thousands
+# A number (docs/definitions.md section 2): optional sign, digits with optional thousands
 # commas, optional decimal part, optionally preceded by "$" ("-$5" and "$-5").
 # A "-" counts as a sign only when it is not glued to a word or a number, so
 # "10-3" ends in 3 and "COVID-19" in 19, not in -3 / -19. Digits inside words
@@ -58,7 +58,7 @@ def _normalise(match: re.Match[str]) -> str:
 
 
 def extract_last_number(text: str) -> str | None:
-    """The last number in ``text``, normalised, or None (SPEC section 2).
+    """The last number in ``text``, normalised, or None (docs/definitions.md section 2).
 
     Numbers have an optional sign, digits with optional thousands commas and an
     optional decimal part; ``$``, ``,`` and a trailing ``.`` are stripped.
@@ -75,7 +75,7 @@ def extract_last_number(text: str) -> str | None:
 
 
 def gsm8k_gold(answer: str) -> str:
-    """The gold number of a GSM8K answer, normalised (SPEC section 2).
+    """The gold number of a GSM8K answer, normalised (docs/definitions.md section 2).
 
     A full GSM8K answer ends with ``#### N``: the gold is the text after the
     last ``####``. Otherwise ``answer`` itself is the gold. Either way the text
@@ -99,7 +99,7 @@ def gsm8k_gold(answer: str) -> str:
 def gsm8k_reward(response: str, gold: str) -> float:
     """1.0 if the last number in ``response`` equals the gold number, else 0.0.
 
-    SPEC section 2, kind ``gsm8k``. ``gold`` is a full GSM8K answer (with
+    docs/definitions.md section 2, kind ``gsm8k``. ``gold`` is a full GSM8K answer (with
     ``#### N``) or a bare number. The comparison is exact and numeric via
     ``decimal.Decimal``: ``18``, ``18.0`` and ``18.00`` are equal.
 
@@ -116,7 +116,7 @@ def gsm8k_reward(response: str, gold: str) -> float:
 def math_verify_reward(response: str, gold: str) -> float:
     """1.0 if math_verify judges ``response`` equal to ``gold``, else 0.0.
 
-    SPEC section 2, kind ``math_verify``: ``verify(parse(gold), parse(response))``
+    docs/definitions.md section 2, kind ``math_verify``: ``verify(parse(gold), parse(response))``
     with the gold wrapped in ``\\boxed{}`` (unless it already holds ``\\boxed``)
     so that it parses as one answer. Any exception or timeout scores 0.0.
     """
@@ -240,7 +240,7 @@ def _spec(kind: str) -> RewardSpec:
 
 
 def compute_rewards(kind: str, batch: RewardBatch) -> list[float]:
-    """``[N]`` rewards of ``batch`` under reward ``kind`` (SPEC section 2).
+    """``[N]`` rewards of ``batch`` under reward ``kind`` (docs/definitions.md section 2).
 
     Raises:
         ConfigError: unknown ``kind``, or ``p`` outside [0, 1].
@@ -250,5 +250,5 @@ def compute_rewards(kind: str, batch: RewardBatch) -> list[float]:
 
 
 def is_verifiable(kind: str) -> bool:
-    """True if ``kind`` scores against a gold answer (SPEC section 2)."""
+    """True if ``kind`` scores against a gold answer (docs/definitions.md section 2)."""
     return _spec(kind).verifiable

@@ -6,7 +6,7 @@ random rewards with a symmetric advantage. Two tools:
 1. ``check_theorems``: for random pairs ``(pi_old, pi_k)`` take one exact step
    on the *expected* clipped objective
    ``J(pi) = E_{a ~ pi_old} E_A [ C_eps(pi(a) / pi_old(a), A) ]``
-   (``C_eps = -L_t`` of SPEC 4, computed with ``clipctl.algo``) and compare the
+   (``C_eps = -L_t`` of docs/definitions.md section 4, computed with ``clipctl.algo``) and compare the
    true entropy change with the first-order predictions of Theorems 1 and 2:
 
    - policy gradient (paper Eq. 5): ``theta' = theta + eta * grad_theta J``;
@@ -35,7 +35,7 @@ Departures from the trainer (``clipctl.trainer``), each deliberate:
    AdamW; ``--optimizer adam`` is available.
 3. Each table is written as one part after the run (its rows are all known
    then); ``read_run`` concatenates parts, so readers see the usual tables.
-4. Every step is probed (SPEC 7b): the step's updates are replayed from the
+4. Every step is probed (docs/definitions.md section 8): the step's updates are replayed from the
    same logits and optimizer state with no clipping, clip-low only and
    clip-high only; replays are cheap here.
 5. Next to each sampled estimator of the clip regions' probabilities and the
@@ -358,7 +358,7 @@ class DynamicsConfig:
     optimizer: str = "sgd"
     reward: str = "bernoulli"  # bernoulli (p = 0.5) | gaussian (N(0, 1))
     init_scale: float = 1.0    # initial logits ~ N(0, init_scale^2), drawn from the seed only
-    probe_every: int = 1       # SPEC 7b replay every Nth step (0 = never)
+    probe_every: int = 1       # clip probe (docs/definitions.md section 8) every Nth step (0 = never)
 
 
 DEFAULT_GRID = ((0.2, 0.2), (0.2, math.inf), (1.0, 0.2), (0.1, math.inf))
@@ -506,7 +506,7 @@ def _update_epochs(
 
 
 def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """One simulated run: ``(steps, updates)`` DataFrames with the SPEC column names."""
+    """One simulated run: ``(steps, updates)`` DataFrames with the column names of docs/metrics.md."""
     validate(cfg)
     init_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0]))
     theta = torch.tensor(init_rng.normal(0.0, 1.0, cfg.actions) * cfg.init_scale, dtype=torch.float64)

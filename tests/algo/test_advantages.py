@@ -1,4 +1,4 @@
-"""Tests of group-relative advantages (SPEC section 3)."""
+"""Tests of group-relative advantages (docs/definitions.md section 3)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from clipctl.algo.advantages import ADV_NORMS, group_advantages, zero_std_group_
 
 
 def naive_advantages(rewards: list[float], group_size: int, norm: str) -> list[float]:
-    """SPEC 3 written literally, one group and one response at a time."""
+    """docs/definitions.md section 3 written literally, one group and one response at a time."""
     out = []
     for g in range(len(rewards) // group_size):
         group = rewards[g * group_size : (g + 1) * group_size]

@@ -1,4 +1,4 @@
-"""Tests of chunked token log-probs and entropies (SPEC sections 1 and 5)."""
+"""Tests of chunked token log-probs and entropies (docs/definitions.md sections 1 and 5)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def random_logits(seed, shape, dtype, scale=3.0):
     return logits, targets
 
 
-# Outputs are float32 by SPEC 1 whatever the input dtype, so float64 inputs are
+# Outputs are float32 by docs/definitions.md section 1 whatever the input dtype, so float64 inputs are
 # compared to a float64 reference at float32 precision.
 TOL = dict(rtol=2e-5, atol=2e-5)
 
@@ -185,7 +185,7 @@ def test_gradcheck_float64(temperature, chunk_rows):
     def fn(x):
         return token_logprobs(x, targets, temperature=temperature, chunk_rows=chunk_rows)
 
-    # SPEC 1 computes in float32 even for float64 inputs, so the finite
+    # docs/definitions.md section 1 computes in float32 even for float64 inputs, so the finite
     # differences need a larger step than gradcheck's default 1e-6: with
     # eps=1e-3 the float32 rounding (~1e-7 / 1e-3) and truncation errors stay
     # near 1e-4, well under atol.

@@ -19,7 +19,7 @@ def plain(h, w, y, bias=None, tau=1.0):
 
 
 def naive_loop(h, w, y, tau=1.0):
-    """Token by token, vocabulary entry by entry: SPEC 5 literally."""
+    """Token by token, vocabulary entry by entry: docs/definitions.md section 5 literally."""
     logp, ent = [], []
     for t in range(h.shape[0]):
         xs = [float(h[t].double() @ w[a].double()) / tau for a in range(w.shape[0])]

@@ -39,7 +39,7 @@ TOL = {"float32": (2e-6, 2e-6), "bfloat16": (2e-6, 1.5e-2), "float16": (2e-6, 4e
 
 
 def reference(h, w, b, y, tau):
-    """float64 full-logits log-prob, entropy and E_pi[Q] (SPEC 5, Theorem 1 centre)."""
+    """float64 full-logits log-prob, entropy and E_pi[Q] (docs/definitions.md section 5, Theorem 1 centre)."""
     logits = h @ w.T
     if b is not None:
         logits = logits + b

@@ -1,4 +1,4 @@
-"""Tests of the clipped surrogate loss and its aggregations (SPEC section 4)."""
+"""Tests of the clipped surrogate loss and its aggregations (docs/definitions.md section 4)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def t64(x) -> torch.Tensor:
     return torch.tensor(x, dtype=F64)
 
 
-# --- naive reference: SPEC 4 written literally, token by token --------------
+# --- naive reference: docs/definitions.md section 4 written literally, token by token --------------
 
 
 def naive_token_loss(logp_t, old_t: float, a: float, eps_low, eps_high, c) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Tests of clip events (SPEC 6) and the Theorem 1/2 statistics (SPEC 7)."""
+"""Tests of clip events and the Theorem 1/2 statistics (docs/definitions.md sections 6 and 7)."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_clip_event_masks_hand_computed():
 
 
 def test_zero_advantage_is_no_active_clip():
-    # r = [0.5, 1.5, 5.0], A = 0: in X, in Y, above c; SPEC 6 needs A < 0 / A > 0 strictly
+    # r = [0.5, 1.5, 5.0], A = 0: in X, in Y, above c; docs/definitions.md section 6 needs A < 0 / A > 0 strictly
     logp = torch.tensor([[math.log(0.5), math.log(1.5), math.log(5.0)]], dtype=F64)
     ev = clip_event_masks(logp, torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=F64), torch.ones(1, 3), **HAND_KW)
     assert ev["ratio_below"].int().tolist() == [[1, 0, 0]]
@@ -362,7 +362,7 @@ def test_add_sums_keeps_only_sum_keys_and_is_order_free():
 
 
 def naive_clip_stats(logp, old, adv, mask, entropy, expected_q, *, eps_low, eps_high, dual_clip_c, weighted):
-    """SPEC 6 and 7 written token by token with Python floats.
+    """docs/definitions.md sections 6 and 7 written token by token with Python floats.
 
     ``expected_q`` None: the centre is the (weighted) mean of Q over valid tokens.
     """

@@ -1,7 +1,7 @@
 """Pure math of clipctl: advantages, the clipped loss, entropy, clip/theory statistics.
 
 Functions here take tensors and a few floats; no config, no logging, no
-``.item()`` in the hot path, no rank logic. Each docstring names its SPEC section.
+``.item()`` in the hot path, no rank logic. Each docstring names its section of docs/definitions.md.
 """
 
 from clipctl.algo.advantages import ADV_NORMS, group_advantages, zero_std_group_frac

@@ -1,4 +1,4 @@
-"""Group-relative, outcome-level advantages (SPEC section 3).
+"""Group-relative, outcome-level advantages (docs/definitions.md section 3).
 
 GRPO samples ``G`` responses per prompt; each response's advantage is its
 reward relative to the other responses of the same prompt, broadcast to every

@@ -1,4 +1,4 @@
-"""Token log-probs and entropies from logits, in row chunks (SPEC sections 1 and 5).
+"""Token log-probs and entropies from logits, in row chunks (docs/definitions.md sections 1 and 5).
 
 All quantities are those of ``softmax(logits / tau)`` in float32. The full
 ``[N, T, V]`` float32 softmax is never held at once: rows (tokens) are

@@ -9,7 +9,7 @@ bias). Everything accumulates in float32, also when the model runs in bf16.
 Per token with ``x = (h W^T + b) / tau``:
 
 - ``logp = x_y - logsumexp(x)``
-- ``H = logsumexp(x) - sum_a softmax(x)_a x_a`` (SPEC 5)
+- ``H = logsumexp(x) - sum_a softmax(x)_a x_a`` (docs/definitions.md section 5)
 - ``EQ = sum_a softmax(x)_a^2 (x_a - sum_b softmax(x)_b x_b)`` (optional: the
   Theorem 1 centre ``E[Q]``, since ``log pi_a + H = x_a - sum_b pi_b x_b``)
 - ``d logp / d x_a = 1[a = y] - softmax(x)_a``;

@@ -1,4 +1,4 @@
-"""The clipped surrogate loss with independent clip-low / clip-high (SPEC section 4).
+"""The clipped surrogate loss with independent clip-low / clip-high (docs/definitions.md section 4).
 
 Per valid token ``t`` of response ``i``:
 
@@ -34,7 +34,7 @@ def per_token_clipped_loss(
     eps_high: float,
     dual_clip_c: Optional[float] = None,
 ) -> torch.Tensor:
-    """Unaggregated loss ``L_t`` (SPEC 4), shape ``[N, T]``; padded positions are not masked here.
+    """Unaggregated loss ``L_t`` (docs/definitions.md section 4), shape ``[N, T]``; padding not masked here.
 
     ``advantages`` is ``[N]`` (broadcast over tokens) or ``[N, T]``.
     """
@@ -90,7 +90,7 @@ def agg_loss(
     num_seqs: Optional[float] = None,
     num_tokens: Optional[float] = None,
 ) -> torch.Tensor:
-    """Aggregate a ``[N, T]`` per-token loss over valid tokens (SPEC 4 table).
+    """Aggregate a ``[N, T]`` per-token loss over valid tokens (docs/definitions.md section 4 table).
 
     ``num_seqs`` / ``num_tokens`` default to this batch's counts. A caller that
     splits a minibatch into micro-batches passes the *minibatch's* counts, so
@@ -123,7 +123,7 @@ def policy_loss(
     num_seqs: Optional[float] = None,
     num_tokens: Optional[float] = None,
 ) -> torch.Tensor:
-    """Scalar clipped-surrogate loss (SPEC 4), differentiable in ``logp``.
+    """Scalar clipped-surrogate loss (docs/definitions.md section 4), differentiable in ``logp``.
 
     Args:
         logp: ``[N, T]`` log-probs of the sampled tokens under ``pi_theta``.

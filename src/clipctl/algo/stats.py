@@ -1,4 +1,4 @@
-"""Clip events (SPEC 6) and the Theorem 1/2 statistics (SPEC 7).
+"""Clip events and the Theorem 1/2 statistics (docs/definitions.md sections 6 and 7).
 
 ``clip_stat_sums`` turns one update minibatch into additive sums and counts;
 sums from several minibatches (or ranks) are combined by adding them, and
@@ -30,37 +30,9 @@ import torch
 
 from clipctl.algo.losses import log_ratio
 
-# Additive quantities produced per minibatch; all float64 scalars.
-# Counts are of sampled tokens (pi_old measure); ``*wsum*`` are ratio-weighted (pi_k measure).
-SUM_KEYS = (
-    "n_tokens",         # valid tokens
-    "n_below",          # ratio_below: r < 1 - eps_low        (region X)
-    "n_above",          # ratio_above: r > 1 + eps_high       (region Y)
-    "n_clip_low",       # ratio_below and A < 0
-    "n_clip_high",      # ratio_above and A > 0
-    "n_dual_clip",      # A < 0 and r > c
-    "w_sum",            # sum over valid tokens of r_t
-    "w_sum_below",      # sum over X of r_t
-    "w_sum_above",      # sum over Y of r_t
-    "qdev_wsum_below",  # sum over X of r_t (E[Q|s_t] - Q_t), Q_t = pi(y_t) (log pi(y_t) + H_t)
-    "qdev_wsum_above",  # sum over Y of r_t (E[Q|s_t] - Q_t)
-    "gap_wsum_below",   # sum over X of r_t (-log pi(y_t) - H_t)
-    "gap_wsum_above",   # sum over Y of r_t (-log pi(y_t) - H_t)
-)
-
-STAT_KEYS = (
-    "clip_low_frac",
-    "clip_high_frac",
-    "dual_clip_frac",
-    "ratio_below_frac",
-    "ratio_above_frac",
-    "thm1_low",
-    "thm1_high",
-    "thm2_low",
-    "thm2_high",
-    "thm1_drift",
-    "thm2_drift",
-)
+# The column names and finalize_clip_stats live in the torch-free clipctl.schema
+# (analysis reads them without torch); re-exported here and from clipctl.algo.
+from clipctl.schema import PROBE_KEYS, STAT_KEYS, SUM_KEYS, finalize_clip_stats  # noqa: F401
 
 
 def clip_event_masks(
@@ -73,7 +45,7 @@ def clip_event_masks(
     eps_high: float,
     dual_clip_c: Optional[float] = None,
 ) -> dict[str, torch.Tensor]:
-    """Boolean ``[N, T]`` masks of the SPEC 6 events on valid tokens.
+    """Boolean ``[N, T]`` masks of the clip events on valid tokens (docs/definitions.md section 6).
 
     Keys: ``ratio_below``, ``ratio_above``, ``clip_low``, ``clip_high``, ``dual_clip``.
     """
@@ -202,63 +174,6 @@ def clip_stat_sums(
 def add_sums(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Element-wise sum of two ``clip_stat_sums`` results."""
     return {k: a[k] + b[k] for k in SUM_KEYS}
-
-
-def _div(num: float, den: float) -> float:
-    # An empty region has no conditional mean: NaN, never 0 (SPEC 7).
-    return num / den if den > 0 else math.nan
-
-
-def finalize_clip_stats(sums: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
-    """Fractions and Theorem 1/2 brackets (``STAT_KEYS``) from additive sums.
-
-    With ``W``, ``W_X``, ``W_Y`` the ratio-weight sums (all tokens, X, Y):
-
-    - ``clip_*_frac = n_clip_* / n_tokens``: plain shares of sampled tokens
-      (the share of the loss's tokens whose gradient a clip zeroed);
-    - ``ratio_below_frac = W_X / W`` and ``ratio_above_frac = W_Y / W``:
-      estimates of ``p = P_k(X)`` and ``q = P_k(Y)``;
-    - ``thm1_low = sum_X r (E[Q|s] - Q) / W_X`` (estimates ``E[Q] - E[Q|X]``),
-      ``thm1_high`` the same over Y;
-    - ``thm2_low = sum_X r (-log pi - H) / W_X`` (estimates ``E[-log pi|X] - H``),
-      ``thm2_high`` the same over Y;
-    - ``thmK_drift = ratio_below_frac * thmK_low - ratio_above_frac * thmK_high``,
-      with an empty region's term counted as 0 (its probability is 0) and NaN
-      only when there are no valid tokens at all.
-    """
-    s = {k: float(sums[k]) for k in SUM_KEYS}
-    n, w = s["n_tokens"], s["w_sum"]
-    p_below = _div(s["w_sum_below"], w) if n > 0 else math.nan
-    p_above = _div(s["w_sum_above"], w) if n > 0 else math.nan
-    out = {
-        "clip_low_frac": _div(s["n_clip_low"], n),
-        "clip_high_frac": _div(s["n_clip_high"], n),
-        "dual_clip_frac": _div(s["n_dual_clip"], n),
-        "ratio_below_frac": p_below,
-        "ratio_above_frac": p_above,
-        "thm1_low": _div(s["qdev_wsum_below"], s["w_sum_below"]) if s["n_below"] > 0 else math.nan,
-        "thm1_high": _div(s["qdev_wsum_above"], s["w_sum_above"]) if s["n_above"] > 0 else math.nan,
-        "thm2_low": _div(s["gap_wsum_below"], s["w_sum_below"]) if s["n_below"] > 0 else math.nan,
-        "thm2_high": _div(s["gap_wsum_above"], s["w_sum_above"]) if s["n_above"] > 0 else math.nan,
-    }
-    for thm in ("thm1", "thm2"):
-        low = p_below * out[f"{thm}_low"] if s["n_below"] > 0 else 0.0
-        high = p_above * out[f"{thm}_high"] if s["n_above"] > 0 else 0.0
-        out[f"{thm}_drift"] = (low - high) if n > 0 else math.nan
-    return out
-
-
-# SPEC 7b columns of the steps table (NaN on steps that are not probed).
-PROBE_KEYS = (
-    "entropy_post_replay",
-    "entropy_post_noclip",
-    "entropy_post_lowonly",
-    "entropy_post_highonly",
-    "clip_attributed_dH",
-    "clip_low_attributed_dH",
-    "clip_high_attributed_dH",
-    "probe_noise",
-)
 
 
 def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, float]]:

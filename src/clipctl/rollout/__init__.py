@@ -20,18 +20,20 @@ def make_engine(name: str, model, tokenizer, rollout: Optional[RolloutConfig] = 
         return HFEngine(model, tokenizer)
     if name == "vllm":
         # Imported here: clipctl works without vllm installed.
-        from clipctl.config import RolloutConfig
         from clipctl.rollout.vllm import VLLMEngine
 
-        r = rollout or RolloutConfig()
-        return VLLMEngine(
-            model,
-            tokenizer,
-            gpu_memory_utilization=r.vllm_gpu_memory_utilization,
-            kv_cache_mb=r.vllm_kv_cache_mb,
-            sleep_between_steps=r.vllm_sleep_between_steps,
-            dtype=r.vllm_dtype,
-        )
+        # Without ``rollout`` the engine's own defaults apply; they equal
+        # RolloutConfig's (tests/test_imports.py checks), and config is not
+        # imported here: config imports this package to validate engine names.
+        options = {}
+        if rollout is not None:
+            options = dict(
+                gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
+                kv_cache_mb=rollout.vllm_kv_cache_mb,
+                sleep_between_steps=rollout.vllm_sleep_between_steps,
+                dtype=rollout.vllm_dtype,
+            )
+        return VLLMEngine(model, tokenizer, **options)
     raise ValueError(f"unknown rollout engine {name!r}; valid: {', '.join(ENGINES)}")
 
 

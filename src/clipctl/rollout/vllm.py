@@ -16,7 +16,7 @@ How it departs from a plain ``LLM.generate`` call, each on purpose:
    default (raw) log-probs are those of ``softmax(logits)``, before the
    temperature. Processed ones are after temperature and top-p, so with
    ``top_p = 1`` they are exactly the trainer's ``log softmax(logits / tau)``
-   (SPEC section 1); with ``top_p < 1`` they are the renormalised nucleus
+   (docs/definitions.md section 1); with ``top_p < 1`` they are the renormalised nucleus
    distribution the tokens were actually drawn from.
 4. Each prompt gets its own seed (``seed + i * n``, or ``seeds[i]``; vLLM
    gives its ``n`` samples ``+ 0..n-1``), so two copies of one prompt in a

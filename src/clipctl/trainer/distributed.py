@@ -1,6 +1,7 @@
 """Distribution at the edge: ranks, collectives, DeepSpeed and rank-0-only writing.
 
-Everything in clipctl that knows about ranks lives in this file (STYLE rule 8).
+Everything in clipctl that knows about ranks lives in this file; ``comm.py`` holds
+the one-process collectives that the trainer defaults to.
 The trainer (``loop.py``) talks to a ``comm`` object; ``SingleProcess`` answers
 every collective with its argument, so the single-process trainer is the
 reference and reads as the plain algorithm. ``DeepSpeedRanks`` answers with
@@ -38,7 +39,7 @@ config (the config's batch sizes ``P``, ``M`` and ``rollout.n`` stay global):
    gathered first), the tokenizer, ``deepspeed/`` (``engine.save_checkpoint``:
    every rank's optimizer partition) and ``trainer_state.pt`` (written last,
    after a barrier), assembled in a temp folder that rank 0 renames.
-8. Clip probe (SPEC 7b): snapshots are engine checkpoints in a scratch folder
+8. Clip probe (docs/definitions.md section 8): snapshots are engine checkpoints in a scratch folder
    (weights and optimizer partitions), restored with ``engine.load_checkpoint``.
 """
 
@@ -74,12 +75,12 @@ from clipctl.trainer.checkpoint import (
     rng_states,
     set_rng_states,
 )
-# loop.py imports this module only inside Trainer.__init__, so this import is not circular.
+from clipctl.trainer.comm import SingleProcessComm
 from clipctl.trainer.loop import Trainer, _pad_to, policy_logp_entropy, write_step
 from clipctl.trainer.precision import PlainWeights
 
 BUILTIN_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
-SPEC_HELP = "zero1|zero2|zero3|FILE.json"
+DEEPSPEED_CHOICES = "zero1|zero2|zero3|FILE.json"
 # Rank 0 may evaluate or write for a while as the others wait in a collective.
 COLLECTIVE_TIMEOUT = dt.timedelta(hours=3)
 
@@ -126,47 +127,8 @@ def _remove_folders(paths: list[Path]) -> None:
 # ---------------------------------------------------------------- one process
 
 
-class SingleProcess:
-    """One process: every collective returns its argument; this process writes."""
-
-    rank = 0
-    world_size = 1
-    is_main = True
-
-    def share(self, n: int) -> int:
-        """This process's part of ``n`` prompts (``n`` divisible by the world size)."""
-        return n
-
-    def positions(self, n: int, block: int) -> list[int]:
-        """Global positions of this process's prompts among ``n``, cut in minibatches of ``block``."""
-        return list(range(n))
-
-    def sum(self, x):
-        """Sum of a number over processes (same type back)."""
-        return x
-
-    def sums(self, sums: dict) -> dict:
-        """Element-wise sum over processes of a dict of scalar tensors."""
-        return sums
-
-    def rows(self, t: torch.Tensor, group: int, *, left: bool = False) -> torch.Tensor:
-        """Rows of every process, in global order (``group`` rows per prompt); dim 1 padded."""
-        return t
-
-    def objects(self, items: list, group: int) -> list:
-        """Like ``rows`` for a list of picklable items."""
-        return items
-
-    def batch(self, batch, group: int):
-        """The step's whole ``RolloutBatch`` (for metrics and logs; never for a forward pass)."""
-        return batch
-
-    def on_main(self, fn: Callable, *args, **kwargs):
-        """Run ``fn`` on rank 0 only; every rank returns its result (or raises its ClipctlError)."""
-        return fn(*args, **kwargs)
-
-    def barrier(self) -> None:
-        pass
+class SingleProcess(SingleProcessComm):
+    """One process: every collective returns its argument (``comm.py``); this process writes."""
 
     def logger(self, log: Callable[[str], None]) -> Callable[[str], None]:
         return log
@@ -365,7 +327,7 @@ def setup(deepspeed: Optional[str] = None) -> SingleProcess:
         if world > 1:
             raise ConfigError(
                 f"clipctl train was started with {world} processes (WORLD_SIZE={world}) but without --deepspeed; "
-                f"add --deepspeed {SPEC_HELP}"
+                f"add --deepspeed {DEEPSPEED_CHOICES}"
             )
         return SingleProcess()
     builtin_or_file(deepspeed)
@@ -415,7 +377,7 @@ def builtin_or_file(spec: str) -> dict:
         return {"zero_optimization": {"stage": BUILTIN_STAGES[spec]}}
     path = Path(spec)
     if path.suffix != ".json":
-        raise ConfigError(f"--deepspeed {spec!r} is unknown; use {SPEC_HELP}")
+        raise ConfigError(f"--deepspeed {spec!r} is unknown; use {DEEPSPEED_CHOICES}")
     if not path.is_file():
         raise ConfigError(f"--deepspeed file {spec} not found; pass an existing .json file or zero1|zero2|zero3")
     try:

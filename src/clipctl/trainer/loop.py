@@ -1,4 +1,4 @@
-"""The GRPO step loop (SPEC section 1), single process: the reference trainer.
+"""The GRPO step loop (docs/definitions.md section 1), single process: the reference trainer.
 
 One step, top to bottom (``Trainer.run_step``):
 
@@ -66,13 +66,14 @@ from clipctl.trainer.batch import (
     k3_kl_sum,
     plan_micro_batches,
 )
+from clipctl.trainer.comm import SingleProcessComm
 from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
 from clipctl.trainer.control import EntropyControl, Knobs
 from clipctl.trainer.precision import checkpointed_layers, enable_checkpointing, make_weights
 
 Log = Callable[[str], None]
 
-PROBE_COLUMNS = algo.PROBE_KEYS  # SPEC 7b; NaN on steps that are not probed
+PROBE_COLUMNS = algo.PROBE_KEYS  # docs/definitions.md section 8; NaN on steps that are not probed
 # Columns of the steps table whose values depend on wall-clock time, not on the math.
 TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
 # Engines whose generate() seeds prompt i of a call with params.seed + i * params.n
@@ -160,11 +161,9 @@ class Trainer:
     """Holds the model, optimizer, data and engine; ``run_step(step)`` does one step."""
 
     def __init__(self, cfg: Config, *, init_path: Optional[str] = None, log: Optional[Log] = None, comm=None):
-        from clipctl.trainer.distributed import SingleProcess
-
         self.cfg = cfg
         self.log = log or (lambda msg: None)
-        self.comm = comm if comm is not None else SingleProcess()
+        self.comm = comm if comm is not None else SingleProcessComm()
         torch.manual_seed(cfg.train.seed)
         path = init_path or resolve_model_path(cfg.model.path, self.log)
         self.model_path = path
@@ -401,7 +400,7 @@ class Trainer:
                 )
         return updates, totals
 
-    # ------------------------------------------------------------ clip probe (SPEC 7b)
+    # ------------------------------------------------------------ clip probe (docs/definitions.md section 8)
 
     def _snapshot(self) -> dict:
         """Host copies of weights (and master weights), optimizer and scheduler state (deep: AdamW updates in place)."""
@@ -422,7 +421,7 @@ class Trainer:
         self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
 
     def clip_probe(self, step: int, sb: StepBatch, start_state: dict, entropy_post: float, knobs: Knobs) -> dict:
-        """Replay the step's updates from ``start_state`` without clipping (SPEC 7b).
+        """Replay the step's updates from ``start_state`` without clipping (docs/definitions.md section 8).
 
         Four replays on the same samples, advantages, minibatches and order:
         the run's own settings (the noise floor), no clipping, clip-low only,
