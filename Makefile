@@ -37,7 +37,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest -q $(PYTEST_FAST)
 
+# The slow tests include builtin:smollm2-135m's fetch-convert-cache and one step (its extra: gguf, accelerate).
 test-slow: $(VENV)/.dev-installed
+	$(PIP) install -q -e ".[smollm2]"
 	$(PY) -m pytest -q -m slow
 
 # 2-process DeepSpeed runs on CPU (gloo); the first run on a machine JIT-compiles a C++ op (~1 min).
