@@ -499,6 +499,7 @@ def _update_epochs(
                         **algo.finalize_clip_stats(sums),
                         **exact_columns(exact),
                         **{k: float(v) for k, v in sums.items()},
+                        "skipped": False,
                     }
                 )
             theta = opt.step(theta, grad)
@@ -575,6 +576,14 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "grad_norm": float(np.mean([r["grad_norm"] for r in rows])),
                 "lr": cfg.lr,
                 "n_updates": len(rows),
+                "skipped_updates": 0,
+                # The trainer's knob columns: fixed clip bounds, no bonus, no controller here.
+                "eps_low": cfg.eps_low,
+                "eps_high": cfg.eps_high,
+                "entropy_coef": 0.0,
+                "entropy_target": math.nan,
+                # One action per sample, no prompt: each update pass sees every sample once.
+                "update_tokens": cfg.samples * cfg.epochs,
                 "n_tokens": float(cfg.samples),
                 "rollout_seconds": t1 - t0,
                 "update_seconds": t_update,
