@@ -415,13 +415,20 @@ def _steps(run_dir: Path) -> pd.DataFrame:
 
 
 @pytest.fixture
-def reference_run(tmp_path, fast_overrides):
-    """An uninterrupted 4-step run, checkpoints every step (keep 2)."""
+def reference_run(tmp_path, fast_overrides, monkeypatch):
+    """An uninterrupted 4-step run, checkpoints every step (keep 2), its tables left as one part per step.
+
+    (Compaction off: the damage below hits one step's part, as in a run killed
+    before its checkpoint's compaction; tests/test_runlog_compaction.py damages segments.)
+    """
+    from clipctl import runlog
     from clipctl.config import load_config
     from clipctl.trainer import train
 
     cfg = load_config("tiny-cpu", [*fast_overrides, "train.steps=4", "train.save_every=1", "train.keep_last=2"])
-    return train(cfg, out=tmp_path / "ref", name="ref").run_dir, cfg
+    with monkeypatch.context() as m:
+        m.setattr(runlog, "compact_table", lambda *a, **k: None)
+        return train(cfg, out=tmp_path / "ref", name="ref").run_dir, cfg
 
 
 @pytest.mark.slow
@@ -442,7 +449,9 @@ def test_truncated_part_then_resume_rebuilds_exactly(tmp_path, reference_run):
     assert result.first_step == 4 and any("rebuilding steps 4-4 from checkpoint step 3" in m for m in logs)
     pd.testing.assert_frame_equal(_steps(run), _steps(ref))
     # Damage before every kept checkpoint: nothing is touched, the error says how to rebuild.
-    (run / "steps" / "step-000001.parquet").write_bytes(b"PAR1")
+    from clipctl.runlog import table_files
+
+    table_files(run, "steps")[0].path.write_bytes(b"PAR1")  # the file holding step 1 (a segment after the resume)
     before = snapshot(run)
     result = runner.invoke(app, ["train", "--resume", str(run), "-q"])
     assert_one_error_line(result, "no checkpoint before step 1 is left to rebuild it from")

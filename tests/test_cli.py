@@ -100,7 +100,7 @@ def test_train_writes_a_run_and_prints_summary(tmp_path, fast_overrides):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "entropy" in result.output and "clip_low_frac" in result.output
-    assert (tmp_path / "cli" / "steps" / "step-000002.parquet").is_file()
+    assert sorted(p.name for p in (tmp_path / "cli" / "steps").iterdir()) == ["steps-000001-000002.parquet"]  # compacted
     # The same name again is refused, pointing at --resume.
     again = runner.invoke(app, args)
     assert_one_line_error(again, "--resume")

@@ -144,6 +144,12 @@ class LogConfig:
     clip_probe_every: int = _f(
         0, "replay every Nth step without clipping to log clip-attributed entropy change (docs/definitions.md section 8; 0 = off)"
     )
+    trackers: tuple[str, ...] = _f(
+        (),
+        "live mirrors of every steps row, on the writing process: tensorboard, wandb (default none; "
+        "files go to <run>/tensorboard, <run>/wandb; optional extras, e.g. pip install 'clipctl[wandb]')",
+        empty_ok=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,8 @@ def coerce(tp, value: Any, key: str) -> Any:
             value = [v.strip() for v in value.strip("[]() ").split(",") if v.strip()]
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
+            if _empty_ok(key) and (value in ([], (), None) or (isinstance(value, list) and value in (["none"], ["off"]))):
+                return ()
             if not isinstance(value, (list, tuple)) or not value:
                 raise ConfigError(f"{key} must be a non-empty list, got {value!r}")
             return tuple(coerce(args[0], v, key) for v in value)
@@ -245,6 +253,13 @@ def coerce(tp, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
         return tuple(coerce(a, v, key) for a, v in zip(args, value))
     raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in this module, not user input
+
+
+def _empty_ok(key: str) -> bool:
+    """A list field that may be empty (``log.trackers``): its metadata says ``empty_ok``."""
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    return cls is not None and any(f.name == name and f.metadata.get("empty_ok") for f in dataclasses.fields(cls))
 
 
 def _section_fields(section: str) -> dict[str, Any]:
@@ -475,6 +490,13 @@ def validate(cfg: Config) -> None:
     )
     _require(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens} must be >= 1")
     _require(e.limit >= 0, f"eval.limit={e.limit} must be >= 0 (0 = all)")
+    from clipctl.trackers import TRACKERS
+
+    _require(
+        all(t in TRACKERS for t in cfg.log.trackers) and len(set(cfg.log.trackers)) == len(cfg.log.trackers),
+        f"log.trackers={list(cfg.log.trackers)} must name each tracker at most once; "
+        f"valid: {', '.join(TRACKERS)} (or none)",
+    )
     _require(0 <= cfg.log.token_sample_rate <= 1, f"log.token_sample_rate={cfg.log.token_sample_rate} must be in [0, 1]")
 
 

@@ -59,7 +59,7 @@ from clipctl.config import (
 )
 from clipctl.errors import ClipctlError, ConfigError, RunDirError
 from clipctl.rundir import MAX_SEED, check_output_dir, ensure_output_dir
-from clipctl.runlog import PART_RE, atomic_write_bytes, atomic_write_json, latest_checkpoint, read_meta, write_parquet_atomic
+from clipctl.runlog import atomic_write_bytes, atomic_write_json, latest_checkpoint, logged_steps, read_meta, write_parquet_atomic
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
 TOP_KEYS = ("name", "description", "preset", "set", "grid", "cases", "seeds", "name_template")
@@ -450,11 +450,10 @@ class DiskState:
 def disk_state(run_dir: Path, total_steps: int) -> DiskState:
     """Where a run stands, from its folder: the steps table's parts and the checkpoints.
 
-    Parts are listed, not read: each is written atomically, so its presence
-    means the row exists, and this stays fast for long runs.
+    Files are listed, not read (``runlog.logged_steps``): each is written
+    atomically, so its name says which rows exist, and this stays fast for long runs.
     """
-    steps_dir = Path(run_dir) / "steps"
-    logged = sorted(int(m.group(1)) for p in steps_dir.iterdir() if (m := PART_RE.match(p.name))) if steps_dir.is_dir() else []
+    logged = logged_steps(run_dir)
     ckpt = latest_checkpoint(run_dir)
     ckpt_step = ckpt[0] if ckpt else 0
     has_meta = (Path(run_dir) / "run.json").is_file()

@@ -67,7 +67,7 @@ import torch
 import torch.distributed as dist
 
 from clipctl.errors import ClipctlError, ConfigError
-from clipctl.runlog import atomic_write_json, drop_parts_after
+from clipctl.runlog import atomic_write_json, compact, drop_parts_after
 from clipctl.trainer.checkpoint import (
     finish_checkpoint,
     load_trainer_state,
@@ -95,11 +95,31 @@ class RunWriter:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(run_dir) / "run.json", meta)
 
+    trackers = None
+
     def step(self, run_dir: Path, out) -> None:
-        write_step(run_dir, out)
+        write_step(run_dir, out)  # the Parquet log first: a tracker failing never loses a row
+        if self.trackers is not None:
+            self.trackers.log(out.metrics)
 
     def drop_after(self, run_dir: Path, step: int) -> None:
         drop_parts_after(run_dir, step)
+
+    def compact(self, run_dir: Path, step: int, final: bool = False) -> None:
+        """After checkpoint ``step``: merge the tables' committed parts (``runlog.compact``)."""
+        compact(run_dir, step, final)
+
+    def start_trackers(self, run_dir: Path, names, first_step: int, cfg_dict: dict, log) -> None:
+        """Open ``log.trackers`` (``clipctl.trackers``); ``close`` ends them."""
+        if names:
+            from clipctl.trackers import Trackers
+
+            self.trackers = Trackers(names, run_dir, first_step, cfg_dict, log)
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
 
 class NullWriter(RunWriter):
@@ -112,6 +132,12 @@ class NullWriter(RunWriter):
         pass
 
     def drop_after(self, run_dir: Path, step: int) -> None:
+        pass
+
+    def compact(self, run_dir: Path, step: int, final: bool = False) -> None:
+        pass
+
+    def start_trackers(self, run_dir: Path, names, first_step: int, cfg_dict: dict, log) -> None:
         pass
 
 

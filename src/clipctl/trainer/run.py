@@ -23,6 +23,7 @@ from clipctl.errors import ConfigError, NonFiniteError, RunDirError
 from clipctl.rundir import RunLock, check_name, disk_full_error, ensure_output_dir, forget_unstarted, is_disk_full
 from clipctl.runlog import checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
 from clipctl.trainer.checkpoint import discard_partial
+from clipctl.trackers import check_available as check_trackers
 from clipctl.trainer.distributed import SingleProcess
 from clipctl.trainer.loop import Trainer
 
@@ -211,6 +212,7 @@ def _train(
         par.on_main(lock_run_dir, run_dir, held, "train --resume")
         where["run_dir"] = run_dir
         cfg, meta = resume_config(run_dir, list(overrides))
+        check_trackers(cfg.log.trackers)
         par.check_resume(meta, run_dir)
         meta["config"] = config_to_dict(cfg)
         meta.setdefault("resumed", []).append(
@@ -231,6 +233,7 @@ def _train(
     else:
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
+        check_trackers(cfg.log.trackers)  # a missing extra fails before the run folder is made
         run_dir = par.on_main(new_run_dir, out, name, preset, held)
         where["run_dir"] = run_dir
         trainer = par.make_trainer(cfg, log=log)
@@ -251,6 +254,8 @@ def _train(
         writer.meta(run_dir, meta)
         start = 1
 
+    writer.start_trackers(run_dir, cfg.log.trackers, start, config_to_dict(cfg), log)
+    held.callback(writer.close)
     total = cfg.train.steps
     if on_start:
         on_start(run_dir, start, total)
@@ -265,6 +270,7 @@ def _train(
         last = out_step.metrics
         if step % cfg.train.save_every == 0 or step == total:
             trainer.save_checkpoint(run_dir, step, cfg.train.keep_last)
+            writer.compact(run_dir, step, final=step == total)  # committed parts -> one segment per table
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
             par.on_main(evaluate_during_training, trainer, run_dir, step, log)
         if on_step:
