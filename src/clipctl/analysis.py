@@ -148,6 +148,8 @@ def config_value(run: Run, key: str):
     value = run.config.get(section, {}).get(name, math.nan) if isinstance(run.config.get(section), dict) else math.nan
     if isinstance(value, (list, dict)):
         return str(value)
+    if key == "algo.entropy_controller" and run.config.get("algo", {}).get("entropy_target") is None:
+        return "off"  # no target: the controller setting does nothing
     return value
 
 
