@@ -48,18 +48,22 @@ def test_cli_prints_one_error_line(tmp_path, fast_overrides):
     assert "Traceback" not in result.output
 
 
-def test_skip_drops_nonfinite_updates_and_goes_on(fast_overrides):
-    messages = []
-    t = Trainer(load_config("tiny-cpu", [*fast_overrides, "train.on_nonfinite=skip"]), log=messages.append)
-    before = [p.detach().clone() for p in t.model.parameters()]
-    # A poisoned advantage makes every loss NaN: both optimizer steps are dropped.
+def poison_advantages(t: Trainer, value: float) -> list[torch.Tensor]:
+    """Make every advantage ``value`` (so every loss is non-finite); returns the weights before."""
     original = t.update_epochs
 
     def poisoned(step, sb, **kw):
-        sb.advantages = torch.full_like(sb.advantages, math.nan)
+        sb.advantages = torch.full_like(sb.advantages, value)
         return original(step, sb, **kw)
 
     t.update_epochs = poisoned
+    return [p.detach().clone() for p in t.model.parameters()]
+
+
+def test_skip_drops_nonfinite_updates_and_goes_on(fast_overrides):
+    messages = []
+    t = Trainer(load_config("tiny-cpu", [*fast_overrides, "train.on_nonfinite=skip"]), log=messages.append)
+    before = poison_advantages(t, math.nan)  # both optimizer steps are dropped
     out = t.run_step(1)
     assert out.metrics["skipped_updates"] == 2
     assert math.isnan(out.metrics["loss"]) and math.isnan(out.metrics["clip_low_frac"])
@@ -71,14 +75,7 @@ def test_skip_drops_nonfinite_updates_and_goes_on(fast_overrides):
 
 def test_stop_is_the_default_and_raises_before_applying(fast_overrides):
     t = Trainer(load_config("tiny-cpu", fast_overrides))
-    before = [p.detach().clone() for p in t.model.parameters()]
-    original = t.update_epochs
-
-    def poisoned(step, sb, **kw):
-        sb.advantages = torch.full_like(sb.advantages, math.inf)
-        return original(step, sb, **kw)
-
-    t.update_epochs = poisoned
+    before = poison_advantages(t, math.inf)
     with pytest.raises(NonFiniteError, match="step 1 diverged"):
         t.run_step(1)
     assert all(torch.equal(a, b) for a, b in zip(before, t.model.parameters()))
