@@ -1,4 +1,8 @@
-"""Column names of the logged tables and the step-level clip statistics, without torch.
+"""The logged tables' columns (name, dtype, unit, meaning) and the step-level clip statistics, without torch.
+
+``TABLES`` holds every column of the steps, updates, samples and tokens tables
+(and the simulator's extra ``*_exact`` columns); docs/metrics.md is generated
+from it (``python -m clipctl.schema > docs/metrics.md``).
 
 The names here are what the trainer and the simulator write and what
 ``clipctl.analysis`` reads; ``clipctl.algo`` re-exports them, so
@@ -11,6 +15,7 @@ docs/metrics.md.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Mapping
 
 # Additive quantities produced per update minibatch (``clipctl.algo.clip_stat_sums``);
@@ -61,6 +66,23 @@ PROBE_KEYS = (
 )
 
 
+def unprobed_columns() -> dict[str, float]:
+    """The clip-probe columns (``PROBE_KEYS``) of a step that is not probed: all NaN."""
+    return dict.fromkeys(PROBE_KEYS, math.nan)
+
+
+def knob_columns(
+    eps_low: float, eps_high: float, entropy_coef: float, entropy_target: float | None = None
+) -> dict[str, float]:
+    """The steps-table columns of the knobs a step trained with; ``entropy_target`` NaN when no controller runs."""
+    return {
+        "eps_low": eps_low,
+        "eps_high": eps_high,
+        "entropy_coef": entropy_coef,
+        "entropy_target": math.nan if entropy_target is None else entropy_target,
+    }
+
+
 def _div(num: float, den: float) -> float:
     # An empty region has no conditional mean: NaN, never 0 (docs/definitions.md section 7).
     return num / den if den > 0 else math.nan
@@ -104,3 +126,381 @@ def finalize_clip_stats(sums: Mapping[str, float]) -> dict[str, float]:
         high = p_above * out[f"{thm}_high"] if s["n_above"] > 0 else 0.0
         out[f"{thm}_drift"] = (low - high) if n > 0 else math.nan
     return out
+
+
+# ---------------------------------------------------------------- table columns
+#
+# Every column of every logged table: name, dtype (of the column as read back
+# with ``clipctl.runlog.read_run``), unit and meaning. docs/metrics.md is
+# generated from these records (``python -m clipctl.schema > docs/metrics.md``)
+# and tests/test_schema.py checks that it is up to date. Order is reading
+# order, not the order of the columns in the Parquet files.
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str  # "float64", "int64", "bool" or "string"
+    unit: str  # "nats", "fraction", "seconds", "tokens", "tokens/s" or "" (a count, an index, a text, ...)
+    meaning: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str  # the heading's parenthesis in docs/metrics.md
+    columns: tuple[Column, ...]
+    before: str = ""  # prose between the heading and the column table
+    after: str = ""  # prose after the column table
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+
+PAGE_INTRO = """\
+Every column that `clipctl train` writes, by table. Definitions follow
+[definitions.md](definitions.md) (section numbers in brackets). This page is
+generated from `src/clipctl/schema.py` (`python -m clipctl.schema > docs/metrics.md`);
+tests check that it is up to date (`tests/test_schema.py`) and that it and the
+Parquet schema list the same columns (`tests/test_metrics_doc.py`). Type is the
+column's dtype as read back with `read_run`.
+"Step-level" clip and theory values pool every update minibatch of the step:
+their additive sums (see the `updates` table) are added, then divided, so a
+conditional mean is weighted by the size of its region, not averaged as a mean
+of means. Read any table with `clipctl.runlog.read_run(path)`.
+The files behind each table (per-step parts merged into segments at each
+checkpoint) are described in [architecture.md](architecture.md), "The run log";
+`log.trackers` mirrors every numeric `steps` column to TensorBoard or W&B
+("Live trackers" there).
+"""
+
+_UPDATES_AFTER = """\
+The `n_*`, `w_sum*`, `qdev_wsum*` and `gap_wsum*` columns are additive:
+summing them over any set of minibatches (or ranks) and applying
+`clipctl.algo.finalize_clip_stats` gives that set's pooled statistics. Runs
+written before the ratio-weighted estimators have `q_sum*`/`gap_sum*` columns
+instead; their `thm*` and `ratio_*_frac` columns are the unweighted versions
+described below, and `combine_updates` refuses them.
+
+### How the theorem statistics are estimated
+
+Theorems 1 and 2 are statements about the policy being updated, `pi_k`: the
+region probabilities `p = P(X)`, `q = P(Y)` and every conditional expectation
+are taken over actions drawn from `pi_k` at each state. The tokens of a
+minibatch were drawn from `pi_old`, so a plain average over them answers a
+different question, and a biased one: tokens in X have `r < 1 - eps_low`
+(`pi_k` gives them less mass than `pi_old` did) and tokens in Y have
+`r > 1 + eps_high`, so plain shares overstate `p` and understate `q`.
+Each valid token is therefore weighted by its ratio
+`r_t = exp(log pi_k(y_t) - log pi_old(y_t))` (the same clamped log-ratio the
+loss uses), and every mean is self-normalised by the weights it uses:
+`W = sum r_t` over all valid tokens, `W_X`, `W_Y` over X and Y. Then
+`ratio_below_frac = W_X / W` estimates `p`, and `sum_X r_t f_t / W_X`
+estimates `E_k[f | X]`.
+
+Theorem 1 compares `Q(a) = pi(a)(log pi(a) + H)` with its mean at the same
+state, `E[Q|s] = sum_a pi(a)^2 (log pi(a) + H(s))`. clipctl computes that
+mean exactly per token position, in the same pass over the vocabulary as the
+entropy (`token_entropy(..., with_expected_q=True)`, `fused_logprobs_entropy(...,
+with_expected_q=True)`), and passes it to `clip_stat_sums(..., expected_q=...)`.
+When a caller does not pass it, each token is centred instead on the
+ratio-weighted mean of `Q_t` over all tokens of that call (`pooled_expected_q`),
+an average over states: exact when every token comes from one state, only an
+approximation otherwise. Theorem 2 needs no extra input, since
+`E[-log pi | s] = H(s)` is already per state.
+
+The clip-event fractions (`clip_low_frac`, `clip_high_frac`,
+`dual_clip_frac`) stay plain shares of sampled tokens: they count how many of
+the tokens the loss actually averaged over had their gradient zeroed, which
+is a property of the batch, not an expectation under `pi_k`, and it is the
+number other trainers report. The unweighted estimator (every weight 1, i.e.
+the brackets under `pi_old`) is available as
+`clip_stat_sums(..., importance_weighted=False)` for comparisons with older
+runs; it is not logged.
+"""
+
+_SIMULATED_BEFORE = """\
+The tabular simulation knows the whole policy, so next to each estimator it
+logs the exact value of the quantity that estimator targets, pooled over the
+step's minibatches in the same way (per minibatch, the exact brackets under
+that minibatch's `pi_k`; pooled with weight = the minibatch's token count).
+"""
+
+STEPS_COLUMNS = (
+    Column("step", "int64", "", "1-based step number (one rollout batch of `P` prompts x `G` responses)"),
+    Column(
+        "entropy", "float64", "nats",
+        "Eq. 4 under `pi_old`: mean over responses of the per-response mean token entropy, nats [5]",
+    ),
+    Column("entropy_token_mean", "float64", "nats", "token-weighted mean of the same token entropies [5]"),
+    Column(
+        "entropy_post", "float64", "nats",
+        "Eq. 4 on the same batch after the step's last update (NaN if `log.entropy_post = false`) [5]",
+    ),
+    Column("entropy_post_token_mean", "float64", "nats", "token-weighted version of `entropy_post`"),
+    Column(
+        "clip_low_frac", "float64", "fraction",
+        "share of valid sampled tokens with `r < 1 - eps_low` and `A < 0` (gradient zeroed by clip-low), "
+        "pooled over the step's updates; a plain count, not ratio-weighted (see below) [6]",
+    ),
+    Column("clip_high_frac", "float64", "fraction", "share with `r > 1 + eps_high` and `A > 0` [6]"),
+    Column("dual_clip_frac", "float64", "fraction", "share with `A < 0` and `r > c` (0 when dual clip is off) [6]"),
+    Column(
+        "ratio_below_frac", "float64", "fraction",
+        "estimate of `p = P(X)` under the current policy `pi_k`: `W_X / W`, the ratio-weighted mass of region"
+        " X (`r < 1 - eps_low`) [6, 7]",
+    ),
+    Column(
+        "ratio_above_frac", "float64", "fraction",
+        "estimate of `q = P(Y)` under `pi_k`: `W_Y / W`, region Y (`r > 1 + eps_high`) [6, 7]",
+    ),
+    Column(
+        "thm1_low", "float64", "",
+        "estimate of `E[Q] - E[Q|X]` under `pi_k`: `sum_X r_t (E[Q|s_t] - Q_t) / W_X`, `Q_t = pi(y_t)(log "
+        "pi(y_t) + H_t)`; NaN if X is empty [7]",
+    ),
+    Column("thm1_high", "float64", "", "the same over Y: `sum_Y r_t (E[Q|s_t] - Q_t) / W_Y`; NaN if Y is empty [7]"),
+    Column(
+        "thm2_low", "float64", "nats",
+        "estimate of `E[-log pi|X] - H`: `sum_X r_t (-log pi(y_t) - H_t) / W_X`; NaN if X is empty [7]",
+    ),
+    Column("thm2_high", "float64", "nats", "the same over Y; NaN if Y is empty [7]"),
+    Column(
+        "thm1_drift", "float64", "",
+        "`ratio_below_frac * thm1_low - ratio_above_frac * thm1_high`; an empty region's term is 0 (its "
+        "probability is 0) [7]",
+    ),
+    Column(
+        "thm2_drift", "float64", "nats",
+        "`ratio_below_frac * thm2_low - ratio_above_frac * thm2_high`, same convention [7]",
+    ),
+    Column(
+        "entropy_post_replay", "float64", "nats",
+        "Eq. 4 after replaying the step's updates from the same start with the run's own clip settings (and "
+        "dual clip): the real step again; NaN on steps not probed [8]",
+    ),
+    Column(
+        "entropy_post_noclip", "float64", "nats",
+        "Eq. 4 after replaying the step's updates from the same start with `eps_low = 1`, `eps_high = inf`, "
+        "no dual clip; NaN on steps not probed [8]",
+    ),
+    Column(
+        "entropy_post_lowonly", "float64", "nats",
+        "the same replay with the run's `eps_low` and `eps_high = inf` [8]",
+    ),
+    Column(
+        "entropy_post_highonly", "float64", "nats",
+        "the same replay with `eps_low = 1` and the run's `eps_high` [8]",
+    ),
+    Column(
+        "clip_attributed_dH", "float64", "nats",
+        "`entropy_post_replay - entropy_post_noclip`: entropy change caused by clipping on this step (replay "
+        "minus replay, like the two below) [8]",
+    ),
+    Column("clip_low_attributed_dH", "float64", "nats", "`entropy_post_lowonly - entropy_post_noclip` [8]"),
+    Column("clip_high_attributed_dH", "float64", "nats", "`entropy_post_highonly - entropy_post_noclip` [8]"),
+    Column(
+        "probe_noise", "float64", "nats",
+        "`entropy_post - entropy_post_replay`: how far a replay of the same step lands from the real one "
+        "(non-deterministic kernels, e.g. GPU atomics); exactly 0 on a CPU. Attributed changes within a few "
+        "times this are noise [8]",
+    ),
+    Column(
+        "rollout_logprob_diff_mean", "float64", "nats",
+        "mean over sampled tokens of abs(engine log-prob - trainer's `log pi_old`); NaN for engines that "
+        "report none (`hf` samples with the trainer's own model)",
+    ),
+    Column("rollout_logprob_diff_max", "float64", "nats", "the largest such difference"),
+    Column("reward_mean", "float64", "", "mean reward over the batch's `P * G` responses [2]"),
+    Column("reward_std", "float64", "", "population standard deviation of those rewards"),
+    Column(
+        "accuracy", "float64", "fraction",
+        "share of responses with reward 1 for verifiable rewards (`gsm8k`, `math_verify`); NaN for random "
+        "rewards",
+    ),
+    Column(
+        "zero_std_group_frac", "float64", "fraction",
+        "share of prompts whose `G` rewards are all equal (all advantages 0) [3]",
+    ),
+    Column("adv_abs_mean", "float64", "", "mean absolute advantage over responses [3]"),
+    Column("response_length_mean", "float64", "tokens", "mean valid response length in tokens (EOS included)"),
+    Column("response_length_max", "float64", "tokens", "longest valid response length in tokens"),
+    Column("truncated_frac", "float64", "fraction", "share of responses that hit `max_new_tokens` without EOS"),
+    Column("loss", "float64", "", "mean over the step's optimizer steps of the minibatch loss [4]"),
+    Column(
+        "approx_kl", "float64", "nats",
+        "token mean of `r - 1 - log r` (k3 estimator of KL(pi_old ‖ pi_theta)) over the step's updates",
+    ),
+    Column(
+        "grad_norm", "float64", "",
+        "mean over the step's optimizer steps of the global gradient norm before clipping",
+    ),
+    Column("lr", "float64", "", "learning rate after the step's last optimizer step"),
+    Column("n_updates", "int64", "", "optimizer steps in this step (`ppo_epochs * P / M`)"),
+    Column(
+        "eps_low", "float64", "",
+        "the lower clip bound this step's updates used: the config's, or (with `algo.entropy_target`, clip"
+        " controller) as set by the entropy controller from this step's `entropy`",
+    ),
+    Column("eps_high", "float64", "", "the upper clip bound this step's updates used: the config's"),
+    Column(
+        "entropy_coef", "float64", "",
+        "the entropy-bonus coefficient this step's loss used (`loss - coef x entropy`): `algo.entropy_coef`, "
+        "or the bonus controller's value",
+    ),
+    Column(
+        "entropy_target", "float64", "nats",
+        "`algo.entropy_target` (nats, Eq. 4) when an entropy controller runs; NaN otherwise",
+    ),
+    Column(
+        "update_tokens", "int64", "tokens",
+        "tokens (prompt + response, padding excluded) through forward and backward in this step's updates, "
+        "over all processes: `ppo_epochs x` the batch's tokens; with `update_seconds` it gives update "
+        "throughput and MFU (`bench/gpu_check.py`)",
+    ),
+    Column(
+        "skipped_updates", "int64", "",
+        "optimizer steps of this step dropped because their loss or gradient norm was NaN/inf "
+        '(`train.on_nonfinite = "skip"`; always 0 under `"stop"`, which ends the run instead). Loss, KL, '
+        "gradient norm and clip statistics cover the applied updates only, and are NaN when none was applied",
+    ),
+    Column("n_tokens", "float64", "tokens", "valid response tokens in the batch"),
+    Column("rollout_seconds", "float64", "seconds", "wall time of generation and rewards"),
+    Column("update_seconds", "float64", "seconds", "wall time of the optimizer steps"),
+    Column(
+        "probe_seconds", "float64", "seconds",
+        "wall time of the clip probe's three replays (0 on steps not probed)",
+    ),
+    Column("step_seconds", "float64", "seconds", "wall time of the whole step, logging excluded"),
+    Column("tokens_per_second", "float64", "tokens/s", "`n_tokens / step_seconds`"),
+)
+
+UPDATES_COLUMNS = (
+    Column("step", "int64", "", "training step"),
+    Column("epoch", "int64", "", "PPO epoch within the step (0-based)"),
+    Column(
+        "minibatch", "int64", "",
+        "minibatch within the epoch (0-based); minibatch 0 of epoch 0 is on-policy (ratio exactly 1)",
+    ),
+    Column("update", "int64", "", "optimizer step within the training step (0-based)"),
+    Column("loss", "float64", "", "the minibatch loss (sum of its micro-batch losses) [4]"),
+    Column("approx_kl", "float64", "nats", "token mean of `r - 1 - log r` on this minibatch"),
+    Column("grad_norm", "float64", "", "global gradient norm before clipping"),
+    Column(
+        "skipped", "bool", "",
+        'True when this optimizer step was dropped (`train.on_nonfinite = "skip"`): its loss, statistics and '
+        "sums are NaN / 0, nothing was measured",
+    ),
+    Column("lr", "float64", "", "learning rate used by this optimizer step"),
+    Column("clip_low_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
+    Column("clip_high_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
+    Column("dual_clip_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
+    Column("ratio_below_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
+    Column("ratio_above_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
+    Column("thm1_low", "float64", "", "as in `steps`, for this minibatch [7]"),
+    Column("thm1_high", "float64", "", "as in `steps`, for this minibatch [7]"),
+    Column("thm2_low", "float64", "nats", "as in `steps`, for this minibatch [7]"),
+    Column("thm2_high", "float64", "nats", "as in `steps`, for this minibatch [7]"),
+    Column("thm1_drift", "float64", "", "as in `steps`, for this minibatch [7]"),
+    Column("thm2_drift", "float64", "nats", "as in `steps`, for this minibatch [7]"),
+    Column("n_tokens", "float64", "tokens", "valid tokens in the minibatch"),
+    Column(
+        "n_below", "float64", "tokens",
+        "sampled tokens in region X (`r < 1 - eps_low`); `n_below / n_tokens` is the unweighted share",
+    ),
+    Column("n_above", "float64", "tokens", "sampled tokens in region Y (`r > 1 + eps_high`)"),
+    Column("n_clip_low", "float64", "tokens", "tokens clipped low (X and `A < 0`)"),
+    Column("n_clip_high", "float64", "tokens", "tokens clipped high (Y and `A > 0`)"),
+    Column("n_dual_clip", "float64", "tokens", "tokens bounded by the dual clip"),
+    Column("w_sum", "float64", "", "`W`: sum of the ratios `r_t` over valid tokens"),
+    Column("w_sum_below", "float64", "", "`W_X`: sum of `r_t` over X"),
+    Column("w_sum_above", "float64", "", "`W_Y`: sum of `r_t` over Y"),
+    Column("qdev_wsum_below", "float64", "", "sum over X of `r_t (E[Q|s_t] - Q_t)`"),
+    Column("qdev_wsum_above", "float64", "", "sum over Y of `r_t (E[Q|s_t] - Q_t)`"),
+    Column("gap_wsum_below", "float64", "nats", "sum over X of `r_t (-log pi(y_t) - H_t)`"),
+    Column("gap_wsum_above", "float64", "nats", "sum over Y of `r_t (-log pi(y_t) - H_t)`"),
+)
+
+SIMULATED_COLUMNS = (
+    Column("ratio_below_frac_exact", "float64", "fraction", "exact `p = P_k(X)`"),
+    Column("ratio_above_frac_exact", "float64", "fraction", "exact `q = P_k(Y)`"),
+    Column("thm1_low_exact", "float64", "", "exact `E[Q] - E[Q|X]` under `pi_k`; NaN for an empty region"),
+    Column("thm1_high_exact", "float64", "", "exact `E[Q] - E[Q|Y]` under `pi_k`; NaN for an empty region"),
+    Column("thm2_low_exact", "float64", "nats", "exact `E[-log pi|X] - H`"),
+    Column("thm2_high_exact", "float64", "nats", "exact `E[-log pi|Y] - H`"),
+    Column(
+        "thm1_drift_exact", "float64", "",
+        "exact `p * low - q * high` of Theorem 1 (the theorems' bracket, without the factor `mu nu eta d(s)`)",
+    ),
+    Column("thm2_drift_exact", "float64", "nats", "exact `p * low - q * high` of Theorem 2, the same way"),
+)
+
+SAMPLES_COLUMNS = (
+    Column("step", "int64", "", "training step"),
+    Column("prompt_index", "int64", "", "row of the prompt in the source dataset"),
+    Column("group", "int64", "", "prompt position in the step's batch"),
+    Column("sample", "int64", "", "response index within its group"),
+    Column("prompt", "string", "", "the prompt text fed to the model"),
+    Column("response", "string", "", "the decoded response (special tokens removed)"),
+    Column("gold", "string", "", "the gold answer (null when the dataset has none)"),
+    Column("reward", "float64", "", "the response's reward"),
+    Column("advantage", "float64", "", "its advantage"),
+    Column("length", "int64", "tokens", "valid response tokens (EOS included)"),
+    Column("truncated", "bool", "", "true when no EOS came within `max_new_tokens`"),
+)
+
+TOKENS_COLUMNS = (
+    Column("step", "int64", "", "training step"),
+    Column("row", "int64", "", "response row in the step's batch"),
+    Column("position", "int64", "", "token position within the response"),
+    Column("token_id", "int64", "", "the sampled token"),
+    Column("logp_old", "float64", "nats", "its log-prob under `pi_old`"),
+    Column("entropy", "float64", "nats", "the token entropy `H_t` under `pi_old`"),
+    Column("advantage", "float64", "", "the response's advantage"),
+)
+
+TABLES = (
+    Table("steps", "one row per training step", STEPS_COLUMNS),
+    Table("updates", "one row per step, epoch and minibatch", UPDATES_COLUMNS, after=_UPDATES_AFTER),
+    Table(
+        "simulated",
+        "extra columns of `clipctl simulate --dynamics` runs, in both `steps` and `updates`",
+        SIMULATED_COLUMNS,
+        before=_SIMULATED_BEFORE,
+    ),
+    Table("samples", "every `log.samples_every` steps; one row per response", SAMPLES_COLUMNS),
+    Table("tokens", "when `log.token_sample_rate > 0`; sampled valid tokens", TOKENS_COLUMNS),
+)
+
+TABLE = {t.name: t for t in TABLES}
+
+
+def column_names(table: str) -> tuple[str, ...]:
+    """The documented columns of ``table`` ("steps", "updates", "samples", "tokens" or "simulated")."""
+    return TABLE[table].names
+
+
+def _cell(text: str) -> str:
+    return text.replace("\n", " ")
+
+
+def render_metrics_md() -> str:
+    """docs/metrics.md: the page intro, then per table its heading, prose and column table."""
+    out = ["# Logged columns", "", PAGE_INTRO.rstrip("\n"), ""]
+    for t in TABLES:
+        out += [f"## {t.name} ({t.title})", ""]
+        if t.before:
+            out += [t.before.rstrip("\n"), ""]
+        out += ["| column | type | unit | meaning |", "|---|---|---|---|"]
+        out += [f"| `{c.name}` | {c.dtype} | {c.unit} | {_cell(c.meaning)} |" for c in t.columns]
+        out.append("")
+        if t.after:
+            out += [t.after.rstrip("\n"), ""]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(render_metrics_md())

@@ -64,7 +64,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from clipctl import algo
+from clipctl import algo, schema
 from clipctl.errors import ClipctlError
 from clipctl.runlog import atomic_write_json, write_part
 
@@ -537,7 +537,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         t_update = time.perf_counter() - t1
         H1 = float(entropy_of(theta))
         t2 = time.perf_counter()
-        probe = {k: math.nan for k in _PROBE_KEYS}
+        probe = schema.unprobed_columns()
         if cfg.probe_every and step % cfg.probe_every == 0:
             real_opt = opt.snapshot()
             post = {}
@@ -578,10 +578,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "n_updates": len(rows),
                 "skipped_updates": 0,
                 # The trainer's knob columns: fixed clip bounds, no bonus, no controller here.
-                "eps_low": cfg.eps_low,
-                "eps_high": cfg.eps_high,
-                "entropy_coef": 0.0,
-                "entropy_target": math.nan,
+                **schema.knob_columns(cfg.eps_low, cfg.eps_high, 0.0),
                 # One action per sample, no prompt: each update pass sees every sample once.
                 "update_tokens": cfg.samples * cfg.epochs,
                 "n_tokens": float(cfg.samples),
@@ -594,9 +591,6 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         )
         updates.extend({"step": step, **r} for r in rows)
     return pd.DataFrame(steps), pd.DataFrame(updates)
-
-
-_PROBE_KEYS = algo.PROBE_KEYS
 
 
 def run_config(cfg: DynamicsConfig) -> dict:

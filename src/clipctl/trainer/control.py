@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clipctl import algo
+from clipctl import algo, schema
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,7 @@ class EntropyControl:
 
     def columns(self, knobs: Knobs) -> dict:
         """The steps-table columns of the knobs used (target NaN when no controller)."""
-        return {
-            "eps_low": knobs.eps_low,
-            "eps_high": knobs.eps_high,
-            "entropy_coef": knobs.entropy_coef,
-            "entropy_target": self.target if self.target is not None else float("nan"),
-        }
+        return schema.knob_columns(knobs.eps_low, knobs.eps_high, knobs.entropy_coef, self.target)
 
     def state_dict(self) -> dict:
         return {"integral": self.integral}

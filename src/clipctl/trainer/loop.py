@@ -49,7 +49,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from clipctl import algo
+from clipctl import algo, schema
 from clipctl.config import Config, is_on_policy
 from clipctl.data import load_examples, step_prompt_indices
 from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_model_path
@@ -508,7 +508,7 @@ class Trainer:
         t2 = time.perf_counter()
         attributed = (
             self.clip_probe(step, sb, start_state, post["entropy"], knobs) if probe
-            else {k: math.nan for k in PROBE_COLUMNS}
+            else schema.unprobed_columns()
         )
         probe_seconds = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0

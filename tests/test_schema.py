@@ -1,0 +1,68 @@
+"""clipctl.schema: the single definition of the logged columns, and docs/metrics.md generated from it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from clipctl import schema
+from clipctl import simulate as sim
+from clipctl.config import load_config
+from clipctl.runlog import read_run
+from clipctl.trainer import train
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+DTYPES = {"float64", "int64", "bool", "string"}
+
+
+def test_metrics_doc_is_generated_from_the_schema():
+    assert DOC.read_text() == schema.render_metrics_md(), (
+        "docs/metrics.md is out of date: run `python -m clipctl.schema > docs/metrics.md`"
+    )
+
+
+def test_schema_records_are_well_formed():
+    for table in schema.TABLES:
+        names = table.names
+        assert len(names) == len(set(names)), table.name
+        for col in table.columns:
+            assert col.dtype in DTYPES and col.meaning.strip() and "|" not in col.name, col
+    assert set(schema.column_names("simulated")) == {f"{k}_exact" for k in sim.EXACT_KEYS}
+    assert set(schema.SUM_KEYS) <= set(schema.column_names("updates"))
+    assert set(schema.STAT_KEYS) <= set(schema.column_names("updates")) & set(schema.column_names("steps"))
+    assert set(schema.PROBE_KEYS) <= set(schema.column_names("steps"))
+
+
+def test_schema_import_is_torch_free():
+    code = "import sys, clipctl.schema; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _read_dtype(series) -> str:
+    kind = str(series.dtype)
+    return "string" if kind in ("object", "str", "string") else kind
+
+
+def _assert_dtypes(df, table: str, extra: tuple[str, ...] = ()):
+    cols = {c.name: c.dtype for t in (table, *extra) for c in schema.TABLE[t].columns}
+    assert set(df.columns) == set(cols), table
+    wrong = {c: (_read_dtype(df[c]), cols[c]) for c in df.columns if _read_dtype(df[c]) != cols[c]}
+    assert not wrong, f"{table}: (read, documented) dtypes differ: {wrong}"
+
+
+def test_simulated_run_dtypes_match_the_schema(tmp_path):
+    base = sim.DynamicsConfig(steps=2, samples=16, minibatches=2, actions=8)
+    (path,) = sim.run_dynamics(tmp_path, grid=[(0.2, 0.2)], seeds=1, base=base)
+    run = read_run(path)
+    _assert_dtypes(run.steps, "steps", ("simulated",))
+    _assert_dtypes(run.updates, "updates", ("simulated",))
+
+
+def test_trained_run_dtypes_match_the_schema(tmp_path, fast_overrides):
+    cfg = load_config(
+        "tiny-cpu", [*fast_overrides, "train.steps=1", "log.token_sample_rate=0.2", "log.clip_probe_every=1"]
+    )
+    run = read_run(train(cfg, out=tmp_path, name="dtypes").run_dir)
+    for table in ("steps", "updates", "samples", "tokens"):
+        _assert_dtypes(getattr(run, table), table)
