@@ -42,6 +42,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 FAST = dict(n=2, ks=(1, 2), max_new_tokens=4, batch_prompts=2)
 
 
+def _fast(**kw) -> EvalSettings:
+    """Small, quick evaluation settings; ``kw`` overrides ``FAST``."""
+    return EvalSettings(**{**FAST, **kw})
+
+
 def _save_tiny_model(folder: Path) -> Path:
     """A random 1-layer Qwen2 plus the builtin tokenizer's files, saved in ``folder``."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -199,6 +204,14 @@ def test_settings_sort_and_dedupe_ks():
     assert EvalSettings(n=8, ks=(8, 1, 8, 2)).validated().ks == (1, 2, 8)
 
 
+def test_settings_from_eval_config():
+    from clipctl.config import EvalConfig
+
+    s = EvalSettings.from_config(EvalConfig(n=4, k=(1, 4), temperature=0.7, max_new_tokens=16, limit=0), seed=3)
+    assert s == EvalSettings(n=4, ks=(1, 4), temperature=0.7, max_new_tokens=16, seed=3, limit=None)
+    assert EvalSettings.from_config(EvalConfig(limit=5), seed=0).validated().limit == 5
+
+
 def test_select_checkpoints(tmp_path):
     found = [(1, tmp_path / "step-1"), (2, tmp_path / "step-2"), (10, tmp_path / "step-10")]
     assert select_checkpoints(found, "all", tmp_path) == found
@@ -252,8 +265,9 @@ def test_scripted_engine_end_to_end(tmp_path, tiny_model):
     engine = ScriptedEngine(correct, {r["id"]: str(2 * int(r["id"][1:])) for r in rows}, [r["id"] for r in rows])
     before = torch.get_rng_state()
     out = evaluate_checkpoint(
-        None, load_tokenizer(str(tiny_model)), tmp_path / "run", 7, str(data), n=4, ks=(1, 2, 4),
-        engine=engine, problem_col="question", grader="gsm8k", batch_prompts=2, seed=5,
+        None, load_tokenizer(str(tiny_model)), tmp_path / "run", 7, str(data),
+        EvalSettings(n=4, ks=(1, 2, 4), problem_col="question", grader="gsm8k", batch_prompts=2, seed=5),
+        engine=engine,
     )
     assert torch.equal(torch.get_rng_state(), before)
     assert engine.calls == [(2, batch_seed(5, 7, 0)), (2, batch_seed(5, 7, 1)), (1, batch_seed(5, 7, 2))]
@@ -280,7 +294,7 @@ def test_scripted_engine_end_to_end(tmp_path, tiny_model):
 
 @needs_tiny
 def test_model_target_writes_files(tmp_path, tiny_model):
-    out = evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path / "ev", **FAST)
+    out = evaluate(str(tiny_model), "gsm8k", _fast(limit=3), out=tmp_path / "ev")
     assert out["step"].tolist() == [0, 0] and out["k"].tolist() == [1, 2]
     step_dir = tmp_path / "ev" / "gsm8k" / "step-0"
     samples = pd.read_parquet(step_dir / "samples.parquet")
@@ -299,7 +313,7 @@ def test_model_target_writes_files(tmp_path, tiny_model):
 @needs_tiny
 def test_default_out_is_runs_eval_model(tmp_path, tiny_model, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    evaluate(str(tiny_model), "gsm8k", limit=1, **FAST)
+    evaluate(str(tiny_model), "gsm8k", _fast(limit=1))
     assert (tmp_path / "runs" / "eval" / "tiny-random" / "gsm8k" / "step-0" / "samples.parquet").is_file()
     assert (tmp_path / "runs" / "eval" / "tiny-random" / "summary.parquet").is_file()
 
@@ -307,7 +321,7 @@ def test_default_out_is_runs_eval_model(tmp_path, tiny_model, monkeypatch):
 @needs_tiny
 def test_results_are_reproducible(tmp_path, tiny_model):
     def responses(out, seed):
-        evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path / out, seed=seed, **FAST)
+        evaluate(str(tiny_model), "gsm8k", _fast(limit=3, seed=seed), out=tmp_path / out)
         return pd.read_parquet(tmp_path / out / "gsm8k" / "step-0" / "samples.parquet")
 
     a, b, c = responses("a", 0), responses("b", 0), responses("c", 1)
@@ -317,22 +331,22 @@ def test_results_are_reproducible(tmp_path, tiny_model):
 
 @needs_tiny
 def test_second_call_does_no_generation(tmp_path, tiny_model, monkeypatch):
-    first = evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, **FAST)
+    first = evaluate(str(tiny_model), "gsm8k", _fast(limit=3), out=tmp_path)
     _no_generation(monkeypatch)
-    again = evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, **FAST)
+    again = evaluate(str(tiny_model), "gsm8k", _fast(limit=3), out=tmp_path)
     pd.testing.assert_frame_equal(first, again)
     # New k from the same samples: still no generation; the summary gains the row.
-    evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, **{**FAST, "ks": (1,)})
+    evaluate(str(tiny_model), "gsm8k", _fast(limit=3, ks=(1,)), out=tmp_path)
     assert len(pd.read_parquet(tmp_path / "summary.parquet")) == 2
     # Another seed is new work.
     with pytest.raises(AssertionError, match="no model load"):
-        evaluate(str(tiny_model), "gsm8k", limit=3, out=tmp_path, seed=1, **FAST)
+        evaluate(str(tiny_model), "gsm8k", _fast(limit=3, seed=1), out=tmp_path)
 
 
 @needs_tiny
 def test_interrupted_step_resumes_with_the_same_samples(tmp_path, tiny_model, monkeypatch):
-    kw = dict(limit=3, n=2, ks=(1,), max_new_tokens=4, batch_prompts=1)
-    evaluate(str(tiny_model), "gsm8k", out=tmp_path / "whole", **kw)
+    kw = EvalSettings(limit=3, n=2, ks=(1,), max_new_tokens=4, batch_prompts=1)
+    evaluate(str(tiny_model), "gsm8k", kw, out=tmp_path / "whole")
 
     calls = []
     real = HFEngine.generate
@@ -345,12 +359,12 @@ def test_interrupted_step_resumes_with_the_same_samples(tmp_path, tiny_model, mo
 
     monkeypatch.setattr(HFEngine, "generate", flaky)
     with pytest.raises(KeyboardInterrupt):
-        evaluate(str(tiny_model), "gsm8k", out=tmp_path / "cut", **kw)
+        evaluate(str(tiny_model), "gsm8k", kw, out=tmp_path / "cut")
     step_dir = tmp_path / "cut" / "gsm8k" / "step-0"
     assert not (step_dir / "samples.parquet").exists() and not (tmp_path / "cut" / "summary.parquet").exists()
     assert [p.name for p in (step_dir / "parts").iterdir()] == ["batch-000000.parquet"]
 
-    evaluate(str(tiny_model), "gsm8k", out=tmp_path / "cut", **kw)
+    evaluate(str(tiny_model), "gsm8k", kw, out=tmp_path / "cut")
     assert len(calls) == 4  # batch 0 was kept: the rerun drew batches 1 and 2 only
     pd.testing.assert_frame_equal(
         pd.read_parquet(step_dir / "samples.parquet"),
@@ -361,8 +375,8 @@ def test_interrupted_step_resumes_with_the_same_samples(tmp_path, tiny_model, mo
 
 @needs_tiny
 def test_changed_settings_regenerate_and_summary_keeps_both(tmp_path, tiny_model):
-    evaluate(str(tiny_model), "gsm8k", limit=2, out=tmp_path, **FAST)
-    evaluate(str(tiny_model), "gsm8k", limit=2, out=tmp_path, **{**FAST, "n": 3})
+    evaluate(str(tiny_model), "gsm8k", _fast(limit=2), out=tmp_path)
+    evaluate(str(tiny_model), "gsm8k", _fast(limit=2, n=3), out=tmp_path)
     summary = pd.read_parquet(tmp_path / "summary.parquet")
     assert sorted(zip(summary["n"], summary["k"])) == [(2, 1), (2, 2), (3, 1), (3, 2)]
     samples = pd.read_parquet(tmp_path / "gsm8k" / "step-0" / "samples.parquet")
@@ -372,7 +386,7 @@ def test_changed_settings_regenerate_and_summary_keeps_both(tmp_path, tiny_model
 @needs_tiny
 def test_run_directory_every_checkpoint(tmp_path, tiny_model, monkeypatch):
     run = _make_run_dir(tmp_path, tiny_model)
-    out = evaluate(str(run), "gsm8k", limit=2, **FAST)
+    out = evaluate(str(run), "gsm8k", _fast(limit=2))
     assert sorted(zip(out["step"], out["k"])) == [(1, 1), (1, 2), (2, 1), (2, 2)]
     summary = pd.read_parquet(run / "eval" / "summary.parquet")
     assert sorted(zip(summary["step"], summary["k"])) == [(1, 1), (1, 2), (2, 1), (2, 2)]
@@ -382,7 +396,7 @@ def test_run_directory_every_checkpoint(tmp_path, tiny_model, monkeypatch):
     r1, r2 = (pd.read_parquet(run / "eval" / "gsm8k" / f"step-{s}" / "samples.parquet")["response"] for s in (1, 2))
     assert r1.tolist() != r2.tolist()
     _no_generation(monkeypatch)
-    last = evaluate(str(run), "gsm8k", limit=2, checkpoints="last", **FAST)
+    last = evaluate(str(run), "gsm8k", _fast(limit=2), checkpoints="last")
     assert last["step"].tolist() == [2, 2]
 
 
@@ -394,11 +408,11 @@ def test_in_memory_checkpoint_is_reused_by_evaluate(tmp_path, tiny_model, monkey
     model, tok = load_model(str(tiny_model)), load_tokenizer(str(tiny_model))
     model.train()
     before = torch.get_rng_state()
-    first = evaluate_checkpoint(model, tok, run, 1, "gsm8k", limit=2, **FAST)
+    first = evaluate_checkpoint(model, tok, run, 1, "gsm8k", _fast(limit=2))
     assert torch.equal(torch.get_rng_state(), before) and model.training
     assert (run / "eval" / "gsm8k" / "step-1" / "samples.parquet").is_file()
     _no_generation(monkeypatch)
-    again = evaluate(str(run), "gsm8k", limit=2, **FAST)
+    again = evaluate(str(run), "gsm8k", _fast(limit=2))
     pd.testing.assert_frame_equal(first, again)
 
 
@@ -407,26 +421,26 @@ def test_run_directory_errors(tmp_path):
     run.mkdir()
     (run / "run.json").write_text("{}")
     with pytest.raises(RunDirError, match="has no checkpoints"):
-        evaluate(str(run), "gsm8k", limit=1, **FAST)
+        evaluate(str(run), "gsm8k", _fast(limit=1))
     (tmp_path / "some-model").mkdir()
     with pytest.raises(ConfigError, match="needs a run directory"):
-        evaluate(str(tmp_path / "some-model"), "gsm8k", limit=1, checkpoints="step-1", **FAST)
+        evaluate(str(tmp_path / "some-model"), "gsm8k", _fast(limit=1), checkpoints="step-1")
 
 
 def test_bad_model_path_is_a_model_error_and_writes_nothing(tmp_path):
     (tmp_path / "not-a-model").mkdir()
     with pytest.raises(ModelError, match="cannot load"):
-        evaluate(str(tmp_path / "not-a-model"), "gsm8k", limit=1, out=tmp_path / "out", **FAST)
+        evaluate(str(tmp_path / "not-a-model"), "gsm8k", _fast(limit=1), out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(ModelError, match="does not exist"):
-        evaluate(str(tmp_path / "nowhere"), "gsm8k", limit=1, out=tmp_path / "out", **FAST)
+        evaluate(str(tmp_path / "nowhere"), "gsm8k", _fast(limit=1), out=tmp_path / "out")
 
 
 def test_bad_engine_and_dtype(tmp_path):
     with pytest.raises(ConfigError, match="unknown engine 'nope'; valid: hf"):
-        evaluate("x", "gsm8k", engine="nope", **FAST)
+        evaluate("x", "gsm8k", _fast(), engine="nope")
     with pytest.raises(ConfigError, match="unknown dtype"):
-        evaluate("x", "gsm8k", dtype="int8", **FAST)
+        evaluate("x", "gsm8k", _fast(), dtype="int8")
 
 
 @needs_tiny

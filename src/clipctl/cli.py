@@ -257,7 +257,7 @@ def eval_passk(
     """Sample N responses per problem and report unbiased pass@k, mean@n and bootstrap intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from clipctl.eval_driver import evaluate
+    from clipctl.eval_driver import EvalSettings, evaluate
 
     progress = Progress(
         TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
@@ -275,11 +275,13 @@ def eval_passk(
 
     try:
         with progress:
+            settings = EvalSettings(
+                n=n, ks=tuple(_parse_ks(k)), temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                seed=seed, limit=limit, batch_prompts=batch_prompts, grader_processes=grader_processes,
+                problem_col=problem_col, answer_col=answer_col, id_col=id_col, grader=grader, template=template,
+            )
             results = evaluate(
-                target, dataset, n=n, ks=_parse_ks(k), temperature=temperature, top_p=top_p,
-                max_new_tokens=max_new_tokens, seed=seed, limit=limit, engine=engine, checkpoints=checkpoints,
-                out=out, problem_col=problem_col, answer_col=answer_col, id_col=id_col, grader=grader,
-                template=template, batch_prompts=batch_prompts, grader_processes=grader_processes, dtype=dtype,
+                target, dataset, settings, engine=engine, checkpoints=checkpoints, out=out, dtype=dtype,
                 progress=on_progress, log=log,
             )
     except KeyboardInterrupt:

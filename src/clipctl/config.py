@@ -161,6 +161,8 @@ class EvalConfig:
     temperature: float = _f(0.6, "sampling temperature of the evaluation (paper: 0.6)")
     max_new_tokens: int = _f(512, "response length cap of the evaluation")
     limit: int = _f(0, "first N problems of each dataset (0 = all)")
+    # eval_driver.EvalSettings.from_config turns this section into the evaluation's settings
+    # (limit 0 -> None, the driver's "all").
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ starting from it would give it), or ``out`` when given::
 
 Example::
 
-    results = evaluate("runs/r", "gsm8k", n=8, ks=(1, 8), limit=50, checkpoints="last")
+    results = evaluate("runs/r", "gsm8k", EvalSettings(n=8, ks=(1, 8), limit=50), checkpoints="last")
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -79,7 +79,6 @@ SUMMARY_KEY = ("step", "dataset", "n", "k", "temperature", "seed")
 MODEL_STEP = 0  # the step recorded for a plain model target
 LOCAL_GRADER = "math_verify"  # defaults for a local .jsonl/.parquet file
 LOCAL_TEMPLATE = MATH_TEMPLATE
-DTYPES = ("float32", "bfloat16", "float16")
 _STEP_RE = re.compile(r"^(?:step-)?(\d+)$")
 
 Progress = Callable[[int, int], None]  # (samples done, samples in total), over all chosen steps
@@ -93,7 +92,20 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """Sampling and scoring settings of one evaluation; ``validated()`` checks them."""
+    """What one evaluation samples, grades and scores; ``validated()`` checks it.
+
+    The one settings object of ``evaluate`` and ``evaluate_checkpoint`` (the
+    model, engine and output folder are their own arguments).
+
+    n, ks: samples per problem and the pass@k budgets (each ``<= n``).
+    temperature, top_p, max_new_tokens, seed: sampling (seeded per step and batch).
+    limit: evaluate only the first ``limit`` problems; ``None`` (never 0)
+        means every problem. ``from_config`` maps ``EvalConfig.limit = 0`` to ``None``.
+    batch_prompts: problems per ``generate`` call (``batch_prompts * n`` sequences).
+    grader_processes: worker processes for grading; 0 grades inline.
+    problem_col, answer_col, id_col: dataset columns (see ``load_benchmark``).
+    grader, template: override the dataset's grader and prompt template.
+    """
 
     n: int = 32
     ks: tuple[int, ...] = (1, 8, 32)
@@ -104,6 +116,23 @@ class EvalSettings:
     limit: Optional[int] = None
     batch_prompts: int = 8
     grader_processes: int = 0
+    problem_col: Optional[str] = None
+    answer_col: Optional[str] = None
+    id_col: Optional[str] = None
+    grader: Optional[str] = None
+    template: Optional[str] = None
+
+    @classmethod
+    def from_config(cls, e, seed: int) -> "EvalSettings":
+        """The settings of the trainer's periodic evaluation: ``e`` is the run's ``EvalConfig``.
+
+        ``seed`` is the run's ``train.seed``; ``e.limit = 0`` (the config's "all")
+        becomes ``limit=None``; everything ``EvalConfig`` lacks keeps its default.
+        """
+        return cls(
+            n=e.n, ks=tuple(e.k), temperature=e.temperature, max_new_tokens=e.max_new_tokens,
+            seed=seed, limit=e.limit or None,
+        )
 
     def validated(self) -> "EvalSettings":
         ks = tuple(sorted({int(k) for k in self.ks}))
@@ -132,9 +161,10 @@ class EvalSettings:
             raise ConfigError(f"batch_prompts ({self.batch_prompts}) must be >= 1 problems per generate call")
         if self.grader_processes < 0:
             raise ConfigError(f"grader_processes ({self.grader_processes}) must be >= 0; 0 grades inline")
-        return EvalSettings(
-            int(self.n), ks, float(self.temperature), float(self.top_p), int(self.max_new_tokens),
-            int(self.seed), self.limit, int(self.batch_prompts), int(self.grader_processes),
+        return replace(
+            self, n=int(self.n), ks=ks, temperature=float(self.temperature), top_p=float(self.top_p),
+            max_new_tokens=int(self.max_new_tokens), seed=int(self.seed), batch_prompts=int(self.batch_prompts),
+            grader_processes=int(self.grader_processes),
         )
 
 
@@ -479,11 +509,11 @@ def _rmdir_if_empty(folder: Path) -> None:
         pass
 
 
-def _settings(n, ks, temperature, top_p, max_new_tokens, seed, limit, batch_prompts, grader_processes) -> EvalSettings:
-    return EvalSettings(
-        n=n, ks=tuple(ks), temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        seed=seed, limit=limit, batch_prompts=batch_prompts, grader_processes=grader_processes,
-    ).validated()
+def _eval_set(dataset: str, s: EvalSettings) -> EvalSet:
+    return load_eval_set(
+        dataset, problem_col=s.problem_col, answer_col=s.answer_col, id_col=s.id_col, limit=s.limit,
+        grader=s.grader, template=s.template,
+    )
 
 
 def _check_engine(engine: str) -> None:
@@ -501,24 +531,11 @@ def _check_engine(engine: str) -> None:
 def evaluate(
     target: str,
     dataset: str,
+    settings: EvalSettings = EvalSettings(),
     *,
-    n: int = 32,
-    ks: Sequence[int] = (1, 8, 32),
-    temperature: float = 0.6,
-    top_p: float = 1.0,
-    max_new_tokens: int = 512,
-    seed: int = 0,
-    limit: Optional[int] = None,
     engine: str = "hf",
     checkpoints: str = "all",
     out: Optional[Union[str, Path]] = None,
-    problem_col: Optional[str] = None,
-    answer_col: Optional[str] = None,
-    id_col: Optional[str] = None,
-    grader: Optional[str] = None,
-    template: Optional[str] = None,
-    batch_prompts: int = 8,
-    grader_processes: int = 0,
     dtype: str = "float32",
     device: Optional[str] = None,
     progress: Optional[Progress] = None,
@@ -530,16 +547,10 @@ def evaluate(
         target: HF id, local model folder, ``builtin:tiny``, or a run directory
             (a folder with ``run.json``): then each chosen checkpoint.
         dataset: a ``BENCHMARKS`` name or a local ``.jsonl``/``.parquet`` file.
-        n, ks: samples per problem and the pass@k budgets (each ``<= n``).
-        temperature, top_p, max_new_tokens, seed: sampling (seeded per step and batch).
-        limit: evaluate only the first ``limit`` problems.
+        settings: sampling, grading, scoring and dataset columns (``EvalSettings``).
         engine: rollout engine name (``rollout.ENGINES``).
         checkpoints: ``all``, ``last`` or ``step-N,...`` (run directories only).
         out: output root instead of ``runs/<name>/eval`` or ``runs/eval/<model>``.
-        problem_col, answer_col, id_col: dataset columns (see ``load_benchmark``).
-        grader, template: override the dataset's grader and prompt template.
-        batch_prompts: problems per ``generate`` call (``batch_prompts * n`` sequences).
-        grader_processes: worker processes for grading; 0 grades inline.
         dtype, device: how to load the model (device: cuda when available).
         progress: called with (samples done, samples in total) over all steps.
         log: receives one-line messages.
@@ -552,14 +563,13 @@ def evaluate(
         model path or run directory.
     """
     log = log or (lambda msg: None)
-    s = _settings(n, ks, temperature, top_p, max_new_tokens, seed, limit, batch_prompts, grader_processes)
+    s = settings.validated()
     _check_engine(engine)
+    from clipctl.models import DTYPES
+
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    eval_set = load_eval_set(
-        dataset, problem_col=problem_col, answer_col=answer_col, id_col=id_col, limit=s.limit,
-        grader=grader, template=template,
-    )
+    eval_set = _eval_set(dataset, s)
     plan = resolve_target(str(target), checkpoints, Path(out) if out is not None else None)
 
     def engine_for(model_path: str) -> Callable[[], tuple[object, object]]:
@@ -602,29 +612,17 @@ def evaluate_checkpoint(
     run_dir: Union[str, Path],
     step: int,
     dataset: str,
+    settings: EvalSettings = EvalSettings(),
     *,
-    n: int = 32,
-    ks: Sequence[int] = (1, 8, 32),
-    temperature: float = 0.6,
-    top_p: float = 1.0,
-    max_new_tokens: int = 512,
-    seed: int = 0,
-    limit: Optional[int] = None,
     engine: Union[str, object] = "hf",
     out: Optional[Union[str, Path]] = None,
-    problem_col: Optional[str] = None,
-    answer_col: Optional[str] = None,
-    id_col: Optional[str] = None,
-    grader: Optional[str] = None,
-    template: Optional[str] = None,
-    batch_prompts: int = 8,
-    grader_processes: int = 0,
     progress: Optional[Progress] = None,
     log: Optional[Log] = None,
 ) -> pd.DataFrame:
     """Evaluate an in-memory model as step ``step`` of ``run_dir``; same files as ``evaluate``.
 
-    For the trainer's periodic evaluation. ``engine`` is an engine name or a
+    For the trainer's periodic evaluation (``settings`` from
+    ``EvalSettings.from_config``). ``engine`` is an engine name or a
     ready ``RolloutEngine`` (e.g. the trainer's vLLM engine after
     ``sync_weights``). The global torch RNG state is restored afterwards, so a
     run's training draws are the same with and without evaluation. The files
@@ -636,15 +634,12 @@ def evaluate_checkpoint(
     from clipctl.rollout import make_engine
 
     log = log or (lambda msg: None)
-    s = _settings(n, ks, temperature, top_p, max_new_tokens, seed, limit, batch_prompts, grader_processes)
+    s = settings.validated()
     if isinstance(engine, str):
         _check_engine(engine)
     if step < 0:
         raise ConfigError(f"step ({step}) must be >= 0")
-    eval_set = load_eval_set(
-        dataset, problem_col=problem_col, answer_col=answer_col, id_col=id_col, limit=s.limit,
-        grader=grader, template=template,
-    )
+    eval_set = _eval_set(dataset, s)
     run_dir = Path(run_dir)
     root = Path(out) if out is not None else run_dir / "eval"
     plan = Target([(int(step), "", f"step-{int(step)}")], root, run_dir)

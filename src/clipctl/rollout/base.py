@@ -52,6 +52,15 @@ class RolloutEngine(Protocol):
         """Make the engine sample from ``model``'s current weights."""
 
 
+def pad_to(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
+    """``t`` (``[rows, T]``) padded with ``value`` to ``width`` columns, on the left or the right."""
+    extra = width - t.shape[1]
+    if extra == 0:
+        return t
+    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype)
+    return torch.cat([fill, t] if left else [t, fill], dim=1)
+
+
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)

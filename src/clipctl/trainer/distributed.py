@@ -67,6 +67,7 @@ import torch
 import torch.distributed as dist
 
 from clipctl.errors import ClipctlError, ConfigError
+from clipctl.rollout.base import pad_to
 from clipctl.runlog import atomic_write_json, compact, drop_parts_after
 from clipctl.trainer.checkpoint import (
     finish_checkpoint,
@@ -76,7 +77,7 @@ from clipctl.trainer.checkpoint import (
     set_rng_states,
 )
 from clipctl.trainer.comm import SingleProcessComm
-from clipctl.trainer.loop import Trainer, _pad_to, policy_logp_entropy, write_step
+from clipctl.trainer.loop import Trainer, policy_logp_entropy, write_step
 from clipctl.trainer.precision import PlainWeights
 
 BUILTIN_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
@@ -238,7 +239,7 @@ class DeepSpeedRanks(SingleProcess):
         if dtype == torch.bool:  # gloo has no bool collectives
             x = x.to(torch.uint8)
         if x.dim() == 2:
-            x = _pad_to(x, self._max(x.shape[1]), 0, left)
+            x = pad_to(x, self._max(x.shape[1]), 0, left)
         x = x.contiguous().to(self.device)
         parts = [torch.empty_like(x) for _ in range(self.world_size)]
         dist.all_gather(parts, x)

@@ -55,6 +55,7 @@ from clipctl.data import load_examples, step_prompt_indices
 from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_model_path
 from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
+from clipctl.rollout.base import pad_to
 from clipctl.runlog import write_part
 from clipctl.errors import NonFiniteError
 from clipctl.trainer.batch import (
@@ -123,14 +124,6 @@ def _consecutive_runs(positions: list[int]) -> list[list[int]]:
     return runs
 
 
-def _pad_to(t: torch.Tensor, width: int, value, left: bool) -> torch.Tensor:
-    extra = width - t.shape[1]
-    if extra == 0:
-        return t
-    fill = torch.full((t.shape[0], extra), value, dtype=t.dtype)
-    return torch.cat([fill, t] if left else [t, fill], dim=1)
-
-
 def concat_batches(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     """Stack rollout batches row-wise: prompts re-padded on the left, responses on the right."""
     if len(parts) == 1:
@@ -139,13 +132,13 @@ def concat_batches(parts: list[RolloutBatch], pad_id: int) -> RolloutBatch:
     tr = max(b.response_ids.shape[1] for b in parts)
     with_logprobs = all(b.logprobs is not None for b in parts)
     return RolloutBatch(
-        prompt_ids=torch.cat([_pad_to(b.prompt_ids, tp, pad_id, True) for b in parts]),
-        prompt_mask=torch.cat([_pad_to(b.prompt_mask, tp, 0, True) for b in parts]),
-        response_ids=torch.cat([_pad_to(b.response_ids, tr, pad_id, False) for b in parts]),
-        response_mask=torch.cat([_pad_to(b.response_mask, tr, 0, False) for b in parts]),
+        prompt_ids=torch.cat([pad_to(b.prompt_ids, tp, pad_id, True) for b in parts]),
+        prompt_mask=torch.cat([pad_to(b.prompt_mask, tp, 0, True) for b in parts]),
+        response_ids=torch.cat([pad_to(b.response_ids, tr, pad_id, False) for b in parts]),
+        response_mask=torch.cat([pad_to(b.response_mask, tr, 0, False) for b in parts]),
         truncated=torch.cat([b.truncated for b in parts]),
         response_text=[t for b in parts for t in b.response_text],
-        logprobs=torch.cat([_pad_to(b.logprobs, tr, 0.0, False) for b in parts]) if with_logprobs else None,
+        logprobs=torch.cat([pad_to(b.logprobs, tr, 0.0, False) for b in parts]) if with_logprobs else None,
     )
 
 

@@ -144,14 +144,12 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
 
 def evaluate_during_training(trainer: Trainer, run_dir: Path, step: int, log) -> None:
     """pass@k of the in-memory policy as step ``step`` of the run (same files as eval-passk)."""
-    from clipctl.eval_driver import evaluate_checkpoint
+    from clipctl.eval_driver import EvalSettings, evaluate_checkpoint
 
-    e = trainer.cfg.eval
-    for dataset in e.datasets:
+    settings = EvalSettings.from_config(trainer.cfg.eval, seed=trainer.cfg.train.seed)
+    for dataset in trainer.cfg.eval.datasets:
         evaluate_checkpoint(
-            trainer.model, trainer.tokenizer, run_dir, step, dataset,
-            n=e.n, ks=e.k, temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-            seed=trainer.cfg.train.seed, limit=e.limit or None, engine=trainer.engine, log=log,
+            trainer.model, trainer.tokenizer, run_dir, step, dataset, settings, engine=trainer.engine, log=log
         )
 
 
