@@ -490,11 +490,10 @@ def _update_epochs(
                     logp_all.detach(), old_logp_all, hi - lo, eps_low=eps_low, eps_high=eps_high
                 )
                 step_exact = exact if step_exact is None else algo.add_sums(step_exact, exact)
-                lr_ = algo.log_ratio(logp.detach(), old_logp[lo:hi])
                 rows.append(
                     {
                         "epoch": epoch, "minibatch": mb, "update": len(rows), "loss": float(loss.detach()),
-                        "approx_kl": float((torch.exp(lr_) - 1.0 - lr_).mean()),
+                        "approx_kl": float(algo.k3_kl(logp.detach(), old_logp[lo:hi]).mean()),
                         "grad_norm": float(grad.norm()), "lr": cfg.lr,
                         **algo.finalize_clip_stats(sums),
                         **exact_columns(exact),

@@ -14,7 +14,7 @@ from clipctl.algo.entropy import (
     token_mean_entropy,
 )
 from clipctl.algo.fused_head import choose_tiles, fused_logprobs_entropy
-from clipctl.algo.losses import LOSS_AGGS, agg_loss, log_ratio, per_token_clipped_loss, policy_loss
+from clipctl.algo.losses import LOSS_AGGS, agg_loss, k3_kl, log_ratio, per_token_clipped_loss, policy_loss
 from clipctl.algo.stats import (
     PROBE_KEYS,
     STAT_KEYS,
@@ -48,6 +48,7 @@ __all__ = [
     "choose_tiles",
     "fused_logprobs_entropy",
     "group_advantages",
+    "k3_kl",
     "log_ratio",
     "per_token_clipped_loss",
     "policy_loss",

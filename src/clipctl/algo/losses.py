@@ -25,6 +25,15 @@ def log_ratio(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
     return (logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
 
 
+def k3_kl(logp: torch.Tensor, old_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimator of KL(pi_old || pi_theta): ``exp(l) - 1 - l`` with ``l = log_ratio``.
+
+    Unbiased for the KL over tokens sampled from pi_old, and >= 0 token by token.
+    """
+    lr_ = log_ratio(logp, old_logp)
+    return torch.exp(lr_) - 1.0 - lr_
+
+
 def per_token_clipped_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,

@@ -13,7 +13,7 @@ read back to the host once per optimizer step.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -32,6 +32,23 @@ class MicroBatch:
 
 
 @dataclass
+class GlobalView:
+    """The step's rows over all processes, on the host, in global order (the step's own rows in one process).
+
+    Gathered once per step for the metrics and logs, never used for a forward pass.
+    """
+
+    rollout: RolloutBatch
+    rewards: torch.Tensor  # [N]
+    advantages: torch.Tensor  # [N]
+    old_logp: torch.Tensor  # [N, Tr]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.rollout.response_mask
+
+
+@dataclass
 class StepBatch:
     """One step's samples on the trainer's device (``N = P * G`` rows, prompt-major)."""
 
@@ -46,6 +63,10 @@ class StepBatch:
     advantages: torch.Tensor  # [N]
     old_logp: Optional[torch.Tensor] = None  # [N, Tr] log pi_old of the sampled tokens
     old_entropy: Optional[torch.Tensor] = None  # [N, Tr] H_t under pi_old
+    view: Optional[GlobalView] = None  # set once pi_old's log-probs are known
+    # Micro-batch plans by (lo, hi): a pure function of the lengths, so the
+    # row indices reach the device once per step, not once per pass.
+    _passes: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_rollout(cls, rollout: RolloutBatch, rewards: torch.Tensor, advantages: torch.Tensor, device) -> "StepBatch":
@@ -67,6 +88,18 @@ class StepBatch:
     def n_tokens(self, lo: int, hi: int) -> int:
         """Valid response tokens of rows ``lo:hi`` (a host count: no device sync)."""
         return int(sum(self.response_lengths[lo:hi]))
+
+    def micro_batches(self, lo: int, hi: int, *, rows_per_pass: int, tokens_per_pass: int) -> list[MicroBatch]:
+        """The forward/backward passes over rows ``lo:hi`` (``plan_micro_batches``), made once per step."""
+        key = (lo, hi, rows_per_pass, tokens_per_pass)
+        if key not in self._passes:
+            plans = plan_micro_batches(
+                self.prompt_lengths, self.response_lengths, lo, hi,
+                rows_per_pass=rows_per_pass, tokens_per_pass=tokens_per_pass,
+            )
+            device = self.response_ids.device
+            self._passes[key] = [MicroBatch(torch.tensor(rows, device=device), wp, wr) for rows, wp, wr in plans]
+        return self._passes[key]
 
     def model_inputs(self, mb: MicroBatch) -> tuple[dict, torch.Tensor]:
         """Model inputs of a micro-batch and its target tokens ``[n, response_width]``."""
@@ -140,7 +173,8 @@ class UpdateStats:
         """``(loss, kl_sum, sums, grad_norm)`` as Python floats: one device-to-host copy."""
         keys = list(self.sums)
         parts = [self.loss, self.kl_sum, *(self.sums[k].double() for k in keys)]
-        values = torch.stack([*(t.to(grad_norm.device) for t in parts), grad_norm.double()]).cpu().tolist()
+        # The gradient norm joins the sums where they are (DeepSpeed reports it on the host).
+        values = torch.stack([*parts, grad_norm.to(self.loss.device, torch.float64)]).cpu().tolist()
         return values[0], values[1], dict(zip(keys, values[2:-1])), values[-1]
 
 
@@ -179,7 +213,6 @@ def empty_sums() -> dict[str, float]:
 
 
 def k3_kl_sum(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over valid tokens of the k3 estimator ``exp(l) - 1 - l`` of KL(pi_old || pi_theta)."""
-    lr_ = algo.log_ratio(logp.detach(), old_logp)
-    k3 = torch.exp(lr_) - 1.0 - lr_
+    """Sum over valid tokens of ``algo.k3_kl`` (the k3 estimator of KL(pi_old || pi_theta))."""
+    k3 = algo.k3_kl(logp.detach(), old_logp)
     return torch.where(mask.bool(), k3, torch.zeros_like(k3)).sum().double()

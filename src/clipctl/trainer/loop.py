@@ -59,13 +59,13 @@ from clipctl.rollout.base import pad_to
 from clipctl.runlog import write_part
 from clipctl.errors import NonFiniteError
 from clipctl.trainer.batch import (
+    GlobalView,
     MicroBatch,
     StepBatch,
     StepTotals,
     UpdateStats,
     empty_sums,
     k3_kl_sum,
-    plan_micro_batches,
 )
 from clipctl.trainer.comm import SingleProcessComm
 from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
@@ -209,11 +209,7 @@ class Trainer:
 
     def _micro_batches(self, sb: StepBatch, lo: int, hi: int) -> list[MicroBatch]:
         t = self.cfg.train
-        plans = plan_micro_batches(
-            sb.prompt_lengths, sb.response_lengths, lo, hi,
-            rows_per_pass=t.micro_batch_size, tokens_per_pass=t.micro_batch_tokens,
-        )
-        return [MicroBatch(torch.tensor(rows, device=self.device), wp, wr) for rows, wp, wr in plans]
+        return sb.micro_batches(lo, hi, rows_per_pass=t.micro_batch_size, tokens_per_pass=t.micro_batch_tokens)
 
     def _minibatch_bounds(self, n_rows: int):
         # This process's rows of each minibatch (all of them in a single process).
@@ -321,7 +317,6 @@ class Trainer:
                 logp, old, adv, mask, ent, expected_q, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
             )
             stats.add(loss, k3_kl_sum(logp, old, mask), sums)
-            del ent  # with an entropy bonus it holds the graph
         loss, kl_sum, sums, grad_norm = stats.to_host(self._grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
         loss, kl_sum = self.comm.sum(loss), self.comm.sum(kl_sum)
@@ -442,7 +437,7 @@ class Trainer:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
         G = self.cfg.rollout.n
         _, ent = self.policy_stats(sb)
-        return algo.sequence_mean_entropy(self.comm.rows(ent.cpu(), G), self.comm.rows(sb.rollout.response_mask, G)).item()
+        return algo.sequence_mean_entropy(self.comm.rows(ent.cpu(), G), sb.view.mask).item()
 
     # ------------------------------------------------------------ checkpoints
 
@@ -477,6 +472,7 @@ class Trainer:
         sb = StepBatch.from_rollout(rollout, rewards, adv, self.device)
         sb.old_logp, sb.old_entropy = self.policy_stats(sb)
         self._check_finite(step, sb.old_entropy, "entropy under pi_old (the policy was already broken)")
+        sb.view = self._global_view(sb)
         pre = self._entropy_metrics(sb, sb.old_entropy)
         knobs = self.control.step(pre["entropy"])  # the config's bounds, or the entropy controller's
         probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
@@ -530,27 +526,35 @@ class Trainer:
 
     # ------------------------------------------------------------ the step's rows
 
+    def _global_view(self, sb: StepBatch) -> GlobalView:
+        """The step's rows of every process, gathered once (the identity in one process)."""
+        G, g = self.cfg.rollout.n, self.comm
+        return GlobalView(
+            rollout=g.batch(sb.rollout, G),
+            rewards=g.rows(sb.rewards.cpu(), G),
+            advantages=g.rows(sb.advantages.cpu(), G),
+            old_logp=g.rows(sb.old_logp.cpu(), G),
+        )
+
     def _entropy_metrics(self, sb: StepBatch, ent: torch.Tensor) -> dict:
         """Eq. 4 (sequence-mean) and token-mean entropy of the step's global batch."""
-        G = self.cfg.rollout.n
-        ent, mask = self.comm.rows(ent.cpu(), G), self.comm.rows(sb.rollout.response_mask, G)
+        ent, mask = self.comm.rows(ent.cpu(), self.cfg.rollout.n), sb.view.mask
         return {
             "entropy": algo.sequence_mean_entropy(ent, mask).item(),
             "entropy_token_mean": algo.token_mean_entropy(ent, mask).item(),
         }
 
     def _batch_metrics(self, sb: StepBatch, pre: dict, post: dict) -> dict:
-        """Entropy, reward and length metrics of the step's global batch (one host copy each)."""
-        G, g = self.cfg.rollout.n, self.comm
-        mask = g.rows(sb.rollout.response_mask, G)
-        rewards, adv = g.rows(sb.rewards.cpu(), G), g.rows(sb.advantages.cpu(), G)
-        lengths = mask.sum(-1).float()
+        """Entropy, reward and length metrics of the step's global batch (from the view gathered once)."""
+        v, G = sb.view, self.cfg.rollout.n
+        rewards, adv = v.rewards, v.advantages
+        lengths = v.mask.sum(-1).float()
         verifiable = is_verifiable(self.cfg.reward.kind)
         return {
             **pre,
             "entropy_post": post["entropy"],
             "entropy_post_token_mean": post["entropy_token_mean"],
-            **self._engine_logprob_gap(g.batch(sb.rollout, G), g.rows(sb.old_logp.cpu(), G)),
+            **self._engine_logprob_gap(v.rollout, v.old_logp),
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
             "accuracy": (rewards > 0.5).float().mean().item() if verifiable else math.nan,
@@ -558,7 +562,7 @@ class Trainer:
             "adv_abs_mean": adv.abs().mean().item(),
             "response_length_mean": lengths.mean().item(),
             "response_length_max": lengths.max().item(),
-            "truncated_frac": g.rows(sb.rollout.truncated, G).float().mean().item(),
+            "truncated_frac": v.rollout.truncated.float().mean().item(),
             "n_tokens": float(lengths.sum()),
         }
 
@@ -567,13 +571,12 @@ class Trainer:
         out = StepOutput(metrics, updates)
         if not (cfg.log.samples_every and step % cfg.log.samples_every == 0) and not cfg.log.token_sample_rate > 0:
             return out
-        gbatch = g.batch(sb.rollout, G)
-        rewards, adv = g.rows(sb.rewards.cpu(), G), g.rows(sb.advantages.cpu(), G)
+        v = sb.view
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
-            out.samples = self._sample_rows(step, g.objects(prompts, 1), gbatch, rewards, adv)
+            out.samples = self._sample_rows(step, g.objects(prompts, 1), v.rollout, v.rewards, v.advantages)
         if cfg.log.token_sample_rate > 0:
             out.tokens = self._token_rows(
-                step, gbatch, g.rows(sb.old_logp.cpu(), G), g.rows(sb.old_entropy.cpu(), G), adv
+                step, v.rollout, v.old_logp, g.rows(sb.old_entropy.cpu(), G), v.advantages
             )
         return out
 
