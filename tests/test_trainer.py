@@ -119,6 +119,23 @@ def test_probe_is_exact_and_changes_nothing(tmp_path, fast_overrides):
     )
 
 
+def test_probe_runs_identical_replays_once(tmp_path, fast_overrides, monkeypatch):
+    # eps_high = inf: highonly is noclip and replay is lowonly, so two replays, not four.
+    calls = []
+    real = Trainer.update_epochs
+
+    def counting(self, step, sb, **kw):
+        calls.append((kw["eps_low"], kw["eps_high"]))
+        return real(self, step, sb, **kw)
+
+    monkeypatch.setattr(Trainer, "update_epochs", counting)
+    over = [*fast_overrides, "train.steps=1", "algo.eps_high=inf", "log.clip_probe_every=1"]
+    steps = read_run(train(load_config("tiny-cpu", over), out=tmp_path, name="p").run_dir).steps
+    assert calls == [(0.2, math.inf), (0.2, math.inf), (1.0, math.inf)]  # the real step, then two replays
+    assert steps["clip_high_attributed_dH"].iloc[0] == 0
+    assert steps["entropy_post_replay"].iloc[0] == steps["entropy_post_lowonly"].iloc[0]
+
+
 def test_probe_of_a_step_without_clip_events_attributes_zero(tmp_path, fast_overrides):
     # One minibatch, one epoch: ratio is exactly 1, no token can clip, so the
     # replay without clipping must land on the same weights.

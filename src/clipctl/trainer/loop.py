@@ -415,19 +415,23 @@ class Trainer:
         the run's own settings (the noise floor), no clipping, clip-low only,
         clip-high only (dual clip only in the first). Eq. 4 entropy is measured
         on the step's batch after each; the real post-step state is restored at
-        the end, so probing changes nothing else.
+        the end, so probing changes nothing else. Replays with the same settings
+        run once (eps_high = inf: ``highonly`` is ``noclip`` and ``replay`` is
+        ``lowonly``), which halves the probe's cost for such runs.
         """
         a = self.cfg.algo
         real_state = self._snapshot()
         replays = algo.probe_replays(knobs.eps_low, knobs.eps_high)
-        post = {}
+        post, done = {}, {}
         for label, (eps_low, eps_high) in replays.items():
-            self._restore(start_state)
             dual = a.dual_clip_c if label == "replay" else None
-            self.update_epochs(
-                step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual, entropy_coef=knobs.entropy_coef
-            )
-            post[label] = self._eq4_entropy(sb)
+            if (eps_low, eps_high, dual) not in done:
+                self._restore(start_state)
+                self.update_epochs(
+                    step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual, entropy_coef=knobs.entropy_coef
+                )
+                done[eps_low, eps_high, dual] = self._eq4_entropy(sb)
+            post[label] = done[eps_low, eps_high, dual]
         self._restore(real_state)
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
             entropy_post = self._eq4_entropy(sb)
