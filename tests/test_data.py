@@ -3,7 +3,7 @@ import json
 import pytest
 
 from clipctl.config import load_config
-from clipctl.data import load_examples, read_table, step_prompt_indices
+from clipctl.data import fill_template, format_prompt, load_examples, read_table, step_prompt_indices
 from clipctl.errors import DataError
 
 
@@ -50,6 +50,36 @@ def test_errors(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question": 1}\n{oops\n')
     with pytest.raises(DataError, match="bad.jsonl:2 is not valid JSON"):
         read_table(str(tmp_path / "bad.jsonl"))
+
+
+def test_training_and_evaluation_read_through_one_layer(tmp_path):
+    from clipctl.evaluation import BENCHMARKS, load_benchmark
+
+    # The benchmarks are shipped datasets like any other: trainable by name.
+    for name, bench in BENCHMARKS.items():
+        assert len(read_table(name, "test")) == len(load_benchmark(name))
+    # One JSON-lines reader, one message, whichever command reads the file.
+    (tmp_path / "bad.jsonl").write_text('{"problem": "p", "answer": "1"}\n[1, 2]\n')
+    for read in (lambda p: read_table(str(p)), lambda p: load_benchmark(str(p))):
+        with pytest.raises(DataError, match=r"bad.jsonl:2 is not a JSON object"):
+            read(tmp_path / "bad.jsonl")
+
+
+def test_templates_by_hand():
+    # Training: '{prompt}' replaced literally (braces stay as written).
+    assert fill_template("Q: {prompt} in \\boxed{}", "1+1?") == "Q: 1+1? in \\boxed{}"
+    # Evaluation: '{problem}' is a str.format field (a literal brace is doubled).
+    assert fill_template("{problem}\nin \\boxed{{}}.", "1+1?") == "1+1?\nin \\boxed{}."
+
+    class Chat(CharTokenizer):
+        chat_template = "yes"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return f"<user>{messages[0]['content']}</user><assistant>"
+
+    assert format_prompt("2+2?", "Q: {prompt}", Chat(), "auto") == "<user>Q: 2+2?</user><assistant>"
+    assert format_prompt("2+2?", "Q: {prompt}", Chat(), "false") == "Q: 2+2?"
+    assert format_prompt("2+2?", "Q: {prompt}", CharTokenizer(), "auto") == "Q: 2+2?"  # no chat template
 
 
 def test_prompt_order_is_a_function_of_seed_and_step():

@@ -1,7 +1,11 @@
 """Datasets -> training prompts and gold answers; prompt templates.
 
-Sources: ``gsm8k`` (shipped in ``clipctl/resources``), local ``.jsonl`` /
-``.parquet`` files, and HF dataset ids (only where the hub is reachable).
+Sources: the datasets shipped in ``clipctl/resources`` (``SHIPPED``; the
+evaluation benchmarks read theirs through ``read_shipped`` too), local
+``.jsonl`` / ``.json`` (JSON lines) / ``.parquet`` files, and HF dataset ids
+(only where the hub is reachable). One reader per format, one template
+function (``fill_template``) and one chat-template wrapper (``format_prompt``)
+for training and evaluation.
 The prompts of step ``s`` are a pure function of (seed, s): an epoch-wise
 permutation of the dataset, so a resumed run needs no stored cursor.
 """
@@ -18,7 +22,16 @@ import numpy as np
 
 from clipctl.errors import DataError
 
-SHIPPED = {"gsm8k": ("train", "test"), "dapo_math_17k": ("train",)}
+# Every dataset shipped in clipctl/resources, with its splits: training sets and
+# the evaluation benchmarks (clipctl.evaluation.BENCHMARKS) alike.
+SHIPPED = {
+    "gsm8k": ("train", "test"),
+    "dapo_math_17k": ("train",),
+    "math500": ("test",),
+    "aime2024": ("test",),
+    "aime2025": ("test",),
+    "amc23": ("test",),
+}
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
 
 
@@ -27,16 +40,47 @@ def resource_path(*parts: str) -> Path:
     return Path(str(resources.files("clipctl").joinpath("resources", *parts)))
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, source: Optional[str] = None) -> list[dict]:
+    """Rows of a JSON-lines file (blank lines skipped); ``source`` names it in errors."""
+    source = source or str(path)
     rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{line_no} is not valid JSON ({e.msg}); fix or remove that line") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{source}:{line_no} is not valid JSON ({e.msg}); fix or remove that line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{source}:{line_no} is not a JSON object; each line must be one {{...}} row")
+            rows.append(row)
     return rows
+
+
+def read_parquet(path: Path) -> list[dict]:
+    import pandas as pd  # local: only Parquet datasets need pandas
+
+    try:
+        return pd.read_parquet(path).to_dict("records")
+    except Exception as e:  # pyarrow raises several types for unreadable files
+        raise DataError(
+            f"cannot read Parquet file {path} ({type(e).__name__}); check that it is a valid .parquet file"
+        ) from None
+
+
+def read_local(path: Path) -> list[dict]:
+    """Rows of a local ``.jsonl``/``.json`` (JSON lines) or ``.parquet`` file."""
+    return read_parquet(path) if path.suffix.lower() == ".parquet" else read_jsonl(path)
+
+
+def read_shipped(name: str, split: str) -> list[dict]:
+    """Rows of ``clipctl/resources/<name>/<split>.jsonl`` (training sets and benchmarks)."""
+    path = resource_path(name, f"{split}.jsonl")
+    source = f"packaged dataset {name!r} (clipctl/resources/{name}/{split}.jsonl)"
+    if not path.is_file():
+        raise DataError(f"{source} is missing; reinstall clipctl or pass a local .jsonl/.parquet path")
+    return read_jsonl(path, source)
 
 
 def read_table(name: str, split: str = "train") -> list[dict]:
@@ -44,19 +88,12 @@ def read_table(name: str, split: str = "train") -> list[dict]:
     if name in SHIPPED:
         if split not in SHIPPED[name]:
             raise DataError(f"dataset '{name}' has no split '{split}'; valid: {', '.join(SHIPPED[name])}")
-        return read_jsonl(resource_path(name, f"{split}.jsonl"))
+        return read_shipped(name, split)
     path = Path(name).expanduser()
-    if path.suffix in LOCAL_SUFFIXES or path.exists():
+    if path.suffix.lower() in LOCAL_SUFFIXES or path.exists():
         if not path.is_file():
             raise DataError(f"dataset file '{name}' not found; pass an existing .jsonl/.parquet file or 'gsm8k'")
-        if path.suffix == ".parquet":
-            import pandas as pd
-
-            try:
-                return pd.read_parquet(path).to_dict("records")
-            except Exception as e:
-                raise DataError(f"cannot read parquet file '{name}': {e}") from None
-        return read_jsonl(path)
+        return read_local(path)
     try:
         import datasets
 
@@ -76,8 +113,22 @@ class Example:
     gold: Optional[str]     # raw gold answer (None when the table has no answer column)
 
 
+def fill_template(template: str, problem: str) -> str:
+    """The prompt text of one problem.
+
+    Two spellings, one per caller: training presets write ``{prompt}``, which
+    is replaced literally (``data.prompt_template``); evaluation templates
+    write ``{problem}``, a ``str.format`` field (so a literal brace is
+    doubled: ``\\boxed{{}}``; ``clipctl eval-passk --template``).
+    """
+    if "{prompt}" in template:
+        return template.replace("{prompt}", problem)
+    return template.format(problem=problem)
+
+
 def format_prompt(problem: str, template: str, tokenizer, chat_template: str) -> str:
-    text = template.replace("{prompt}", problem)
+    """Template, then the tokenizer's chat template (``auto``: when it has one; ``true``; ``false``)."""
+    text = fill_template(template, problem)
     use_chat = chat_template == "true" or (chat_template == "auto" and getattr(tokenizer, "chat_template", None))
     if use_chat:
         return tokenizer.apply_chat_template(

@@ -6,8 +6,8 @@ already in memory (the trainer's periodic evaluation). The estimators live in
 ``clipctl.evaluation``; this module adds the model, the files and resume.
 
 1. Prompts: the benchmark's template (``str.format`` with ``{problem}``), then
-   the tokenizer's chat template when it has one (``data.format_prompt`` with
-   ``chat_template='auto'``).
+   the tokenizer's chat template when it has one: ``data.format_prompt`` with
+   ``chat_template='auto'``, the same function that makes training prompts.
 2. Sampling goes through the rollout interface (``make_engine``): ``n``
    samples per problem, ``batch_prompts`` problems per ``generate`` call. Each
    call is seeded from ``(seed, step, batch index)``, so a batch's samples do
@@ -390,10 +390,7 @@ def _work_key(model_key: str, step: int, eval_set: EvalSet, s: EvalSettings) -> 
 def _prompt_ids(eval_set: EvalSet, tokenizer) -> list[list[int]]:
     from clipctl.data import format_prompt
 
-    texts = [
-        format_prompt(eval_set.template.format(problem=p.problem), "{prompt}", tokenizer, "auto")
-        for p in eval_set.problems
-    ]
+    texts = [format_prompt(p.problem, eval_set.template, tokenizer, "auto") for p in eval_set.problems]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 

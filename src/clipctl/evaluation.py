@@ -25,17 +25,15 @@ Example::
 
 from __future__ import annotations
 
-import json
 import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from clipctl import rewards
+from clipctl import data, rewards
 from clipctl.errors import DataError
 
 # ---------------------------------------------------------------------------
@@ -205,7 +203,7 @@ GSM8K_MARKER = "####"
 class Benchmark:
     """A packaged test set: where it lives, which columns to read, how to grade.
 
-    ``resource``/``file`` locate it under ``clipctl/resources``; ``id_col``
+    ``resource``/``split`` locate it (``clipctl/resources/<resource>/<split>.jsonl``); ``id_col``
     ``None`` means the 0-based row number is the id; ``gold_marker``, when set,
     means the gold answer is the text after the marker's last occurrence
     (GSM8K's ``#### N`` line). ``template`` is a ``str.format`` string with a
@@ -214,7 +212,7 @@ class Benchmark:
 
     name: str
     resource: str
-    file: str
+    split: str
     problem_col: str
     answer_col: str
     id_col: Optional[str]
@@ -225,21 +223,21 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "gsm8k": Benchmark(
-        "gsm8k", "gsm8k", "test.jsonl", "question", "answer", None, "gsm8k", GSM8K_TEMPLATE,
+        "gsm8k", "gsm8k", "test", "question", "answer", None, "gsm8k", GSM8K_TEMPLATE,
         gold_marker=GSM8K_MARKER,
     ),
     "math500": Benchmark(
-        "math500", "math500", "test.jsonl", "problem", "answer", "unique_id", "math_verify",
+        "math500", "math500", "test", "problem", "answer", "unique_id", "math_verify",
         MATH_TEMPLATE,
     ),
     "aime2024": Benchmark(
-        "aime2024", "aime2024", "test.jsonl", "problem", "answer", "id", "math_verify", MATH_TEMPLATE
+        "aime2024", "aime2024", "test", "problem", "answer", "id", "math_verify", MATH_TEMPLATE
     ),
     "aime2025": Benchmark(
-        "aime2025", "aime2025", "test.jsonl", "problem", "answer", "id", "math_verify", MATH_TEMPLATE
+        "aime2025", "aime2025", "test", "problem", "answer", "id", "math_verify", MATH_TEMPLATE
     ),
     "amc23": Benchmark(
-        "amc23", "amc23", "test.jsonl", "problem", "answer", "id", "math_verify", MATH_TEMPLATE
+        "amc23", "amc23", "test", "problem", "answer", "id", "math_verify", MATH_TEMPLATE
     ),
 }
 
@@ -255,49 +253,11 @@ class Problem:
     answer: str
 
 
-def _read_jsonl(text: str, source: str) -> list[dict]:
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(
-                f"{source} line {lineno} is not valid JSON ({exc.msg}); fix or remove that line"
-            ) from exc
-        if not isinstance(row, dict):
-            raise DataError(
-                f"{source} line {lineno} is not a JSON object; each line must be one {{...}} row"
-            )
-        rows.append(row)
-    return rows
-
-
-def _read_parquet(path: Path) -> list[dict]:
-    import pandas as pd  # local: only local .parquet files need pandas
-
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise DataError(
-            f"cannot read Parquet file {path} ({type(exc).__name__}); check that it is a valid .parquet file"
-        ) from exc
-    return frame.to_dict(orient="records")
-
-
 def _rows_of(name_or_path: str) -> tuple[list[dict], Optional[Benchmark], str]:
     """Raw rows, the registry entry (or None for a local file) and a display name."""
     bench = BENCHMARKS.get(name_or_path)
     if bench is not None:
-        # Chained joinpath: Traversable.joinpath takes one argument before Python 3.11.
-        res = resources.files("clipctl").joinpath("resources").joinpath(bench.resource).joinpath(bench.file)
-        source = f"packaged dataset {bench.name!r} (clipctl/resources/{bench.resource}/{bench.file})"
-        if not res.is_file():
-            raise DataError(
-                f"{source} is missing; reinstall clipctl or pass a local .jsonl/.parquet path"
-            )
-        return _read_jsonl(res.read_text(encoding="utf-8"), source), bench, source
+        return data.read_shipped(bench.resource, bench.split), bench, f"packaged dataset {bench.name!r}"
 
     path = Path(name_or_path)
     if path.suffix.lower() not in LOCAL_SUFFIXES:
@@ -311,9 +271,7 @@ def _rows_of(name_or_path: str) -> tuple[list[dict], Optional[Benchmark], str]:
         )
     if not path.is_file():
         raise DataError(f"dataset file not found: {str(path)!r}; check the path")
-    if path.suffix.lower() == ".parquet":
-        return _read_parquet(path), None, str(path)
-    return _read_jsonl(path.read_text(encoding="utf-8"), str(path)), None, str(path)
+    return data.read_local(path), None, str(path)
 
 
 def _as_text(value: object) -> str:
