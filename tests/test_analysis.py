@@ -358,3 +358,26 @@ def test_attributed_changes_within_the_probe_noise_are_flagged():
     assert clear["attributed_within_noise"] is False
     # On a CPU the noise is exactly 0: nothing is flagged.
     assert _attribution_summary(frame(1e-9, 0.0))["attributed_within_noise"] is False
+
+
+def test_average_ranks_by_hand_and_against_pandas():
+    assert analysis.average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    assert analysis.average_ranks(np.array([5.0, 5.0, 5.0])).tolist() == [2.0, 2.0, 2.0]
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 7, 50):
+        a = rng.integers(0, 4, n).astype(float)  # many ties
+        np.testing.assert_array_equal(analysis.average_ranks(a), pd.Series(a).rank().to_numpy())
+
+
+def test_read_run_reads_each_table_on_first_use(tmp_path):
+    run = tmp_path / "r"
+    atomic_write_json(run / "run.json", {"name": "r", "config": {}})
+    write_part(run, "steps", 1, pd.DataFrame({"step": [1], "entropy": [1.0]}))
+    write_part(run, "samples", 1, pd.DataFrame({"step": [1], "response": ["x"]}))
+    (run / "samples" / "step-000001.parquet").write_bytes(b"torn")  # only a reader of samples meets it
+    r = read_run(run)
+    assert r.steps["entropy"].tolist() == [1.0]
+    from clipctl.errors import RunDirError
+
+    with pytest.raises(RunDirError, match="samples"):
+        r.samples

@@ -75,3 +75,23 @@ def test_unreadable_run_dirs(tmp_path, setup):
 def test_json_written_atomically(tmp_path):
     atomic_write_json(tmp_path / "x.json", {"a": float("inf")})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": float("inf")}
+
+
+def test_read_columns_equals_the_frame_it_replaces(tmp_path):
+    # Float arrays of the asked columns, rows by step, NaN where a file lacks a column,
+    # a column no file has left out: what read_table gives, without the DataFrame.
+    import numpy as np
+
+    from clipctl.runlog import read_columns, read_table
+
+    run = tmp_path / "r"
+    write_part(run, "steps", 2, pd.DataFrame({"step": [2], "entropy": [1.5], "n": [7]}))
+    write_part(run, "steps", 1, pd.DataFrame({"step": [1], "entropy": [2.0]}))
+    write_part(run, "steps", 3, pd.DataFrame({"step": [3], "entropy": [None], "n": [9]}))
+    cols = read_columns(run, "steps", ["step", "entropy", "n", "absent"])
+    assert list(cols) == ["step", "entropy", "n"]
+    np.testing.assert_array_equal(cols["step"], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(cols["entropy"], [2.0, 1.5, np.nan])
+    np.testing.assert_array_equal(cols["n"], [np.nan, 7.0, 9.0])
+    frame = read_table(run, "steps").sort_values("step")
+    np.testing.assert_array_equal(cols["n"], frame["n"].to_numpy(dtype=float, na_value=np.nan))

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from clipctl.errors import ClipctlError, RunDirError
-from clipctl.runlog import Run, read_run
+from clipctl.runlog import Run, logged_steps, read_columns, read_run
 
 DEFAULT_GROUP_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind")
 # Added to the default grouping when any run has an entropy controller, so
@@ -114,10 +114,10 @@ def load_runs(
     runs, empty = [], []
     for path in resolve_runs(paths_or_globs):
         run = read_run(path)
-        if run.steps.empty or "step" not in run.steps:
-            empty.append(path)
-        else:
+        if logged_steps(run.path):  # from the file names: the steps are read only by what needs them
             runs.append(run)
+        else:
+            empty.append(path)
     if not runs:
         others = f" (nor do {len(empty) - 1} other run(s))" if len(empty) > 1 else ""
         raise RunDirError(
@@ -220,16 +220,9 @@ def label_keys(values: Sequence[dict], keys: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------- statistics helpers
 
 
-def _finite(*cols: pd.Series) -> pd.Series:
-    ok = pd.Series(True, index=cols[0].index)
-    for c in cols:
-        ok &= np.isfinite(pd.to_numeric(c, errors="coerce").astype(float))
-    return ok
-
-
-# The three statistics below work on plain float arrays (numpy, not pandas
-# Series operations): analyze-clip-stats calls them a dozen times per run, and
-# over a sweep of 1,000 runs pandas' per-call overhead was most of the time.
+# The statistics below work on plain float arrays (numpy, not pandas Series
+# operations): analyze-clip-stats calls them a few dozen times per run, and over
+# a sweep of 1,000 runs pandas' per-call overhead was most of the time.
 
 
 def _pair(x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -237,14 +230,14 @@ def _pair(x, y) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return a, b, np.isfinite(a) & np.isfinite(b)
 
 
-def sign_agreement(x: pd.Series, y: pd.Series) -> float:
+def sign_agreement(x, y) -> float:
     """Share of rows with ``sign(x) == sign(y)`` among rows where both are finite and non-zero."""
     a, b, ok = _pair(x, y)
     ok &= (a != 0) & (b != 0)
     return float((np.sign(a[ok]) == np.sign(b[ok])).mean()) if ok.any() else math.nan
 
 
-def pearson(x: pd.Series, y: pd.Series) -> float:
+def pearson(x, y) -> float:
     """Pearson correlation over rows where both are finite; NaN with < 3 rows or a constant series."""
     a, b, ok = _pair(x, y)
     a, b = a[ok], b[ok]
@@ -255,14 +248,31 @@ def pearson(x: pd.Series, y: pd.Series) -> float:
     return float((a * b).sum()) / den if den > 0 else math.nan
 
 
-def spearman(x: pd.Series, y: pd.Series) -> float:
+def average_ranks(a: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (``pd.Series.rank()``'s default)."""
+    order = np.argsort(a, kind="stable")
+    ordered = a[order]
+    new = np.r_[True, ordered[1:] != ordered[:-1]]  # a tie group starts here
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.r_[starts, len(a)])
+    ranks = np.empty(len(a))
+    ranks[order] = (starts + (sizes + 1) / 2)[np.cumsum(new) - 1]
+    return ranks
+
+
+def spearman(x, y) -> float:
     """Spearman rank correlation (Pearson on average ranks); no SciPy needed."""
     a, b, ok = _pair(x, y)
-    return pearson(pd.Series(a[ok]).rank(), pd.Series(b[ok]).rank())
+    return pearson(average_ranks(a[ok]), average_ranks(b[ok]))
 
 
-def _mean_se(col: pd.Series) -> tuple[float, float, int]:
-    v = col.astype(float)
+def _mean(v: np.ndarray) -> float:
+    """Mean over the non-NaN values (pandas' ``mean``); NaN when there are none."""
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def _mean_se(v: np.ndarray) -> tuple[float, float, int]:
     v = v[np.isfinite(v)]
     n = len(v)
     mean = float(v.mean()) if n else math.nan
@@ -270,10 +280,37 @@ def _mean_se(col: pd.Series) -> tuple[float, float, int]:
     return mean, se, n
 
 
-def _positive_share(col: pd.Series) -> float:
-    v = np.asarray(col, dtype=float)
+def _positive_share(v: np.ndarray) -> float:
     v = v[np.isfinite(v)]
     return float((v > 0).mean()) if len(v) else math.nan
+
+
+# Every steps column the per-run summary reads (read_columns reads only these).
+SUMMARY_COLUMNS = (
+    "step", "entropy", "entropy_post", "entropy_target", "eps_low", "entropy_coef", "reward_mean",
+    *FRACTION_COLUMNS, *BRACKET_COLUMNS, "thm1_drift", "thm2_drift", *ATTRIBUTED_COLUMNS, "probe_noise",
+    "ratio_below_frac_exact", "ratio_above_frac_exact", "thm1_drift_exact", "thm2_drift_exact",
+)
+
+
+class Columns:
+    """A run's steps columns as float arrays in step order; a column the run lacks reads as NaNs."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self.n = len(next(iter(arrays.values()))) if arrays else 0
+
+    @classmethod
+    def of_run(cls, run: Run) -> "Columns":
+        return cls(read_columns(run.path, "steps", SUMMARY_COLUMNS))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.arrays
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            return np.full(self.n, math.nan)
+        return self.arrays[name]
 
 
 def _col(steps: pd.DataFrame, name: str) -> pd.Series:
@@ -308,14 +345,13 @@ def combine_updates(updates: pd.DataFrame) -> pd.DataFrame:
 # ---------------------------------------------------------------- per-run summary
 
 
-def _entropy_summary(steps: pd.DataFrame) -> dict:
-    first, last = steps.iloc[0], steps.iloc[-1]
-    start = float(first["entropy"])
-    post = float(last["entropy_post"]) if "entropy_post" in steps else math.nan
-    end = post if math.isfinite(post) else float(last["entropy"])
+def _entropy_summary(c: Columns) -> dict:
+    start = float(c["entropy"][0])
+    post = float(c["entropy_post"][-1])
+    end = post if math.isfinite(post) else float(c["entropy"][-1])
     change = end - start
     return {
-        "n_steps": int(len(steps)),
+        "n_steps": c.n,
         "entropy_start": start,
         "entropy_end": end,
         "entropy_change": change,
@@ -323,80 +359,79 @@ def _entropy_summary(steps: pd.DataFrame) -> dict:
     }
 
 
-def _control_summary(steps: pd.DataFrame, entropy: dict) -> dict:
+def _control_summary(c: Columns, entropy: dict) -> dict:
     """Entropy control: tracking of the target over the run's last half, the knobs at the end, collapse/explosion."""
     start, end = entropy["entropy_start"], entropy["entropy_end"]
-    target = _col(steps, "entropy_target")
-    half = steps.iloc[len(steps) // 2 :]
-    t = float(target.iloc[-1]) if len(target) else math.nan
-    err = float((_col(half, "entropy") - t).abs().mean()) if math.isfinite(t) else math.nan
+    half = slice(c.n // 2, None)
+    t = float(c["entropy_target"][-1])
+    err = _mean(np.abs(c["entropy"][half] - t)) if math.isfinite(t) else math.nan
     return {
         "entropy_target": t,
         "entropy_track_err": err,
         "entropy_track_err_rel": err / t if math.isfinite(t) else math.nan,
-        "eps_low_last": float(_col(steps, "eps_low").iloc[-1]),
-        "entropy_coef_last": float(_col(steps, "entropy_coef").iloc[-1]),
-        "reward_last_half": float(_col(half, "reward_mean").mean()),
+        "eps_low_last": float(c["eps_low"][-1]),
+        "entropy_coef_last": float(c["entropy_coef"][-1]),
+        "reward_last_half": _mean(c["reward_mean"][half]),
         "collapsed": bool(start > 0 and end < COLLAPSE_RATIO * start),
         "exploded": bool(start > 0 and end > EXPLODE_RATIO * start),
     }
 
 
-def _theory_summary(steps: pd.DataFrame) -> dict:
-    out = {f"avg_{c}": float(_col(steps, c).mean()) for c in FRACTION_COLUMNS}
-    for c in BRACKET_COLUMNS:
-        out[f"{c}_pos_share"] = _positive_share(_col(steps, c))
-    raw = _col(steps, "entropy_post") - _col(steps, "entropy")
+def _theory_summary(c: Columns) -> dict:
+    out = {f"avg_{name}": _mean(c[name]) for name in FRACTION_COLUMNS}
+    for name in BRACKET_COLUMNS:
+        out[f"{name}_pos_share"] = _positive_share(c[name])
+    raw = c["entropy_post"] - c["entropy"]
     for thm in ("thm1", "thm2"):
-        drift = _col(steps, f"{thm}_drift")
+        drift = c[f"{thm}_drift"]
         out[f"{thm}_vs_raw_sign_agree"] = sign_agreement(drift, raw)
         out[f"{thm}_vs_raw_pearson"] = pearson(drift, raw)
         out[f"{thm}_vs_raw_spearman"] = spearman(drift, raw)
     return out
 
 
-def _attribution_summary(steps: pd.DataFrame) -> dict:
-    attr = _col(steps, "clip_attributed_dH")
+def _attribution_summary(c: Columns) -> dict:
+    attr = c["clip_attributed_dH"]
     probed = np.isfinite(attr)
     out: dict = {"n_probed": int(probed.sum())}
-    for c in ATTRIBUTED_COLUMNS:
-        mean, se, _ = _mean_se(_col(steps, c)[probed])
-        out[f"{c}_avg"], out[f"{c}_se"] = mean, se
+    for name in ATTRIBUTED_COLUMNS:
+        mean, se, _ = _mean_se(c[name][probed])
+        out[f"{name}_avg"], out[f"{name}_se"] = mean, se
     # Steps where a clip acted at all (attributed change non-zero): a step with
     # no clip event leaves the replay identical, and its sign says nothing.
-    low, high = _col(steps, "clip_low_attributed_dH"), _col(steps, "clip_high_attributed_dH")
+    low, high = c["clip_low_attributed_dH"], c["clip_high_attributed_dH"]
     acted_low, acted_high = probed & (low != 0) & np.isfinite(low), probed & (high != 0) & np.isfinite(high)
     out["n_clip_steps"] = int((probed & (attr != 0)).sum())
     out["clip_low_raises_share"] = float((low[acted_low] > 0).mean()) if acted_low.any() else math.nan
     out["clip_high_lowers_share"] = float((high[acted_high] < 0).mean()) if acted_high.any() else math.nan
     for thm in ("thm1", "thm2"):
-        drift = _col(steps, f"{thm}_drift")
+        drift = c[f"{thm}_drift"]
         out[f"{thm}_vs_attr_sign_agree"] = sign_agreement(drift[probed], attr[probed])
         out[f"{thm}_vs_attr_pearson"] = pearson(drift[probed], attr[probed])
     # The noise floor: a replay of the real step lands probe_noise away from it
     # (0 on a CPU). Attributed changes no larger than NOISE_FACTOR times the
     # typical noise cannot be told from it.
-    noise = _col(steps, "probe_noise")[probed].abs()
+    noise = np.abs(c["probe_noise"][probed])
     noise = noise[np.isfinite(noise)]
     out["probe_noise_abs_max"] = float(noise.max()) if len(noise) else math.nan
     floor = NOISE_FACTOR * float(noise.mean()) if len(noise) else math.nan
-    sizes = [abs(out[f"{c}_avg"]) for c in ATTRIBUTED_COLUMNS if np.isfinite(out[f"{c}_avg"])]
+    sizes = [abs(out[f"{name}_avg"]) for name in ATTRIBUTED_COLUMNS if np.isfinite(out[f"{name}_avg"])]
     out["attributed_within_noise"] = bool(sizes and floor > 0 and max(sizes) <= floor) if len(noise) else False
     return out
 
 
-def _exact_summary(steps: pd.DataFrame) -> dict:
+def _exact_summary(c: Columns) -> dict:
     """Sampled estimators against their exact values; only for runs with ``*_exact`` columns (simulated)."""
-    if not any(f"{thm}_drift_exact" in steps for thm in ("thm1", "thm2")):
+    if not any(f"{thm}_drift_exact" in c for thm in ("thm1", "thm2")):
         return {}
     out: dict = {}
-    for c in ("ratio_below_frac", "ratio_above_frac"):
-        out[f"avg_{c}_exact"] = float(_col(steps, f"{c}_exact").mean())
+    for name in ("ratio_below_frac", "ratio_above_frac"):
+        out[f"avg_{name}_exact"] = _mean(c[f"{name}_exact"])
     for thm in ("thm1", "thm2"):
-        est, exact = _col(steps, f"{thm}_drift"), _col(steps, f"{thm}_drift_exact")
+        est, exact = c[f"{thm}_drift"], c[f"{thm}_drift_exact"]
         out[f"{thm}_vs_exact_sign_agree"] = sign_agreement(est, exact)
         out[f"{thm}_vs_exact_pearson"] = pearson(est, exact)
-        ok = _finite(est, exact)
+        ok = np.isfinite(est) & np.isfinite(exact)
         den = float((exact[ok] ** 2).mean()) if ok.any() else math.nan
         out[f"{thm}_vs_exact_rel_rmse"] = (
             math.sqrt(float(((est[ok] - exact[ok]) ** 2).mean()) / den) if ok.any() and den > 0 else math.nan
@@ -427,15 +462,15 @@ def _eval_summary(run: Run) -> dict:
 
 def summarize_run(run: Run, extra_keys: Sequence[str] = ()) -> dict:
     """One per-run row (see ``docs/analysis.md`` for every column)."""
-    steps = run.steps.sort_values("step", kind="stable").reset_index(drop=True)
+    c = Columns.of_run(run)
     row: dict = {"run": run.name, "path": str(run.path)}
     for key in dict.fromkeys((*CONFIG_KEYS, *extra_keys)):
         row[key] = config_value(run, key)
-    row.update(_entropy_summary(steps))
-    row.update(_control_summary(steps, row))
-    row.update(_theory_summary(steps))
-    row.update(_attribution_summary(steps))
-    row.update(_exact_summary(steps))
+    row.update(_entropy_summary(c))
+    row.update(_control_summary(c, row))
+    row.update(_theory_summary(c))
+    row.update(_attribution_summary(c))
+    row.update(_exact_summary(c))
     row.update(_eval_summary(run))
     return row
 

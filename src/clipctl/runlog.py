@@ -34,10 +34,11 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from clipctl.errors import RunDirError
@@ -194,8 +195,8 @@ def _tidy(run_dir: Path, table: str) -> list[TableFile]:
     return visible
 
 
-def _read_rows(path: Path) -> pd.DataFrame:
-    """One file as ``pd.read_parquet`` gives it (same frame), at about half its CPU cost.
+def _read_arrow(path: Path, columns: Optional[Sequence[str]] = None):
+    """One file as a pyarrow Table (``columns``: those of them the file has).
 
     ``ParquetFile`` skips the dataset layer of ``pq.read_table``, and one thread
     is faster for files this small; over a sweep of 1,000 runs that halves the
@@ -204,7 +205,15 @@ def _read_rows(path: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(path) as f:
-        return f.read(use_threads=False).to_pandas(use_threads=False)
+        if columns is not None:
+            have = set(f.schema_arrow.names)
+            columns = [c for c in columns if c in have]
+        return f.read(columns=columns, use_threads=False)
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    """One file as ``pd.read_parquet`` gives it (same frame), at about half its CPU cost."""
+    return _read_arrow(path).to_pandas(use_threads=False)
 
 
 def drop_parts_after(run_dir: Path, step: int) -> None:
@@ -281,24 +290,49 @@ def compact(run_dir: Path, upto: int, final: bool = False) -> None:
         compact_table(run_dir, table, upto, final)
 
 
-def read_table(run_dir: Path, table: str) -> pd.DataFrame:
+def _read_files(run_dir: Path, table: str, columns: Optional[Sequence[str]] = None) -> list:
+    """Every visible file of ``table`` as a pyarrow Table, in step order (re-listed if the writer merges meanwhile)."""
     for attempt in range(20):
-        files = table_files(run_dir, table)
-        if not files:
-            return pd.DataFrame()
-        frames = []
         try:
-            for f in files:
-                frames.append(_read_one(run_dir, f.path))
+            return [_read_one(run_dir, f.path, columns) for f in table_files(run_dir, table)]
         except FileNotFoundError:
             continue  # merged (or truncated) by the writer while we read: list again
-        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     raise RunDirError(f"cannot read {Path(run_dir) / table}: its files keep changing; run this again")
 
 
-def _read_one(run_dir: Path, path: Path) -> pd.DataFrame:
+def read_table(run_dir: Path, table: str) -> pd.DataFrame:
+    frames = [t.to_pandas(use_threads=False) for t in _read_files(run_dir, table)]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def read_columns(run_dir: Path, table: str, columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named numeric columns of ``table`` as float arrays, rows sorted by ``step``.
+
+    Only the columns asked for are read, and no DataFrame is built: what
+    ``analyze-clip-stats`` needs from each of a sweep's runs. A column no file
+    has is left out; one that only some files have is NaN in the others.
+    """
+    parts = [(t, set(t.column_names)) for t in _read_files(run_dir, table, columns)]
+    present = [c for c in columns if any(c in names for _, names in parts)]
+    out = {}
+    for c in present:
+        arrays = [
+            t.column(c).to_numpy(zero_copy_only=False).astype(float) if c in names
+            else np.full(t.num_rows, np.nan)
+            for t, names in parts
+        ]
+        out[c] = np.concatenate(arrays) if len(arrays) != 1 else arrays[0]
+    if "step" in out and len(out["step"]) > 1 and (np.diff(out["step"]) < 0).any():
+        order = np.argsort(out["step"], kind="stable")
+        out = {c: v[order] for c, v in out.items()}
+    return out
+
+
+def _read_one(run_dir: Path, path: Path, columns: Optional[Sequence[str]] = None):
     try:
-        return _read_rows(path)
+        return _read_arrow(path, columns)
     except FileNotFoundError:
         raise
     except Exception as e:
@@ -351,17 +385,30 @@ def latest_checkpoint(run_dir: Path) -> Optional[tuple[int, Path]]:
     return found[-1] if found else None
 
 
-@dataclass
 class Run:
-    """A run directory read back: ``run.json`` plus one DataFrame per table."""
+    """A run directory read back: ``run.json``, its checkpoints, and one DataFrame per table.
 
-    path: Path
-    meta: dict
-    steps: pd.DataFrame
-    updates: pd.DataFrame
-    samples: pd.DataFrame
-    tokens: pd.DataFrame
-    checkpoints: list[int] = field(default_factory=list)
+    Each table is read on first use (analysis of a sweep reads only ``steps``,
+    never the samples' text), then kept; ``steps`` and ``updates`` come sorted
+    by their keys.
+    """
+
+    def __init__(self, path: Path, meta: dict, checkpoints: list[int]):
+        self.path, self.meta, self.checkpoints = Path(path), meta, checkpoints
+        self._tables: dict[str, pd.DataFrame] = {}
+
+    def table(self, name: str) -> pd.DataFrame:
+        if name not in self._tables:
+            df = read_table(self.path, name)
+            if name in SORT_KEYS and not df.empty:
+                df = df.sort_values(list(SORT_KEYS[name]), kind="stable").reset_index(drop=True)
+            self._tables[name] = df
+        return self._tables[name]
+
+    steps = property(lambda self: self.table("steps"))
+    updates = property(lambda self: self.table("updates"))
+    samples = property(lambda self: self.table("samples"))
+    tokens = property(lambda self: self.table("tokens"))
 
     @property
     def config(self) -> dict:
@@ -370,6 +417,9 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
+
+
+SORT_KEYS = {"steps": ("step",), "updates": ("step", "epoch", "minibatch")}
 
 
 def read_meta(run_dir: Path) -> dict:
@@ -386,12 +436,10 @@ def read_meta(run_dir: Path) -> dict:
 
 
 def read_run(path: str | os.PathLike) -> Run:
-    """Read a run directory into DataFrames (empty ones for tables never written)."""
+    """A run directory: ``run.json`` and the tables' file lists checked now (an overlap is an
+    error here), each table read on first use (empty for tables never written)."""
     run_dir = Path(path)
     meta = read_meta(run_dir)
-    tables = {t: read_table(run_dir, t) for t in TABLES}
-    for t in ("steps", "updates"):
-        if not tables[t].empty:
-            keys = ["step"] + (["epoch", "minibatch"] if t == "updates" else [])
-            tables[t] = tables[t].sort_values(keys, kind="stable").reset_index(drop=True)
-    return Run(run_dir, meta, checkpoints=[s for s, _ in checkpoints(run_dir)], **tables)
+    for table in TABLES:
+        table_files(run_dir, table)
+    return Run(run_dir, meta, checkpoints=[s for s, _ in checkpoints(run_dir)])
