@@ -443,3 +443,64 @@ def read_run(path: str | os.PathLike) -> Run:
     for table in TABLES:
         table_files(run_dir, table)
     return Run(run_dir, meta, checkpoints=[s for s, _ in checkpoints(run_dir)])
+
+
+# ---------------------------------------------------------------- the run's writer
+
+
+def write_step(run_dir: Path, out) -> None:
+    """Write a step's parts (``out``: ``metrics`` dict, ``updates``/``samples``/``tokens`` row lists);
+    the steps part last, so a step row implies its other parts."""
+    step = out.metrics["step"]
+    for table, rows in (("updates", out.updates), ("samples", out.samples), ("tokens", out.tokens)):
+        if rows:
+            write_part(run_dir, table, step, rows)
+    write_part(run_dir, "steps", step, [out.metrics])
+
+
+class RunWriter:
+    """Writes the run directory (the only process, or rank 0): run.json, step parts,
+    compaction, and the live mirrors of ``log.trackers``."""
+
+    trackers = None
+
+    def meta(self, run_dir: Path, meta: dict) -> None:
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(run_dir) / "run.json", meta)
+
+    def step(self, run_dir: Path, out) -> None:
+        write_step(run_dir, out)  # the Parquet log first: a tracker failing never loses a row
+        if self.trackers is not None:
+            self.trackers.log(out.metrics)
+
+    def drop_after(self, run_dir: Path, step: int) -> None:
+        drop_parts_after(run_dir, step)
+
+    def compact(self, run_dir: Path, step: int, final: bool = False) -> None:
+        """After checkpoint ``step``: merge the tables' committed parts."""
+        compact(run_dir, step, final)
+
+    def mirror_to(self, trackers) -> None:
+        """Mirror every step row to ``trackers`` (``clipctl.trackers.Trackers``); ``close`` ends them."""
+        self.trackers = trackers
+
+    def close(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
+
+
+class NullWriter(RunWriter):
+    """What processes other than rank 0 get: every write is a no-op."""
+
+    def meta(self, run_dir: Path, meta: dict) -> None:
+        pass
+
+    def step(self, run_dir: Path, out) -> None:
+        pass
+
+    def drop_after(self, run_dir: Path, step: int) -> None:
+        pass
+
+    def compact(self, run_dir: Path, step: int, final: bool = False) -> None:
+        pass

@@ -68,7 +68,7 @@ import torch.distributed as dist
 
 from clipctl.errors import ClipctlError, ConfigError
 from clipctl.rollout.base import pad_to
-from clipctl.runlog import atomic_write_json, compact, drop_parts_after
+from clipctl.runlog import NullWriter, RunWriter
 from clipctl.trainer.checkpoint import (
     finish_checkpoint,
     load_trainer_state,
@@ -77,69 +77,13 @@ from clipctl.trainer.checkpoint import (
     set_rng_states,
 )
 from clipctl.trainer.comm import SingleProcessComm
-from clipctl.trainer.loop import Trainer, policy_logp_entropy, write_step
+from clipctl.trainer.loop import Trainer, policy_logp_entropy
 from clipctl.trainer.precision import PlainWeights
 
 BUILTIN_STAGES = {"zero1": 1, "zero2": 2, "zero3": 3}
 DEEPSPEED_CHOICES = "zero1|zero2|zero3|FILE.json"
 # Rank 0 may evaluate or write for a while as the others wait in a collective.
 COLLECTIVE_TIMEOUT = dt.timedelta(hours=3)
-
-
-# ---------------------------------------------------------------- writers
-
-
-class RunWriter:
-    """Writes the run directory (the only process, or rank 0)."""
-
-    def meta(self, run_dir: Path, meta: dict) -> None:
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(run_dir) / "run.json", meta)
-
-    trackers = None
-
-    def step(self, run_dir: Path, out) -> None:
-        write_step(run_dir, out)  # the Parquet log first: a tracker failing never loses a row
-        if self.trackers is not None:
-            self.trackers.log(out.metrics)
-
-    def drop_after(self, run_dir: Path, step: int) -> None:
-        drop_parts_after(run_dir, step)
-
-    def compact(self, run_dir: Path, step: int, final: bool = False) -> None:
-        """After checkpoint ``step``: merge the tables' committed parts (``runlog.compact``)."""
-        compact(run_dir, step, final)
-
-    def start_trackers(self, run_dir: Path, names, first_step: int, cfg_dict: dict, log) -> None:
-        """Open ``log.trackers`` (``clipctl.trackers``); ``close`` ends them."""
-        if names:
-            from clipctl.trackers import Trackers
-
-            self.trackers = Trackers(names, run_dir, first_step, cfg_dict, log)
-
-    def close(self) -> None:
-        if self.trackers is not None:
-            self.trackers.close()
-            self.trackers = None
-
-
-class NullWriter(RunWriter):
-    """What ranks other than 0 get: every write is a no-op."""
-
-    def meta(self, run_dir: Path, meta: dict) -> None:
-        pass
-
-    def step(self, run_dir: Path, out) -> None:
-        pass
-
-    def drop_after(self, run_dir: Path, step: int) -> None:
-        pass
-
-    def compact(self, run_dir: Path, step: int, final: bool = False) -> None:
-        pass
-
-    def start_trackers(self, run_dir: Path, names, first_step: int, cfg_dict: dict, log) -> None:
-        pass
 
 
 def _nothing(*args, **kwargs) -> None:

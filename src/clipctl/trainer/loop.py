@@ -56,7 +56,6 @@ from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_m
 from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.rollout.base import pad_to
-from clipctl.runlog import write_part
 from clipctl.errors import NonFiniteError
 from clipctl.trainer.batch import (
     GlobalView,
@@ -625,12 +624,3 @@ class Trainer:
                 }
             )
         return rows
-
-
-def write_step(run_dir: Path, out: StepOutput) -> None:
-    """Write the step's parts; the steps part last, so a step row implies its other parts."""
-    step = out.metrics["step"]
-    for table, rows in (("updates", out.updates), ("samples", out.samples), ("tokens", out.tokens)):
-        if rows:
-            write_part(run_dir, table, step, rows)
-    write_part(run_dir, "steps", step, [out.metrics])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import platform
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ from clipctl.errors import ConfigError, NonFiniteError, RunDirError
 from clipctl.rundir import RunLock, check_name, disk_full_error, ensure_output_dir, forget_unstarted, is_disk_full
 from clipctl.runlog import checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
 from clipctl.trainer.checkpoint import discard_partial
-from clipctl.trackers import check_available as check_trackers
+from clipctl.trackers import Trackers, check_available as check_trackers
 from clipctl.trainer.distributed import SingleProcess
 from clipctl.trainer.loop import Trainer
 
@@ -252,7 +251,8 @@ def _train(
         writer.meta(run_dir, meta)
         start = 1
 
-    writer.start_trackers(run_dir, cfg.log.trackers, start, config_to_dict(cfg), log)
+    if cfg.log.trackers and par.is_main:  # live mirrors of the steps table, opened by the writing process only
+        writer.mirror_to(Trackers(cfg.log.trackers, run_dir, start, config_to_dict(cfg), log))
     held.callback(writer.close)
     total = cfg.train.steps
     if on_start:
