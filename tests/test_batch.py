@@ -12,7 +12,8 @@ import torch
 from clipctl.config import load_config
 from clipctl.runlog import read_run
 from clipctl.trainer import Trainer, train
-from clipctl.trainer.batch import StepBatch, StepTotals, UpdateStats, k3_kl_sum, plan_micro_batches
+from clipctl.schema import StepTotals
+from clipctl.trainer.batch import StepBatch, UpdateStats, k3_kl_sum, plan_micro_batches
 
 
 # ---------------------------------------------------------------- plans

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,24 @@ def test_trained_run_dtypes_match_the_schema(tmp_path, fast_overrides):
     run = read_run(train(cfg, out=tmp_path, name="dtypes").run_dir)
     for table in ("steps", "updates", "samples", "tokens"):
         _assert_dtypes(getattr(run, table), table)
+
+
+def test_update_rows_and_step_totals_by_hand():
+    from clipctl import schema
+
+    sums = {k: 0.0 for k in schema.SUM_KEYS}
+    sums.update(n_tokens=4.0, n_clip_low=1.0)
+    row = schema.update_row(0, 1, 2, 1e-3, loss=0.5, kl_sum=0.2, grad_norm=3.0, sums=sums, extra={"x_exact": 7.0})
+    assert (row["epoch"], row["minibatch"], row["update"], row["lr"]) == (0, 1, 2, 1e-3)
+    assert row["approx_kl"] == 0.2 / 4 and row["clip_low_frac"] == 0.25 and row["x_exact"] == 7.0
+    assert row["skipped"] is False and row["n_tokens"] == 4.0
+    skipped = schema.skipped_update_row(0, 0, 0, 1e-3)
+    assert skipped["skipped"] is True and math.isnan(skipped["loss"]) and math.isnan(skipped["clip_low_frac"])
+    assert set(skipped) == set(row) - {"x_exact"}
+    totals = schema.StepTotals()
+    totals.add(0.5, 0.2, 3.0, sums)
+    totals.add(1.5, 0.6, 1.0, {**sums, "n_clip_low": 0.0})
+    m = totals.metrics()
+    # loss and grad norm: means over optimizer steps; KL and fractions: over the step's 8 tokens.
+    assert (m["loss"], m["grad_norm"], m["approx_kl"], m["clip_low_frac"]) == (1.0, 2.0, 0.1, 0.125)
+    assert math.isnan(schema.StepTotals(skipped=2).metrics()["loss"])

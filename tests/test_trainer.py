@@ -13,7 +13,7 @@ from clipctl.config import load_config
 from clipctl.runlog import read_run
 from clipctl.trainer import TIMING_COLUMNS, Trainer, train
 from clipctl.trainer.batch import StepBatch
-from clipctl.trainer.loop import PROBE_COLUMNS
+from clipctl.schema import PROBE_KEYS as PROBE_COLUMNS
 
 LOGGED_COLUMNS = (
     "step", "entropy", "entropy_token_mean", "entropy_post", "clip_low_frac", "clip_high_frac",

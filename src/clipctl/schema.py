@@ -15,7 +15,7 @@ docs/metrics.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 # Additive quantities produced per update minibatch (``clipctl.algo.clip_stat_sums``);
@@ -81,6 +81,64 @@ def knob_columns(
         "entropy_coef": entropy_coef,
         "entropy_target": math.nan if entropy_target is None else entropy_target,
     }
+
+
+def empty_sums() -> dict[str, float]:
+    """The statistic sums of no tokens (every fraction and mean of them is NaN)."""
+    return dict.fromkeys(SUM_KEYS, 0.0)
+
+
+def update_row(
+    epoch: int, minibatch: int, update: int, lr: float, *, loss: float, kl_sum: float, grad_norm: float,
+    sums: Mapping[str, float], extra: Mapping[str, float] | None = None,
+) -> dict:
+    """One updates-table row (without ``step``): one optimizer step's loss, k3 KL, gradient norm,
+    clip statistics and their sums; ``extra``: the simulator's ``*_exact`` columns."""
+    n_tok = sums["n_tokens"]
+    return {
+        "epoch": epoch, "minibatch": minibatch, "update": update, "lr": lr,
+        "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan, "grad_norm": grad_norm,
+        **finalize_clip_stats(sums), **(extra or {}), **{k: float(v) for k, v in sums.items()}, "skipped": False,
+    }
+
+
+def skipped_update_row(epoch: int, minibatch: int, update: int, lr: float) -> dict:
+    """The row of an optimizer step dropped for a non-finite loss or gradient: nothing was measured."""
+    none = empty_sums()
+    return {
+        "epoch": epoch, "minibatch": minibatch, "update": update, "lr": lr,
+        "loss": math.nan, "approx_kl": math.nan, "grad_norm": math.nan,
+        **finalize_clip_stats(none), **none, "skipped": True,
+    }
+
+
+@dataclass
+class StepTotals:
+    """What a step's optimizer steps add up to (host floats), for the steps row."""
+
+    losses: list[float] = field(default_factory=list)
+    kl_sum: float = 0.0
+    grad_norms: list[float] = field(default_factory=list)
+    sums: dict[str, float] | None = None
+    skipped: int = 0  # optimizer steps dropped for a non-finite loss or gradient (train.on_nonfinite=skip)
+
+    def add(self, loss: float, kl_sum: float, grad_norm: float, sums: Mapping[str, float]) -> None:
+        self.losses.append(loss)
+        self.kl_sum += kl_sum
+        self.grad_norms.append(grad_norm)
+        self.sums = dict(sums) if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
+
+    def metrics(self) -> dict:
+        """Step metrics; NaN where nothing was measured (every update skipped)."""
+        sums = self.sums if self.sums is not None else empty_sums()
+        n_tok = sums["n_tokens"]
+        return {
+            **finalize_clip_stats(sums),
+            "loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
+            "approx_kl": self.kl_sum / n_tok if n_tok else math.nan,
+            "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan,
+            "skipped_updates": self.skipped,
+        }
 
 
 def _div(num: float, den: float) -> float:

@@ -461,14 +461,14 @@ def _update_epochs(
 ):
     """All minibatch updates of one step from ``theta``.
 
-    Returns (theta, update rows, step sums, step exact sums); with
+    Returns (theta, update rows, step totals, step exact sums); with
     ``with_stats`` each row carries the sampled estimators and, next to them,
     their exact values (``<key>_exact``, from ``old_logp_all``, the ``[A]``
-    log pi_old of every action); the sums are None without ``with_stats``.
+    log pi_old of every action); the totals are empty without ``with_stats``.
     """
     n = actions.shape[0]
     bounds = np.linspace(0, n, cfg.minibatches + 1).round().astype(int)
-    rows, step_sums, step_exact = [], None, None
+    rows, totals, step_exact = [], schema.StepTotals(), None
     for epoch in range(cfg.epochs):
         for mb in range(cfg.minibatches):
             lo, hi = int(bounds[mb]), int(bounds[mb + 1])
@@ -485,24 +485,19 @@ def _update_epochs(
                     torch.full_like(logp, float(expected_q_of(theta))),
                     eps_low=eps_low, eps_high=eps_high,
                 )
-                step_sums = sums if step_sums is None else algo.add_sums(step_sums, sums)
+                sums = {k: float(v) for k, v in sums.items()}
                 exact = exact_clip_sums(
                     logp_all.detach(), old_logp_all, hi - lo, eps_low=eps_low, eps_high=eps_high
                 )
                 step_exact = exact if step_exact is None else algo.add_sums(step_exact, exact)
-                rows.append(
-                    {
-                        "epoch": epoch, "minibatch": mb, "update": len(rows), "loss": float(loss.detach()),
-                        "approx_kl": float(algo.k3_kl(logp.detach(), old_logp[lo:hi]).mean()),
-                        "grad_norm": float(grad.norm()), "lr": cfg.lr,
-                        **algo.finalize_clip_stats(sums),
-                        **exact_columns(exact),
-                        **{k: float(v) for k, v in sums.items()},
-                        "skipped": False,
-                    }
+                update = dict(
+                    loss=float(loss.detach()), kl_sum=float(algo.k3_kl(logp.detach(), old_logp[lo:hi]).sum()),
+                    grad_norm=float(grad.norm()), sums=sums,
                 )
+                totals.add(**update)
+                rows.append(schema.update_row(epoch, mb, len(rows), cfg.lr, **update, extra=exact_columns(exact)))
             theta = opt.step(theta, grad)
-    return theta, rows, step_sums, step_exact
+    return theta, rows, totals, step_exact
 
 
 def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -512,7 +507,6 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     theta = torch.tensor(init_rng.normal(0.0, 1.0, cfg.actions) * cfg.init_scale, dtype=torch.float64)
     opt = _Optimizer(cfg.optimizer, cfg.lr, cfg.actions)
     steps, updates = [], []
-    replays = algo.probe_replays(cfg.eps_low, cfg.eps_high)
     for step in range(1, cfg.steps + 1):
         t0 = time.perf_counter()
         # Sampling and rewards depend on (seed, step) only, so runs of different
@@ -529,7 +523,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         H0 = float(entropy_of(theta))
         start_theta, start_opt = theta.clone(), opt.snapshot()
         t1 = time.perf_counter()
-        theta, rows, sums, exact_sums = _update_epochs(
+        theta, rows, totals, exact_sums = _update_epochs(
             theta, opt, actions, old_logp, adv, cfg, cfg.eps_low, cfg.eps_high, with_stats=True,
             old_logp_all=torch.log_softmax(theta, -1),
         )
@@ -539,16 +533,18 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         probe = schema.unprobed_columns()
         if cfg.probe_every and step % cfg.probe_every == 0:
             real_opt = opt.snapshot()
-            post = {}
-            for label, (el, eh) in replays.items():
+
+            def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:  # no dual clip here
                 opt.restore(start_opt)
-                th, _, _, _ = _update_epochs(start_theta, opt, actions, old_logp, adv, cfg, el, eh, with_stats=False)
-                post[label] = float(entropy_of(th))
+                th, _, _, _ = _update_epochs(
+                    start_theta, opt, actions, old_logp, adv, cfg, eps_low, eps_high, with_stats=False
+                )
+                return float(entropy_of(th))
+
+            probe = algo.clip_probe(replay, cfg.eps_low, cfg.eps_high, None, H1)
             opt.restore(real_opt)
-            probe = algo.attributed_entropy_changes(H1, post)
         t_probe = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
-        n_tok = float(sums["n_tokens"])
         steps.append(
             {
                 "step": step,
@@ -556,7 +552,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 "entropy_token_mean": H0,
                 "entropy_post": H1,
                 "entropy_post_token_mean": H1,
-                **algo.finalize_clip_stats(sums),
+                **totals.metrics(),
                 **exact_columns(exact_sums),
                 **probe,
                 "reward_mean": float(rewards.mean()),
@@ -570,12 +566,8 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
                 # Actions are drawn from the exact policy; there is no separate engine to disagree with.
                 "rollout_logprob_diff_mean": math.nan,
                 "rollout_logprob_diff_max": math.nan,
-                "loss": float(np.mean([r["loss"] for r in rows])),
-                "approx_kl": float(np.sum([r["approx_kl"] * r["n_tokens"] for r in rows])) / n_tok,
-                "grad_norm": float(np.mean([r["grad_norm"] for r in rows])),
                 "lr": cfg.lr,
                 "n_updates": len(rows),
-                "skipped_updates": 0,
                 # The trainer's knob columns: fixed clip bounds, no bonus, no controller here.
                 **schema.knob_columns(cfg.eps_low, cfg.eps_high, 0.0),
                 # One action per sample, no prompt: each update pass sees every sample once.

@@ -480,3 +480,39 @@ def test_probe_replays_and_attributed_changes_by_hand():
     assert out["clip_low_attributed_dH"] == 0.25
     assert out["clip_high_attributed_dH"] == -0.25
     assert out["entropy_post_noclip"] == 1.5
+
+
+def test_clip_probe_runs_each_distinct_replay_once():
+    from clipctl.algo import attributed_entropy_changes, clip_probe, probe_replays
+
+    # A stand-in replay: entropy as a made-up function of the settings, calls counted.
+    def make():
+        calls = []
+
+        def replay(lo, hi, dual):
+            calls.append((lo, hi, dual))
+            return 2.0 - 0.5 * min(lo, 1.0) + (0.0 if math.isinf(hi) else 0.25 * hi) + (0.01 if dual else 0.0)
+
+        return replay, calls
+
+    for eps_low, eps_high, dual in ((0.2, 0.2, None), (0.2, math.inf, None), (1.0, 0.2, None), (0.1, math.inf, 3.0)):
+        replay, calls = make()
+        out = clip_probe(replay, eps_low, eps_high, dual, 1.9)
+        # Naive loop: all four replays, no sharing.
+        naive = {
+            label: replay(lo, hi, dual if label == "replay" else None)
+            for label, (lo, hi) in probe_replays(eps_low, eps_high).items()
+        }
+        assert out == attributed_entropy_changes(1.9, naive)
+        assert len(calls) - 4 == len(set(calls[:-4])) == len(calls[:-4])  # distinct settings only, each once
+    # By hand: eps_high = inf without dual clip runs (0.2, inf) and (1, inf) only.
+    replay, calls = make()
+    out = clip_probe(replay, 0.2, math.inf, None, 1.9)
+    assert calls == [(0.2, math.inf, None), (1.0, math.inf, None)]
+    assert out["entropy_post_replay"] == out["entropy_post_lowonly"] == 2.0 - 0.1
+    assert out["clip_high_attributed_dH"] == 0.0
+    assert out["clip_low_attributed_dH"] == pytest.approx(0.4)  # (2 - 0.1) - (2 - 0.5)
+    # With a dual clip the replay of the run's own settings is its own: three replays.
+    replay, calls = make()
+    clip_probe(replay, 0.2, math.inf, 3.0, 1.9)
+    assert len(calls) == 3

@@ -24,7 +24,7 @@ input: ``E_k[-log pi | s_t] = H_t``.
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -210,3 +210,23 @@ def attributed_entropy_changes(entropy_post: float, post: Mapping[str, float]) -
         "clip_high_attributed_dH": post["highonly"] - post["noclip"],
         "probe_noise": entropy_post - post["replay"],
     }
+
+
+def clip_probe(
+    replay: Callable[[float, float, Optional[float]], float],
+    eps_low: float, eps_high: float, dual_clip_c: Optional[float], entropy_post: float,
+) -> dict[str, float]:
+    """The probe columns of one step (docs/definitions.md section 8), for trainer and simulator alike.
+
+    ``replay(eps_low, eps_high, dual_clip_c)`` replays the step's updates from
+    its starting state with those settings and returns the Eq. 4 entropy after
+    them. Replays with the same settings run once (eps_high = inf: ``highonly``
+    is ``noclip`` and ``replay`` is ``lowonly``; eps_low = 1 likewise).
+    """
+    post, done = {}, {}
+    for label, (low, high) in probe_replays(eps_low, eps_high).items():
+        key = (low, high, dual_clip_c if label == "replay" else None)
+        if key not in done:
+            done[key] = replay(*key)
+        post[label] = done[key]
+    return attributed_entropy_changes(entropy_post, post)

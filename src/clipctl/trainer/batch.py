@@ -12,7 +12,6 @@ read back to the host once per optimizer step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -176,40 +175,6 @@ class UpdateStats:
         # The gradient norm joins the sums where they are (DeepSpeed reports it on the host).
         values = torch.stack([*parts, grad_norm.to(self.loss.device, torch.float64)]).cpu().tolist()
         return values[0], values[1], dict(zip(keys, values[2:-1])), values[-1]
-
-
-@dataclass
-class StepTotals:
-    """What a step's optimizer steps add up to (host floats), for the steps row."""
-
-    losses: list[float]
-    kl_sum: float
-    grad_norms: list[float]
-    sums: Optional[dict[str, float]] = None
-    skipped: int = 0  # optimizer steps dropped for a non-finite loss or gradient (train.on_nonfinite=skip)
-
-    def add(self, loss: float, kl_sum: float, grad_norm: float, sums: dict[str, float]) -> None:
-        self.losses.append(loss)
-        self.kl_sum += kl_sum
-        self.grad_norms.append(grad_norm)
-        self.sums = dict(sums) if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
-
-    def metrics(self) -> dict:
-        """Step metrics; NaN where nothing was measured (every update skipped)."""
-        sums = self.sums if self.sums is not None else empty_sums()
-        n_tok = sums["n_tokens"]
-        return {
-            **algo.finalize_clip_stats(sums),
-            "loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
-            "approx_kl": self.kl_sum / n_tok if n_tok else math.nan,
-            "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan,
-            "skipped_updates": self.skipped,
-        }
-
-
-def empty_sums() -> dict[str, float]:
-    """The statistic sums of no tokens (every fraction and mean of them is NaN)."""
-    return {k: 0.0 for k in algo.SUM_KEYS}
 
 
 def k3_kl_sum(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

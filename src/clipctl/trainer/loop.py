@@ -61,9 +61,7 @@ from clipctl.trainer.batch import (
     GlobalView,
     MicroBatch,
     StepBatch,
-    StepTotals,
     UpdateStats,
-    empty_sums,
     k3_kl_sum,
 )
 from clipctl.trainer.comm import SingleProcessComm
@@ -73,7 +71,6 @@ from clipctl.trainer.precision import checkpointed_layers, enable_checkpointing,
 
 Log = Callable[[str], None]
 
-PROBE_COLUMNS = algo.PROBE_KEYS  # docs/definitions.md section 8; NaN on steps that are not probed
 # Columns of the steps table whose values depend on wall-clock time, not on the math.
 TIMING_COLUMNS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
 # Engines whose generate() seeds prompt i of a call with params.seed + i * params.n
@@ -359,31 +356,22 @@ class Trainer:
 
     def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
-        updates, totals = [], StepTotals([], 0.0, [])
+        updates, totals = [], schema.StepTotals()
         self.current_step = step
         for epoch in range(self.cfg.train.ppo_epochs):
             for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
-                lr = self.scheduler.get_last_lr()[0]
+                where = (epoch, mb, len(updates), self.scheduler.get_last_lr()[0])
                 done = self.update_minibatch(
                     sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef
                 )
-                row = {"step": step, "epoch": epoch, "minibatch": mb, "update": len(updates), "lr": lr}
                 if done is None:  # skipped (train.on_nonfinite=skip): nothing was measured
                     totals.skipped += 1
-                    updates.append({**row, "loss": math.nan, "approx_kl": math.nan, "grad_norm": math.nan,
-                                    **algo.finalize_clip_stats(empty_sums()), **empty_sums(), "skipped": True})
+                    updates.append({"step": step, **schema.skipped_update_row(*where)})
                     continue
                 loss, kl_sum, grad_norm, sums = done
                 totals.add(loss, kl_sum, grad_norm, sums)
-                n_tok = sums["n_tokens"]
                 updates.append(
-                    {
-                        **row, "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan,
-                        "grad_norm": grad_norm,
-                        **algo.finalize_clip_stats(sums),
-                        **sums,
-                        "skipped": False,
-                    }
+                    {"step": step, **schema.update_row(*where, loss=loss, kl_sum=kl_sum, grad_norm=grad_norm, sums=sums)}
                 )
         return updates, totals
 
@@ -415,26 +403,23 @@ class Trainer:
         clip-high only (dual clip only in the first). Eq. 4 entropy is measured
         on the step's batch after each; the real post-step state is restored at
         the end, so probing changes nothing else. Replays with the same settings
-        run once (eps_high = inf: ``highonly`` is ``noclip`` and ``replay`` is
-        ``lowonly``), which halves the probe's cost for such runs.
+        run once (``algo.clip_probe``), which halves the probe's cost for
+        eps_high = inf or eps_low = 1.
         """
-        a = self.cfg.algo
         real_state = self._snapshot()
-        replays = algo.probe_replays(knobs.eps_low, knobs.eps_high)
-        post, done = {}, {}
-        for label, (eps_low, eps_high) in replays.items():
-            dual = a.dual_clip_c if label == "replay" else None
-            if (eps_low, eps_high, dual) not in done:
-                self._restore(start_state)
-                self.update_epochs(
-                    step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual, entropy_coef=knobs.entropy_coef
-                )
-                done[eps_low, eps_high, dual] = self._eq4_entropy(sb)
-            post[label] = done[eps_low, eps_high, dual]
-        self._restore(real_state)
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
             entropy_post = self._eq4_entropy(sb)
-        return algo.attributed_entropy_changes(entropy_post, post)
+
+        def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
+            self._restore(start_state)
+            self.update_epochs(
+                step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=knobs.entropy_coef
+            )
+            return self._eq4_entropy(sb)
+
+        columns = algo.clip_probe(replay, knobs.eps_low, knobs.eps_high, self.cfg.algo.dual_clip_c, entropy_post)
+        self._restore(real_state)
+        return columns
 
     def _eq4_entropy(self, sb: StepBatch) -> float:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
