@@ -147,7 +147,7 @@ def test_host_reads_do_not_grow_with_micro_batches(fast_overrides, monkeypatch):
                 return _original(self, *a, **k)
 
             monkeypatch.setattr(torch.Tensor, name, counted)
-        t.update_minibatch(sb, 0, 8, eps_low=0.2, eps_high=0.2, dual_clip_c=None)
+        t.minibatch_gradient(sb, 0, 8, eps_low=0.2, eps_high=0.2, dual_clip_c=None)
         monkeypatch.undo()
         return count["n"]
 

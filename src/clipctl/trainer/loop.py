@@ -281,13 +281,12 @@ class Trainer:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def update_minibatch(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
-        """One optimizer step on rows ``lo:hi``; returns (loss, kl sum, grad norm, stat sums) as host floats.
+    def minibatch_gradient(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
+        """The gradient of rows ``lo:hi``'s loss; returns (loss, kl sum, grad norm, stat sums) as host floats.
 
         Everything stays on the device until the gradient is complete; then one
-        copy brings the loss, KL, gradient norm and statistic sums back. A
-        non-finite loss or gradient norm is never applied (``train.on_nonfinite``):
-        ``stop`` raises, ``skip`` drops the update and returns ``None``.
+        copy brings the loss, KL, gradient norm and statistic sums back. The
+        caller applies the gradient, or drops it when it is not finite.
         """
         a = self.cfg.algo
         # Normalisers of the whole minibatch (over all processes), so that neither
@@ -317,14 +316,6 @@ class Trainer:
         # Each process holds its share of the minibatch: add the shares up.
         loss, kl_sum = self.comm.sum(loss), self.comm.sum(kl_sum)
         sums = {k: float(v) for k, v in self.comm.sums(sums).items()}
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            what = f"loss {loss}, gradient norm {grad_norm}"
-            if self.cfg.train.on_nonfinite == "stop":
-                raise NonFiniteError(self.current_step, what, self._nonfinite_hint())
-            self.log(f"warning: step {self.current_step}: {what}; update skipped (train.on_nonfinite=skip)")
-            self._skip_update()
-            return None
-        self._apply_update()
         return loss, kl_sum, grad_norm, sums
 
     def _nonfinite_hint(self) -> str:
@@ -357,18 +348,23 @@ class Trainer:
     def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
         updates, totals = [], schema.StepTotals()
-        self.current_step = step
         for epoch in range(self.cfg.train.ppo_epochs):
             for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
                 where = (epoch, mb, len(updates), self.scheduler.get_last_lr()[0])
-                done = self.update_minibatch(
+                loss, kl_sum, grad_norm, sums = self.minibatch_gradient(
                     sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef
                 )
-                if done is None:  # skipped (train.on_nonfinite=skip): nothing was measured
+                # A non-finite loss or gradient is never applied (train.on_nonfinite): stop, or skip it.
+                if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                    what = f"loss {loss}, gradient norm {grad_norm}"
+                    if self.cfg.train.on_nonfinite == "stop":
+                        raise NonFiniteError(step, what, self._nonfinite_hint())
+                    self.log(f"warning: step {step}: {what}; update skipped (train.on_nonfinite=skip)")
+                    self._skip_update()
                     totals.skipped += 1
                     updates.append({"step": step, **schema.skipped_update_row(*where)})
                     continue
-                loss, kl_sum, grad_norm, sums = done
+                self._apply_update()
                 totals.add(loss, kl_sum, grad_norm, sums)
                 updates.append(
                     {"step": step, **schema.update_row(*where, loss=loss, kl_sum=kl_sum, grad_norm=grad_norm, sums=sums)}
