@@ -8,8 +8,10 @@ table pools the steps of all seeds of a setting instead, which is what a short
 run with few probed steps per seed needs: the per-step clip-attributed
 entropy changes (docs/definitions.md section 8) with their standard error
 over steps (sd / sqrt(n)), the share of steps on which each clip moved entropy
-the paper's way, the signs of the Theorem 2 brackets, and how often the
-predicted drift has the sign of the attributed change. ``--max-step`` keeps
+the paper's way, the signs of the Theorem 2 brackets, how often the
+predicted drift has the sign of the attributed change, and each setting's
+final entropy against the baseline setting's run with the same seed (same
+prompts at every step, so the difference is paired). ``--max-step`` keeps
 only the first steps (to set a long run next to a short one).
 """
 
@@ -41,11 +43,25 @@ def share(mask: np.ndarray, of: np.ndarray) -> str:
     return f"{(mask & of).sum() / n:.2f} ({int((mask & of).sum())}/{n})" if n else "-"
 
 
-def setting_row(label: str, runs: list, max_step: int | None) -> dict:
-    steps = []
+def _steps(runs: list, max_step: int | None) -> list[pd.DataFrame]:
+    out = []
     for run in runs:
         s = run.steps if max_step is None else run.steps[run.steps["step"] <= max_step]
-        steps.append(s.assign(seed=config_value(run, "train.seed")))
+        out.append(s.assign(seed=config_value(run, "train.seed")))
+    return out
+
+
+def paired_difference(steps: list[pd.DataFrame], base: list[pd.DataFrame]) -> np.ndarray:
+    """Last ``entropy_post`` minus the baseline setting's, run by run with the same seed (same prompts)."""
+    last = {int(s["seed"].iloc[0]): float(s["entropy_post"].iloc[-1]) for s in base if len(s)}
+    return np.array([
+        float(s["entropy_post"].iloc[-1]) - last[int(s["seed"].iloc[0])]
+        for s in steps if len(s) and int(s["seed"].iloc[0]) in last
+    ])
+
+
+def setting_row(label: str, runs: list, max_step: int | None, base: list | None = None) -> dict:
+    steps = _steps(runs, max_step)
     df = pd.concat(steps, ignore_index=True)
     col = lambda c: df[c].to_numpy(dtype=float, na_value=np.nan) if c in df else np.full(len(df), np.nan)  # noqa: E731
     probed = np.isfinite(col("clip_attributed_dH"))
@@ -61,6 +77,9 @@ def setting_row(label: str, runs: list, max_step: int | None) -> dict:
         "runs x steps": f"{len(runs)} x {int(df.groupby('seed')['step'].count().max())}",
         "entropy at step 1": f"{np.mean([s['entropy'].iloc[0] for s in steps]):.3f}",
         "entropy change": mean_se(np.array(change)),
+        "final entropy minus baseline's (same seed)": (
+            mean_se(paired_difference(steps, _steps(base, max_step))) if base else "-"
+        ),
         "clip_low_frac": f"{np.nanmean(col('clip_low_frac')) * 100:.2f} %",
         "clip_high_frac": f"{np.nanmean(col('clip_high_frac')) * 100:.2f} %",
         "probed (clip acted)": f"{int(probed.sum())} ({int((probed & (attr != 0)).sum())})",
@@ -80,6 +99,7 @@ def main() -> None:
     ap.add_argument("--label", default="", help="prefix of each row's setting (e.g. the model)")
     ap.add_argument("--max-step", type=int, default=None, help="only steps <= this")
     ap.add_argument("--transpose", action="store_true", help="one column per setting")
+    ap.add_argument("--baseline", default="0.2/0.2", help="setting the others' final entropy is compared with")
     args = ap.parse_args()
     runs = load_runs(args.runs)
     groups: dict[str, list] = {}
@@ -88,7 +108,11 @@ def main() -> None:
         groups.setdefault(key, []).append(run)
     order = ["0.2/0.2", "0.2/inf", "1/0.2", "0.1/inf"]
     keys = sorted(groups, key=lambda k: (order.index(k) if k in order else len(order), k))
-    table = pd.DataFrame([setting_row(f"{args.label} {k}".strip(), groups[k], args.max_step) for k in keys])
+    base = groups.get(args.baseline)
+    table = pd.DataFrame([
+        setting_row(f"{args.label} {k}".strip(), groups[k], args.max_step, base if k != args.baseline else None)
+        for k in keys
+    ])
     if args.transpose:
         table = table.set_index("setting").T.reset_index().rename(columns={"index": "quantity"})
     print("| " + " | ".join(table.columns) + " |")
