@@ -18,7 +18,6 @@ only the first steps (to set a long run next to a short one).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -27,15 +26,12 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clipctl.analysis import config_value, format_value, load_runs  # noqa: E402
+from clipctl.analysis import Columns, config_value, format_value, load_runs, mean_se  # noqa: E402
 
 
-def mean_se(v: np.ndarray) -> str:
-    v = v[np.isfinite(v)]
-    if not len(v):
-        return "-"
-    se = v.std(ddof=1) / math.sqrt(len(v)) if len(v) > 1 else math.nan
-    return f"{v.mean():+.4f} ± {se:.4f} (n={len(v)})"
+def fmt_mean_se(v: np.ndarray) -> str:
+    mean, se, n = mean_se(v)
+    return f"{mean:+.4f} ± {se:.4f} (n={n})" if n else "-"
 
 
 def share(mask: np.ndarray, of: np.ndarray) -> str:
@@ -63,28 +59,29 @@ def paired_difference(steps: list[pd.DataFrame], base: list[pd.DataFrame]) -> np
 def setting_row(label: str, runs: list, max_step: int | None, base: list | None = None) -> dict:
     steps = _steps(runs, max_step)
     df = pd.concat(steps, ignore_index=True)
-    col = lambda c: df[c].to_numpy(dtype=float, na_value=np.nan) if c in df else np.full(len(df), np.nan)  # noqa: E731
-    probed = np.isfinite(col("clip_attributed_dH"))
-    low, high, attr = col("clip_low_attributed_dH"), col("clip_high_attributed_dH"), col("clip_attributed_dH")
+    col = Columns({c: df[c].to_numpy(dtype=float, na_value=np.nan) for c in df if pd.api.types.is_numeric_dtype(df[c])})
+    probed = np.isfinite(col["clip_attributed_dH"])
+    low, high, attr = col["clip_low_attributed_dH"], col["clip_high_attributed_dH"], col["clip_attributed_dH"]
     acted_low, acted_high = probed & (low != 0), probed & (high != 0)
-    drift, both = col("thm2_drift"), probed & (attr != 0) & np.isfinite(col("thm2_drift")) & (col("thm2_drift") != 0)
+    drift = col["thm2_drift"]
+    both = probed & (attr != 0) & np.isfinite(drift) & (drift != 0)
     change = [
         float(s["entropy_post"].iloc[-1] - s["entropy"].iloc[0]) for s in steps if len(s)
     ]
-    b_low, b_high = col("thm2_low"), col("thm2_high")
+    b_low, b_high = col["thm2_low"], col["thm2_high"]
     return {
         "setting": label,
         "runs x steps": f"{len(runs)} x {int(df.groupby('seed')['step'].count().max())}",
         "entropy at step 1": f"{np.mean([s['entropy'].iloc[0] for s in steps]):.3f}",
-        "entropy change": mean_se(np.array(change)),
+        "entropy change": fmt_mean_se(np.array(change)),
         "final entropy minus baseline's (same seed)": (
-            mean_se(paired_difference(steps, _steps(base, max_step))) if base else "-"
+            fmt_mean_se(paired_difference(steps, _steps(base, max_step))) if base else "-"
         ),
-        "clip_low_frac": f"{np.nanmean(col('clip_low_frac')) * 100:.2f} %",
-        "clip_high_frac": f"{np.nanmean(col('clip_high_frac')) * 100:.2f} %",
+        "clip_low_frac": f"{np.nanmean(col['clip_low_frac']) * 100:.2f} %",
+        "clip_high_frac": f"{np.nanmean(col['clip_high_frac']) * 100:.2f} %",
         "probed (clip acted)": f"{int(probed.sum())} ({int((probed & (attr != 0)).sum())})",
-        "clip-low attributed dH per step": mean_se(low[acted_low]),
-        "clip-high attributed dH per step": mean_se(high[acted_high]),
+        "clip-low attributed dH per step": fmt_mean_se(low[acted_low]),
+        "clip-high attributed dH per step": fmt_mean_se(high[acted_high]),
         "clip-low raised": share(low > 0, acted_low),
         "clip-high lowered": share(high < 0, acted_high),
         "thm2_low > 0": share(b_low > 0, np.isfinite(b_low)),

@@ -272,7 +272,8 @@ def _mean(v: np.ndarray) -> float:
     return float(v.mean()) if len(v) else math.nan
 
 
-def _mean_se(v: np.ndarray) -> tuple[float, float, int]:
+def mean_se(v: np.ndarray) -> tuple[float, float, int]:
+    """Mean, standard error (sd / sqrt(n)) and count of the finite values; NaN where undefined."""
     v = v[np.isfinite(v)]
     n = len(v)
     mean = float(v.mean()) if n else math.nan
@@ -395,7 +396,7 @@ def _attribution_summary(c: Columns) -> dict:
     probed = np.isfinite(attr)
     out: dict = {"n_probed": int(probed.sum())}
     for name in ATTRIBUTED_COLUMNS:
-        mean, se, _ = _mean_se(c[name][probed])
+        mean, se, _ = mean_se(c[name][probed])
         out[f"{name}_avg"], out[f"{name}_se"] = mean, se
     # Steps where a clip acted at all (attributed change non-zero): a step with
     # no clip event leaves the replay identical, and its sign says nothing.

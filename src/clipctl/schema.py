@@ -98,7 +98,7 @@ def update_row(
     return {
         "epoch": epoch, "minibatch": minibatch, "update": update, "lr": lr,
         "loss": loss, "approx_kl": kl_sum / n_tok if n_tok else math.nan, "grad_norm": grad_norm,
-        **finalize_clip_stats(sums), **(extra or {}), **{k: float(v) for k, v in sums.items()}, "skipped": False,
+        **finalize_clip_stats(sums), **(extra or {}), **sums, "skipped": False,
     }
 
 
