@@ -1,3 +1,4 @@
+import re
 import math
 
 import pytest
@@ -102,3 +103,89 @@ def test_on_policy_detection():
 def test_parse_override():
     assert parse_override("algo.eps_high=inf") == ("algo", "eps_high", "inf")
     assert parse_override("data.prompt_template=Q: {prompt} = ?") == ("data", "prompt_template", "Q: {prompt} = ?")
+
+
+def test_choice_types_equal_their_registries():
+    from clipctl import algo, models, trackers
+    from clipctl.config import choices
+    from clipctl.rollout import ENGINES
+    from clipctl.rollout.vllm import VLLM_DTYPES
+
+    from clipctl.data import REWARDS
+
+    assert choices("model", "dtype") == tuple(models.DTYPES)
+    assert choices("rollout", "engine") == tuple(ENGINES)
+    assert choices("rollout", "vllm_dtype") == tuple(VLLM_DTYPES)
+    assert choices("algo", "adv_norm") == tuple(algo.ADV_NORMS)
+    assert choices("algo", "loss_agg") == tuple(algo.LOSS_AGGS)
+    assert choices("algo", "policy_loss") == tuple(algo.POLICY_LOSSES)
+    assert choices("algo", "entropy_controller") == tuple(algo.CONTROLLERS)
+    assert choices("reward", "kind") == tuple(sorted(REWARDS))
+    assert choices("log", "trackers") == tuple(trackers.TRACKERS)
+
+
+def test_config_loads_without_torch():
+    import subprocess
+    import sys
+
+    code = "import clipctl.config as c, sys; c.load_config('tiny-cpu'); assert 'torch' not in sys.modules, 'torch loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [
+        ('log.trackers=["tensorboard"]', ("tensorboard",)),
+        ("log.trackers=tensorboard,wandb", ("tensorboard", "wandb")),
+        ("log.trackers=none", ()),
+        ("optim.betas=[0.8, 0.9]", (0.8, 0.9)),
+        ("optim.betas=0.8,0.9", (0.8, 0.9)),
+        ("eval.k=[1, 2]", (1, 2)),
+        ("data.split=2024", "2024"),
+        ('data.split="test"', "test"),
+        ("train.steps=1e1", 10),
+        ("algo.eps_high=inf", math.inf),
+    ],
+)
+def test_overrides_parse_as_toml_literals(override, value):
+    section, key, _ = parse_override(override)
+    assert getattr(getattr(load_config("tiny-cpu", [override]), section), key) == value
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("rollout.n=1", "rollout.n=1 must be >= 2; a group of one response has advantage 0"),
+        ("train.steps=[1, 2]", "train.steps must be an integer, got [1, 2]"),
+        ('algo.eps_low="x"', "algo.eps_low must be a number (or 'inf'), got 'x'"),
+        ("log.trackers=[1]", "log.trackers must be a string, got 1"),
+        ("log.trackers=foo", "log.trackers=['foo'] must name each of tensorboard, wandb at most once"),
+        ("optim.betas=0.9,1.0", "optim.betas=(0.9, 1.0) must be in [0, 1) (each)"),
+        ("algo.policy_loss=cispo", "algo.policy_loss='cispo' is unknown; valid: vanilla"),
+    ],
+)
+def test_wrong_typed_overrides_give_one_line(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny-cpu", [override])
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_bounds_live_with_their_fields():
+    import dataclasses
+
+    from clipctl.config import SECTIONS
+
+    bounded = {
+        f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("bounds")
+    }
+    assert {"rollout.n", "train.steps", "optim.lr", "reward.p", "log.token_sample_rate", "eval.limit"} <= bounded
+
+
+def test_clip_spec_is_validated_once_and_used_by_the_config():
+    from clipctl.clip import ClipSpec
+
+    assert load_config("tiny-cpu", ["algo.eps_high=inf"]).algo.clip == ClipSpec(0.2, math.inf, None)
+    for bad, message in [((0.0, 0.2), "eps_low=0.0 must be in (0, 1]"), ((0.2, 0.0), "eps_high=0.0 must be in (0, inf]"),
+                         ((0.2, 0.2, 1.0), "dual_clip_c=1.0 must be > 1")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            ClipSpec(*bad)

