@@ -88,3 +88,47 @@ def test_update_rows_and_step_totals_by_hand():
     # loss and grad norm: means over optimizer steps; KL and fractions: over the step's 8 tokens.
     assert (m["loss"], m["grad_norm"], m["approx_kl"], m["clip_low_frac"]) == (1.0, 2.0, 0.1, 0.125)
     assert math.isnan(schema.StepTotals(skipped=2).metrics()["loss"])
+
+
+def _valid_row(table: str, extra: tuple[str, ...] = ()) -> dict:
+    values = {"float64": 0.5, "int64": 3, "bool": False, "string": "x"}
+    return {c.name: values[c.dtype] for c in schema.columns_of(table, extra)}
+
+
+def test_checked_writer_refuses_a_wrong_row_and_writes_nothing(tmp_path):
+    import pytest
+
+    from clipctl.runlog import RunWriter, part_path
+
+    writer = RunWriter()
+    good = _valid_row("updates")
+    writer.part(tmp_path, "updates", 1, [good, good])
+    assert part_path(tmp_path, "updates", 1).is_file()
+    missing = {k: v for k, v in good.items() if k != "grad_norm"}
+    cases = [
+        ([good, missing], r"updates row 1: missing columns \['grad_norm'\], undocumented columns none"),
+        ([{**good, "grad_nrom": 1.0}], r"updates row 0: missing columns none, undocumented columns \['grad_nrom'\]"),
+        ([{**good, "loss": "0.5"}], r"updates row 0: loss='0.5' is not float64"),
+        ([{**good, "epoch": 1.0}], r"updates row 0: epoch=1.0 is not int64"),
+        ([{**good, "loss": True}], r"updates row 0: loss=True is not float64"),
+        ([{**good, "skipped": 0}], r"updates row 0: skipped=0 is not bool"),
+    ]
+    for rows, message in cases:
+        with pytest.raises(schema.RowError, match=message):
+            writer.part(tmp_path, "updates", 2, rows)
+        assert not part_path(tmp_path, "updates", 2).exists()
+        assert [p.name for p in (tmp_path / "updates").iterdir()] == ["step-000001.parquet"]
+    # The simulator's writer expects the exact columns too.
+    with pytest.raises(schema.RowError, match="missing columns .*thm1_drift_exact"):
+        RunWriter(extra=("simulated",)).part(tmp_path, "updates", 3, [good])
+    RunWriter(extra=("simulated",)).part(tmp_path, "updates", 3, [_valid_row("updates", ("simulated",))])
+
+
+def test_checked_rows_read_back_with_documented_dtypes(tmp_path):
+    from clipctl.runlog import RunWriter, read_table
+
+    row = _valid_row("samples")
+    RunWriter().part(tmp_path, "samples", 1, [row, {**row, "gold": None}])
+    df = read_table(tmp_path, "samples")
+    _assert_dtypes(df, "samples")
+    assert df["gold"].isna().tolist() == [False, True]

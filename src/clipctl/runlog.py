@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from clipctl import schema
 from clipctl.errors import RunDirError
 
 TABLES = ("steps", "updates", "samples", "tokens")
@@ -87,11 +88,16 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def write_parquet_atomic(df: pd.DataFrame, path: Path, *, before_rename: Optional[Callable[[], None]] = None) -> None:
     """Write ``df`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False), before_rename=before_rename)
+
+
+def write_atomic(path: Path, write: Callable[[str], None], *, before_rename: Optional[Callable[[], None]] = None) -> None:
+    """``write(tmp)`` into a temp file next to ``path``, fsync it, then ``os.replace`` it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         if before_rename is not None:
@@ -448,30 +454,56 @@ def read_run(path: str | os.PathLike) -> Run:
 # ---------------------------------------------------------------- the run's writer
 
 
-def write_step(run_dir: Path, out) -> None:
+def write_checked_part(run_dir: Path, table: str, step: int, rows: Sequence[dict], extra: tuple[str, ...] = ()) -> None:
+    """Write ``rows`` as ``table``'s part ``step`` with the documented Arrow schema (``schema.arrow_table``):
+    a missing, undocumented or mistyped column raises ``schema.RowError`` and nothing is written."""
+    import pyarrow.parquet as pq
+
+    data = schema.arrow_table(table, rows, extra)
+    write_atomic(part_path(run_dir, table, step), lambda tmp: pq.write_table(data, tmp))
+
+
+def write_step(run_dir: Path, out, extra: tuple[str, ...] = ()) -> None:
     """Write a step's parts (``out``: ``metrics`` dict, ``updates``/``samples``/``tokens`` row lists);
     the steps part last, so a step row implies its other parts."""
     step = out.metrics["step"]
     for table, rows in (("updates", out.updates), ("samples", out.samples), ("tokens", out.tokens)):
         if rows:
-            write_part(run_dir, table, step, rows)
-    write_part(run_dir, "steps", step, [out.metrics])
+            write_checked_part(run_dir, table, step, rows, _extra_of(table, extra))
+    write_checked_part(run_dir, "steps", step, [out.metrics], extra)
+
+
+def _extra_of(table: str, extra: tuple[str, ...]) -> tuple[str, ...]:
+    # Extra tables (the simulator's exact columns) extend the steps and updates rows only.
+    return extra if table in ("steps", "updates") else ()
 
 
 class RunWriter:
     """Writes the run directory (the only process, or rank 0): run.json, step parts,
-    compaction, and the live mirrors of ``log.trackers``."""
+    compaction, and the live mirrors of ``log.trackers``.
+
+    Every step part is written with the schema's Arrow types (``write_checked_part``);
+    ``extra`` names tables whose columns the steps and updates rows also carry
+    (the simulator's "simulated").
+    """
 
     trackers = None
+
+    def __init__(self, extra: tuple[str, ...] = ()):
+        self.extra = extra
 
     def meta(self, run_dir: Path, meta: dict) -> None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(run_dir) / "run.json", meta)
 
     def step(self, run_dir: Path, out) -> None:
-        write_step(run_dir, out)  # the Parquet log first: a tracker failing never loses a row
+        write_step(run_dir, out, self.extra)  # the Parquet log first: a tracker failing never loses a row
         if self.trackers is not None:
             self.trackers.log(out.metrics)
+
+    def part(self, run_dir: Path, table: str, step: int, rows: Sequence[dict]) -> None:
+        """One checked part of ``table`` (the simulator writes a whole run as one part per table)."""
+        write_checked_part(run_dir, table, step, rows, _extra_of(table, self.extra))
 
     def drop_after(self, run_dir: Path, step: int) -> None:
         drop_parts_after(run_dir, step)

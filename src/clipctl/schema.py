@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Mapping, Sequence
+
+import numpy as np
 
 # Additive quantities produced per update minibatch (``clipctl.algo.clip_stat_sums``);
 # all float64 scalars. Counts are of sampled tokens (pi_old measure); ``*wsum*`` are
@@ -537,6 +539,53 @@ TABLE = {t.name: t for t in TABLES}
 def column_names(table: str) -> tuple[str, ...]:
     """The documented columns of ``table`` ("steps", "updates", "samples", "tokens" or "simulated")."""
     return TABLE[table].names
+
+
+class RowError(ValueError):
+    """A row that does not match its table's documented columns: a bug in the code that built it."""
+
+
+def columns_of(table: str, extra: tuple[str, ...] = ()) -> tuple[Column, ...]:
+    """The columns a writer must write for ``table``, plus those of the ``extra`` tables (e.g. "simulated")."""
+    return tuple(c for t in (table, *extra) for c in TABLE[t].columns)
+
+
+def _is(dtype: str, v) -> bool:
+    # bool is an int in Python: a True in a float or int column is a bug, not a 1.
+    if dtype == "float64":
+        return isinstance(v, (float, int, np.floating, np.integer)) and not isinstance(v, (bool, np.bool_))
+    if dtype == "int64":
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    if dtype == "bool":
+        return isinstance(v, (bool, np.bool_))
+    return v is None or isinstance(v, str)  # string (a missing gold answer is null)
+
+
+def arrow_table(table: str, rows: Sequence[Mapping], extra: tuple[str, ...] = ()):
+    """``rows`` as a ``pyarrow.Table`` with the documented columns and dtypes of ``table``.
+
+    Raises ``RowError`` naming the table, the row and the columns when a row
+    lacks a column, has an undocumented one, or holds a value of another type,
+    so a wrong row fails when it is written, not when it is read.
+    """
+    import pyarrow as pa
+
+    cols = columns_of(table, extra)
+    names = [c.name for c in cols]
+    want = set(names)
+    for i, row in enumerate(rows):
+        if set(row) != want:
+            missing, unexpected = sorted(want - set(row)), sorted(set(row) - want)
+            raise RowError(
+                f"{table} row {i}: missing columns {missing or 'none'}, undocumented columns {unexpected or 'none'} "
+                f"(clipctl.schema lists every column)"
+            )
+        for c in cols:
+            if not _is(c.dtype, row[c.name]):
+                raise RowError(f"{table} row {i}: {c.name}={row[c.name]!r} is not {c.dtype}")
+    types = {"float64": pa.float64(), "int64": pa.int64(), "bool": pa.bool_(), "string": pa.string()}
+    arrow = pa.schema([pa.field(c.name, types[c.dtype]) for c in cols])
+    return pa.Table.from_pydict({n: [row[n] for row in rows] for n in names}, schema=arrow)
 
 
 def _cell(text: str) -> str:

@@ -66,7 +66,7 @@ import torch
 
 from clipctl import algo, schema
 from clipctl.errors import ClipctlError
-from clipctl.runlog import atomic_write_json, write_part
+from clipctl.runlog import RunWriter
 
 REWARD_KINDS = {"bernoulli": "random_bernoulli", "gaussian": "random_gaussian"}
 OPTIMIZERS = ("sgd", "adam")
@@ -618,10 +618,11 @@ def write_run(run_dir: Path, cfg: DynamicsConfig, steps: pd.DataFrame, updates: 
             "command": ["clipctl", "simulate", "--dynamics"],
             "start_time": dt.datetime.now().isoformat(timespec="seconds"),
         }
-        atomic_write_json(run_dir / "run.json", meta)
+        writer = RunWriter(extra=("simulated",))
+        writer.meta(run_dir, meta)
         last = int(steps["step"].max())
-        write_part(run_dir, "updates", last, updates)
-        write_part(run_dir, "steps", last, steps)
+        writer.part(run_dir, "updates", last, updates.to_dict("records"))
+        writer.part(run_dir, "steps", last, steps.to_dict("records"))
     except OSError as e:
         raise SimulateError(f"cannot write run directory {run_dir}: {e.strerror or e}; choose a writable --out") from None
     return run_dir
