@@ -132,3 +132,27 @@ def test_checked_rows_read_back_with_documented_dtypes(tmp_path):
     df = read_table(tmp_path, "samples")
     _assert_dtypes(df, "samples")
     assert df["gold"].isna().tolist() == [False, True]
+
+
+def test_steps_row_groups_cover_the_steps_table_once():
+    groups = ("step", *schema.ENTROPY_KEYS, *schema.BATCH_KEYS, *schema.TOTALS_KEYS, *schema.KNOB_KEYS,
+              *schema.PROBE_KEYS, *schema.TIMING_KEYS, "lr", "n_updates", "update_tokens")
+    assert len(groups) == len(set(groups))
+    assert set(groups) == set(schema.column_names("steps"))
+
+
+def test_steps_row_by_hand_and_a_wrong_group_fails():
+    import pytest
+
+    batch = dict.fromkeys(schema.BATCH_KEYS, 0.0)
+    kw = dict(
+        entropy=schema.entropy_columns(2.0, 1.5, 1.9, 1.4), batch=batch, totals=schema.StepTotals(skipped=1),
+        knobs=schema.knob_columns(0.2, math.inf, 0.0), probe=schema.unprobed_columns(), lr=1e-3, n_updates=1,
+        update_tokens=40.0, timing=schema.timing_columns(rollout=1.0, update=2.0, probe=0.0, step=4.0, n_tokens=20.0),
+    )
+    row = schema.steps_row(3, **kw)
+    assert set(row) == set(schema.column_names("steps"))
+    assert (row["step"], row["entropy_post"], row["tokens_per_second"], row["skipped_updates"]) == (3, 1.9, 5.0, 1)
+    assert math.isnan(row["entropy_target"]) and math.isnan(row["loss"]) and math.isinf(row["eps_high"])
+    with pytest.raises(schema.RowError, match="the batch columns are"):
+        schema.steps_row(3, **{**kw, "batch": {**batch, "reward_mean_typo": 0.0}})

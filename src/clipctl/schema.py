@@ -85,6 +85,67 @@ def knob_columns(
     }
 
 
+# The steps row in groups, each made by one builder below (or by the caller, for the
+# batch's reward/length columns); ``steps_row`` joins them in this order.
+ENTROPY_KEYS = ("entropy", "entropy_token_mean", "entropy_post", "entropy_post_token_mean")
+BATCH_KEYS = (
+    "rollout_logprob_diff_mean", "rollout_logprob_diff_max", "reward_mean", "reward_std", "accuracy",
+    "zero_std_group_frac", "adv_abs_mean", "response_length_mean", "response_length_max", "truncated_frac", "n_tokens",
+)
+TOTALS_KEYS = (*STAT_KEYS, "loss", "approx_kl", "grad_norm", "skipped_updates")
+KNOB_KEYS = ("eps_low", "eps_high", "entropy_coef", "entropy_target")
+TIMING_KEYS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
+
+
+def entropy_columns(pre: float, pre_token_mean: float, post: float, post_token_mean: float) -> dict[str, float]:
+    """Eq. 4 and token-mean entropy before the step's updates (``pi_old``) and after them (NaN when not measured)."""
+    return dict(zip(ENTROPY_KEYS, (pre, pre_token_mean, post, post_token_mean)))
+
+
+def timing_columns(*, rollout: float, update: float, probe: float, step: float, n_tokens: float) -> dict[str, float]:
+    """Wall times of the step's phases (seconds) and its throughput in response tokens per second."""
+    return {
+        "rollout_seconds": rollout, "update_seconds": update, "probe_seconds": probe, "step_seconds": step,
+        "tokens_per_second": n_tokens / step if step > 0 else math.nan,
+    }
+
+
+def _group(name: str, values: Mapping, keys: tuple[str, ...]) -> Mapping:
+    if tuple(values) != keys and set(values) != set(keys):
+        raise RowError(
+            f"steps row: the {name} columns are {sorted(values)}, expected {sorted(keys)} (clipctl.schema)"
+        )
+    return values
+
+
+def steps_row(
+    step: int, *, entropy: Mapping[str, float], batch: Mapping[str, float], totals: "StepTotals",
+    knobs: Mapping[str, float], probe: Mapping[str, float], lr: float, n_updates: int, update_tokens: float,
+    timing: Mapping[str, float], extra: Mapping[str, float] | None = None,
+) -> dict:
+    """The one builder of a steps-table row, for trainer and simulator alike.
+
+    Each argument is one group of columns (``entropy_columns``, ``BATCH_KEYS``,
+    ``StepTotals.metrics``, ``knob_columns``, the probe's ``PROBE_KEYS`` or
+    ``unprobed_columns``, ``timing_columns``); a group with a missing or
+    unknown column raises ``RowError`` here. ``extra``: the simulator's
+    ``*_exact`` columns.
+    """
+    return {
+        "step": step,
+        **_group("entropy", entropy, ENTROPY_KEYS),
+        **totals.metrics(),
+        **_group("probe", probe, PROBE_KEYS),
+        **_group("batch", batch, BATCH_KEYS),
+        "lr": lr,
+        "n_updates": n_updates,
+        **_group("knob", knobs, KNOB_KEYS),
+        "update_tokens": update_tokens,
+        **_group("timing", timing, TIMING_KEYS),
+        **(extra or {}),
+    }
+
+
 def empty_sums() -> dict[str, float]:
     """The statistic sums of no tokens (every fraction and mean of them is NaN)."""
     return dict.fromkeys(SUM_KEYS, 0.0)

@@ -546,39 +546,36 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         t_probe = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
         steps.append(
-            {
-                "step": step,
-                "entropy": H0,
-                "entropy_token_mean": H0,
-                "entropy_post": H1,
-                "entropy_post_token_mean": H1,
-                **totals.metrics(),
-                **exact_columns(exact_sums),
-                **probe,
-                "reward_mean": float(rewards.mean()),
-                "reward_std": float(rewards.std(unbiased=False)),
-                "accuracy": math.nan,  # random rewards are not verifiable
-                "zero_std_group_frac": float(algo.zero_std_group_frac(rewards, cfg.group_size)),
-                "adv_abs_mean": float(adv.abs().mean()),
-                "response_length_mean": 1.0,
-                "response_length_max": 1.0,
-                "truncated_frac": 0.0,
-                # Actions are drawn from the exact policy; there is no separate engine to disagree with.
-                "rollout_logprob_diff_mean": math.nan,
-                "rollout_logprob_diff_max": math.nan,
-                "lr": cfg.lr,
-                "n_updates": len(rows),
+            schema.steps_row(
+                step,
+                entropy=schema.entropy_columns(H0, H0, H1, H1),
+                totals=totals,
+                probe=probe,
+                batch={
+                    # Actions are drawn from the exact policy; there is no separate engine to disagree with.
+                    "rollout_logprob_diff_mean": math.nan,
+                    "rollout_logprob_diff_max": math.nan,
+                    "reward_mean": float(rewards.mean()),
+                    "reward_std": float(rewards.std(unbiased=False)),
+                    "accuracy": math.nan,  # random rewards are not verifiable
+                    "zero_std_group_frac": float(algo.zero_std_group_frac(rewards, cfg.group_size)),
+                    "adv_abs_mean": float(adv.abs().mean()),
+                    "response_length_mean": 1.0,
+                    "response_length_max": 1.0,
+                    "truncated_frac": 0.0,
+                    "n_tokens": float(cfg.samples),
+                },
+                lr=cfg.lr,
+                n_updates=len(rows),
                 # The trainer's knob columns: fixed clip bounds, no bonus, no controller here.
-                **schema.knob_columns(cfg.eps_low, cfg.eps_high, 0.0),
+                knobs=schema.knob_columns(cfg.eps_low, cfg.eps_high, 0.0),
                 # One action per sample, no prompt: each update pass sees every sample once.
-                "update_tokens": cfg.samples * cfg.epochs,
-                "n_tokens": float(cfg.samples),
-                "rollout_seconds": t1 - t0,
-                "update_seconds": t_update,
-                "probe_seconds": t_probe,
-                "step_seconds": step_seconds,
-                "tokens_per_second": cfg.samples / step_seconds if step_seconds > 0 else math.nan,
-            }
+                update_tokens=cfg.samples * cfg.epochs,
+                timing=schema.timing_columns(
+                    rollout=t1 - t0, update=t_update, probe=t_probe, step=step_seconds, n_tokens=cfg.samples
+                ),
+                extra=exact_columns(exact_sums),
+            )
         )
         updates.extend({"step": step, **r} for r in rows)
     return pd.DataFrame(steps), pd.DataFrame(updates)
