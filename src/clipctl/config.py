@@ -473,7 +473,7 @@ def validate(cfg: Config) -> None:
     _require(cfg.data.chat_template in ("auto", "true", "false"), f"data.chat_template={cfg.data.chat_template!r} must be auto, true or false")
     _require("{prompt}" in cfg.data.prompt_template, "data.prompt_template must contain '{prompt}'")
     _require(cfg.data.max_prompt_tokens >= 1, f"data.max_prompt_tokens={cfg.data.max_prompt_tokens} must be >= 1")
-    from clipctl.rewards import REWARDS
+    from clipctl.data import REWARDS
 
     _require(cfg.reward.kind in REWARDS, f"reward.kind={cfg.reward.kind!r} is unknown; valid: {', '.join(REWARDS)}")
     _require(0 <= cfg.reward.p <= 1, f"reward.p={cfg.reward.p} must be in [0, 1]")
