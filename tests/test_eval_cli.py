@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from clipctl.cli import app
-from clipctl.eval_driver import SAMPLE_COLUMNS, SUMMARY_COLUMNS
+from clipctl.eval.driver import SAMPLE_COLUMNS, SUMMARY_COLUMNS
 from clipctl.models import TinySpec, cache_dir
 from clipctl.rollout.hf import HFEngine
 

@@ -257,7 +257,7 @@ def eval_passk(
     """Sample N responses per problem and report unbiased pass@k, mean@n and bootstrap intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from clipctl.eval_driver import EvalSettings, evaluate
+    from clipctl.eval.driver import EvalSettings, evaluate
 
     progress = Progress(
         TextColumn("[bold]eval"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),

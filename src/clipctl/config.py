@@ -554,7 +554,11 @@ def validate(cfg: Config) -> None:
         cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:"),
         f"model.device={cfg.model.device!r} must be auto, cpu, cuda or cuda:N",
     )
-    _require("{prompt}" in cfg.data.prompt_template, "data.prompt_template must contain '{prompt}'")
+    template = cfg.data.prompt_template
+    _require(
+        "{prompt}" in template or "{problem}" in template,
+        "data.prompt_template must contain '{prompt}' (or its alias '{problem}')",
+    )
     _require(
         all(1 <= k <= e.n for k in e.k),
         f"eval.k={list(e.k)} must lie in [1, eval.n={e.n}]; lower k or raise eval.n",

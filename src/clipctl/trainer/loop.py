@@ -51,9 +51,8 @@ import torch
 
 from clipctl import algo, schema
 from clipctl.config import Config, is_on_policy
-from clipctl.data import load_examples, step_prompt_indices
+from clipctl.data import RewardBatch, compute_rewards, is_verifiable, load_examples, step_prompt_indices
 from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_model_path
-from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.rollout.base import pad_to
 from clipctl.errors import NonFiniteError

@@ -1,4 +1,4 @@
-"""Reward registry: one scalar per response (docs/definitions.md section 2).
+"""Reward registry and graders: one scalar per response (docs/definitions.md section 2).
 
 Kinds, looked up by ``reward.kind`` in ``REWARDS``:
 
@@ -19,15 +19,24 @@ Usage::
     batch = RewardBatch(responses=["... #### 18"], golds=["18"], seed=0, step=3,
                         prompt_indices=[0], sample_indices=[0])
     compute_rewards("gsm8k", batch)  # -> [1.0]
+
+Graders are the verifiable rewards seen one response at a time, for
+evaluation: ``GRADERS`` maps a grader name to ``(response, gold) -> float``;
+``grade_many`` grades a batch inline or in worker processes (math_verify's
+timeouts use signals, which work in the main thread of each worker process);
+``extract_prediction`` shows the answer a grader reads (the last number, or
+the last ``\\boxed{}`` content).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Callable
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -252,3 +261,95 @@ def compute_rewards(kind: str, batch: RewardBatch) -> list[float]:
 def is_verifiable(kind: str) -> bool:
     """True if ``kind`` scores against a gold answer (docs/definitions.md section 2)."""
     return _spec(kind).verifiable
+
+
+# ---------------------------------------------------------------------------
+# Graders
+# ---------------------------------------------------------------------------
+
+# Module-level functions so worker processes can unpickle them by name.
+GRADERS: dict[str, Callable[[str, str], float]] = {
+    "gsm8k": gsm8k_reward,
+    "math_verify": math_verify_reward,
+}
+
+
+def _grader_fn(grader: str) -> Callable[[str, str], float]:
+    if grader not in GRADERS:
+        raise ValueError(f"unknown grader {grader!r}; valid: {', '.join(GRADERS)}")
+    return GRADERS[grader]
+
+
+def _grade_chunk(grader: str, pairs: list[tuple[str, str]]) -> list[float]:
+    fn = _grader_fn(grader)
+    return [float(fn(response, gold)) for response, gold in pairs]
+
+
+def grade_many(
+    grader: str, responses: Sequence[str], golds: Sequence[str], *, processes: int = 0
+) -> list[float]:
+    """Grade ``responses[i]`` against ``golds[i]`` with a ``GRADERS`` entry (docs/definitions.md sections 2 and 9).
+
+    Args:
+        grader: ``"gsm8k"`` or ``"math_verify"``.
+        responses, golds: equal-length sequences of strings.
+        processes: ``0`` grades inline; ``> 0`` uses that many worker processes
+            (math_verify's signal-based timeouts run in each worker's main thread).
+
+    Returns:
+        one float per response (1.0 correct, 0.0 wrong), in input order.
+    """
+    _grader_fn(grader)
+    if len(responses) != len(golds):
+        raise ValueError(
+            f"responses ({len(responses)}) and golds ({len(golds)}) must have the same length"
+        )
+    if processes < 0:
+        raise ValueError(f"processes ({processes}) must be >= 0; 0 grades inline")
+    pairs = list(zip(responses, golds))
+    if processes == 0 or len(pairs) <= 1:
+        return _grade_chunk(grader, pairs)
+    # A few chunks per worker: enough to balance slow sympy cases, few enough
+    # that pickling overhead stays small.
+    n_chunks = min(len(pairs), processes * 4)
+    size = math.ceil(len(pairs) / n_chunks)
+    chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+    with ProcessPoolExecutor(max_workers=processes) as pool:
+        results = pool.map(_grade_chunk, [grader] * len(chunks), chunks)
+        return [score for chunk in results for score in chunk]
+
+
+def _last_boxed(response: str) -> Optional[str]:
+    """Content of the last ``\\boxed{...}`` (balanced braces), or None."""
+    key = "\\boxed"
+    start = response.rfind(key)
+    while start != -1:
+        j = start + len(key)
+        while j < len(response) and response[j] == " ":
+            j += 1
+        if j < len(response) and response[j] == "{":
+            depth = 0
+            for end in range(j, len(response)):
+                ch = response[end]
+                if ch == "{":
+                    depth += 1
+                elif ch == "}":
+                    depth -= 1
+                    if depth == 0:
+                        return response[j + 1 : end]
+            # Unbalanced (truncated) box: look at an earlier one.
+        start = response.rfind(key, 0, start)
+    return None
+
+
+def extract_prediction(grader: str, response: str) -> Optional[str]:
+    """The answer a grader reads from ``response``, for reports (docs/definitions.md sections 2 and 9).
+
+    ``gsm8k``: the last number (``extract_last_number``);
+    ``math_verify``: the content of the last ``\\boxed{...}`` with balanced
+    braces. ``None`` when there is none.
+    """
+    _grader_fn(grader)
+    if grader == "gsm8k":
+        return extract_last_number(response)
+    return _last_boxed(response)

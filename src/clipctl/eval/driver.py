@@ -3,11 +3,13 @@
 ``evaluate(target, dataset)`` evaluates a model, or each chosen checkpoint of a
 run directory, on a benchmark; ``evaluate_checkpoint`` does the same for a model
 already in memory (the trainer's periodic evaluation). The estimators live in
-``clipctl.evaluation``; this module adds the model, the files and resume.
+``clipctl.eval.passk``, the datasets, templates and graders in ``clipctl.data``;
+this module adds the model, the files and resume.
 
-1. Prompts: the benchmark's template (``str.format`` with ``{problem}``), then
-   the tokenizer's chat template when it has one: ``data.format_prompt`` with
-   ``chat_template='auto'``, the same function that makes training prompts.
+1. Prompts: the benchmark's template (``{prompt}``, or its alias ``{problem}``,
+   replaced by the problem), then the tokenizer's chat template when it has
+   one: ``data.format_prompt`` with ``chat_template='auto'``, the same
+   function that makes training prompts.
 2. Sampling goes through the rollout interface (``make_engine``): ``n``
    samples per problem, ``batch_prompts`` problems per ``generate`` call. Each
    call is seeded from ``(seed, step, batch index)``, so a batch's samples do
@@ -19,7 +21,7 @@ already in memory (the trainer's periodic evaluation). The estimators live in
    whose settings match a finished step loads no model and generates nothing;
    it only recomputes the scores, so new ``ks`` are free.
 4. Scores: per-problem unbiased pass@k and mean@n averaged over problems, with
-   a percentile bootstrap over problems (``evaluation.bootstrap_ci``, seeded by
+   a percentile bootstrap over problems (``passk.bootstrap_ci``, seeded by
    ``seed``, so every k sees the same resamples).
 
 Files, with ``ROOT`` = ``runs/<name>/eval`` for a run directory,
@@ -51,19 +53,21 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
-from clipctl.evaluation import (
+from clipctl.data import (
     BENCHMARKS,
     GRADERS,
-    MATH_TEMPLATE,
+    LOCAL_GRADER,
+    LOCAL_TEMPLATE,
     Problem,
-    bootstrap_ci,
     extract_prediction,
+    format_prompt,
     grade_many,
+    gsm8k_gold,
     load_benchmark,
-    mean_at_n,
-    pass_at_k_array,
+    normalize_template,
 )
+from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
+from clipctl.eval.passk import bootstrap_ci, mean_at_n, pass_at_k_array
 from clipctl.rundir import MAX_SEED, RunLock, ensure_output_dir
 from clipctl.runlog import atomic_write_json, read_meta, write_parquet_atomic
 from clipctl.runlog import checkpoints as run_checkpoints
@@ -77,8 +81,6 @@ SUMMARY_COLUMNS = (
 EXTRA_SUMMARY_COLUMNS = ("mean_at_n_ci_low", "mean_at_n_ci_high", "truncated_frac", "response_tokens_mean")
 SUMMARY_KEY = ("step", "dataset", "n", "k", "temperature", "seed")
 MODEL_STEP = 0  # the step recorded for a plain model target
-LOCAL_GRADER = "math_verify"  # defaults for a local .jsonl/.parquet file
-LOCAL_TEMPLATE = MATH_TEMPLATE
 _STEP_RE = re.compile(r"^(?:step-)?(\d+)$")
 
 Progress = Callable[[int, int], None]  # (samples done, samples in total), over all chosen steps
@@ -204,19 +206,9 @@ def load_eval_set(
     grader = grader or (bench.grader if bench else LOCAL_GRADER)
     if grader not in GRADERS:
         raise ConfigError(f"unknown grader {grader!r}; valid: {', '.join(GRADERS)}")
-    template = template or (bench.template if bench else LOCAL_TEMPLATE)
-    try:
-        template.format(problem="")
-    except (KeyError, IndexError, ValueError):
-        raise ConfigError(
-            f"template {template!r} must be a str.format string whose only field is {{problem}} "
-            "(write literal braces as {{ and }})"
-        ) from None
-    if "{problem}" not in template:
-        raise ConfigError(f"template {template!r} must contain {{problem}}")
+    # Normalised, so "{problem}" and "{prompt}" spellings share one fingerprint.
+    template = normalize_template(template or (bench.template if bench else LOCAL_TEMPLATE))
     if grader == "gsm8k":  # its gold must be a number: fail now, not after sampling
-        from clipctl.rewards import gsm8k_gold
-
         for p in problems:
             try:
                 gsm8k_gold(p.answer)
@@ -388,8 +380,6 @@ def _work_key(model_key: str, step: int, eval_set: EvalSet, s: EvalSettings) -> 
 
 
 def _prompt_ids(eval_set: EvalSet, tokenizer) -> list[list[int]]:
-    from clipctl.data import format_prompt
-
     texts = [format_prompt(p.problem, eval_set.template, tokenizer, "auto") for p in eval_set.problems]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -543,7 +533,7 @@ def evaluate(
     Args:
         target: HF id, local model folder, ``builtin:tiny``, or a run directory
             (a folder with ``run.json``): then each chosen checkpoint.
-        dataset: a ``BENCHMARKS`` name or a local ``.jsonl``/``.parquet`` file.
+        dataset: a ``BENCHMARKS`` name or a local ``.jsonl``/``.json``/``.parquet`` file.
         settings: sampling, grading, scoring and dataset columns (``EvalSettings``).
         engine: rollout engine name (``rollout.ENGINES``).
         checkpoints: ``all``, ``last`` or ``step-N,...`` (run directories only).

@@ -1,26 +1,33 @@
-"""Rewards (docs/definitions.md section 2): number extraction, gsm8k on the packaged test set,
-math_verify hand cases, seeded random rewards, the registry."""
+"""Rewards and graders (docs/definitions.md sections 2 and 9): number extraction, gsm8k on the
+packaged test set, math_verify hand cases, seeded random rewards, the registry, every packaged
+benchmark gold grading correct, grade_many, the \\boxed{} parser."""
 
 from __future__ import annotations
 
 import json
+import re
 from concurrent.futures import ThreadPoolExecutor
+from decimal import Decimal
 from importlib.resources import files
 
 import numpy as np
 import pytest
 
-from clipctl.errors import ConfigError, DataError
-from clipctl.rewards import (
+from clipctl.data.registry import BENCHMARKS, Problem, load_benchmark
+from clipctl.data.rewards import (
+    GRADERS,
     REWARDS,
     RewardBatch,
     compute_rewards,
     extract_last_number,
+    extract_prediction,
+    grade_many,
     gsm8k_gold,
     gsm8k_reward,
     is_verifiable,
     math_verify_reward,
 )
+from clipctl.errors import ConfigError, DataError
 
 
 def _gsm8k_test_rows() -> list[dict]:
@@ -243,3 +250,99 @@ def test_batch_length_mismatch():
         RewardBatch(
             responses=["a", "b"], golds=["1"], seed=0, step=0, prompt_indices=[0, 1], sample_indices=[0, 0]
         )
+
+
+# ---------------------------------------------------------------------------
+# Graders: every gold answer of every packaged benchmark grades correct
+# ---------------------------------------------------------------------------
+
+_INT = re.compile(r"-?\d+")
+
+# Gold answers that the benchmark's grader cannot verify against themselves.
+# Checked over all 1,919 packaged golds (math_verify 0.9.0): none. Add
+# (benchmark, id) pairs here with a reason if a data or grader update breaks one.
+UNVERIFIABLE_GOLDS: set[tuple[str, str]] = set()
+
+
+def _boxed(gold: str) -> str:
+    return f"The answer is \\boxed{{{gold}}}."
+
+
+def _different(name: str, gold: str) -> str:
+    """An answer that must grade wrong: gold+1 for integers, else a far-off integer."""
+    if name == "gsm8k":  # GSM8K golds may carry thousands commas ("2,125")
+        return str(Decimal(gsm8k_gold(gold)) + 1)
+    return str(int(gold) + 1) if _INT.fullmatch(gold) else "-987654"
+
+
+def _check(name: str, problems: list[Problem], processes: int) -> None:
+    grader = BENCHMARKS[name].grader
+    golds = [p.answer for p in problems]
+    right = grade_many(grader, [_boxed(g) for g in golds], golds, processes=processes)
+    wrong = grade_many(grader, [_boxed(_different(name, g)) for g in golds], golds, processes=processes)
+    failed = [
+        (p.id, p.answer)
+        for p, r in zip(problems, right)
+        if r != 1.0 and (name, p.id) not in UNVERIFIABLE_GOLDS
+    ]
+    accepted = [(p.id, p.answer) for p, w in zip(problems, wrong) if w != 0.0]
+    assert failed == [], f"{name}: gold answers that do not grade correct: {failed}"
+    assert accepted == [], f"{name}: wrong answers that grade correct: {accepted}"
+
+
+@pytest.mark.parametrize("name", ["gsm8k", "aime2024", "aime2025", "amc23"])
+def test_all_golds_grade_correct_and_off_by_one_wrong(name):
+    problems = load_benchmark(name)
+    if name != "gsm8k":
+        assert all(_INT.fullmatch(p.answer) for p in problems)  # AIME/AMC golds are integers
+    _check(name, problems, processes=0)
+
+
+def test_gsm8k_hash_format_and_full_gold():
+    problems = load_benchmark("gsm8k")
+    golds = [p.answer for p in problems]
+    right = grade_many("gsm8k", [f"So she has ... #### {g}" for g in golds], golds)
+    wrong = grade_many("gsm8k", [f"So she has ... #### {_different('gsm8k', g)}" for g in golds], golds)
+    assert right == [1.0] * len(golds)
+    assert wrong == [0.0] * len(golds)
+    # The full GSM8K solution (with its "#### N" line) works as gold too.
+    first = files("clipctl").joinpath("resources/gsm8k/test.jsonl").read_text().splitlines()[0]
+    full_answer = json.loads(first)["answer"]
+    assert full_answer.endswith("#### 18")
+    assert GRADERS["gsm8k"]("The answer is 18.", full_answer) == 1.0
+
+
+def test_math500_subset_golds_grade_correct():
+    problems = load_benchmark("math500")
+    _check("math500", problems[::10], processes=0)  # 50 problems across subjects
+
+
+def test_math500_all_golds_grade_correct():
+    _check("math500", load_benchmark("math500"), processes=2)
+
+
+def test_grade_many_processes_match_inline():
+    golds = ["\\frac{1}{2}", "3", "\\sqrt{2}", "(1,2)", "7"]
+    responses = ["\\boxed{0.5}", "\\boxed{4}", "\\boxed{\\sqrt 2}", "\\boxed{(1, 2)}", "no answer"]
+    inline = grade_many("math_verify", responses, golds)
+    assert inline == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert grade_many("math_verify", responses, golds, processes=2) == inline
+    assert grade_many("math_verify", [], []) == []
+
+
+def test_grade_many_errors():
+    with pytest.raises(ValueError, match="unknown grader 'exact'; valid: gsm8k, math_verify"):
+        grade_many("exact", ["1"], ["1"])
+    with pytest.raises(ValueError, match="same length"):
+        grade_many("gsm8k", ["1", "2"], ["1"])
+
+
+def test_extract_prediction():
+    assert extract_prediction("gsm8k", "3 apples and $1,234.50.") == "1234.50"
+    assert extract_prediction("gsm8k", "no number") is None
+    assert extract_prediction("math_verify", "\\boxed{1} then \\boxed{\\frac{1}{2}}.") == "\\frac{1}{2}"
+    assert extract_prediction("math_verify", "\\boxed{a{b}c} and \\boxed{x") == "a{b}c"
+    assert extract_prediction("math_verify", "\\boxed {7}") == "7"
+    assert extract_prediction("math_verify", "the answer is 7") is None
+    with pytest.raises(ValueError, match="unknown grader"):
+        extract_prediction("exact", "1")

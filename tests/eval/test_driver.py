@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
-from clipctl import eval_driver
+from clipctl.data import fill_template
 from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
-from clipctl.eval_driver import (
+from clipctl.eval import driver
+from clipctl.eval.driver import (
     EXTRA_SUMMARY_COLUMNS,
     SAMPLE_COLUMNS,
     SUMMARY_COLUMNS,
@@ -233,14 +234,16 @@ def test_model_label(tmp_path):
 def test_load_eval_set_local_defaults_and_errors(tmp_path):
     path = _write_jsonl(tmp_path / "toy set.jsonl", [{"id": "a", "problem": "1+1", "answer": "2"}])
     es = load_eval_set(str(path))
-    assert es.name == "toy-set" and es.grader == "math_verify" and "\\boxed{}" in es.template.format(problem="")
+    assert es.name == "toy-set" and es.grader == "math_verify" and es.template.endswith("\\boxed{}.")
     assert load_eval_set(str(path), grader="gsm8k").fingerprint != es.fingerprint
     with pytest.raises(ConfigError, match="unknown grader 'nope'; valid: gsm8k, math_verify"):
         load_eval_set(str(path), grader="nope")
-    with pytest.raises(ConfigError, match=r"must contain \{problem\}"):
+    with pytest.raises(ConfigError, match=r"must contain \{prompt\} \(or its alias \{problem\}\)"):
         load_eval_set(str(path), template="no field")
-    with pytest.raises(ConfigError, match="str.format"):
-        load_eval_set(str(path), template="{problem} {x}")
+    # One dialect: other braces are literal; "{problem}" is an alias of "{prompt}" (same fingerprint).
+    literal = load_eval_set(str(path), template="{problem} {x} \\boxed{}")
+    assert literal.template == "{prompt} {x} \\boxed{}"
+    assert load_eval_set(str(path), template="{prompt} {x} \\boxed{}").fingerprint == literal.fingerprint
     dup = _write_jsonl(tmp_path / "dup.jsonl", [{"id": "a", "problem": "p", "answer": "1"}] * 2)
     with pytest.raises(DataError, match="problem id 'a' appears twice.*--id-col"):
         load_eval_set(str(dup))
@@ -449,8 +452,8 @@ def test_prompts_use_the_chat_template_when_there_is_one(tiny_model):
 
     tok = load_tokenizer(str(tiny_model))
     es = load_eval_set("gsm8k", limit=1)
-    plain = tok.decode(eval_driver._prompt_ids(es, tok)[0])
-    assert plain == es.template.format(problem=es.problems[0].problem)
+    plain = tok.decode(driver._prompt_ids(es, tok)[0])
+    assert plain == fill_template(es.template, es.problems[0].problem)
     tok.chat_template = "{% for m in messages %}<U>{{ m['content'] }}{% endfor %}<A>"
-    chat = tok.decode(eval_driver._prompt_ids(es, tok)[0])
+    chat = tok.decode(driver._prompt_ids(es, tok)[0])
     assert chat == f"<U>{plain}<A>"
