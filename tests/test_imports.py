@@ -34,7 +34,8 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> tuple[set[str],
 
     Module level: statements executed when the module is imported (including
     those under ``if``/``try`` at top level), except ``if TYPE_CHECKING:``
-    blocks. Function level: imports inside a ``def`` (run on call only).
+    blocks. Function level: imports inside a ``def`` (run on call only) and
+    under ``if TYPE_CHECKING:`` (never run, still a dependency).
     Importing ``a.b.c`` also runs the packages ``a.b`` and ``a``, so those
     count too, except the importer's own packages (already being imported).
     """
@@ -69,6 +70,9 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> tuple[set[str],
     def walk(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, ast.If) and _is_type_checking(child.test):
+                # Never run, but a type-level dependency all the same: counted with the function-level ones.
+                for sub in child.body:
+                    walk_stmt(sub, True)
                 for sub in child.orelse:
                     walk_stmt(sub, in_function)
                 continue
@@ -134,10 +138,18 @@ def test_graph_sees_known_edges():
     assert "clipctl.algo.losses" in top["clipctl.algo.stats"]
     assert "clipctl.algo" in top["clipctl.trainer.loop"]
     # Function-level imports are seen, and kept out of the module-level graph.
-    assert "clipctl.rollout" in inner["clipctl.config"]
-    assert "clipctl.rollout" not in top["clipctl.config"]
-    # ``if TYPE_CHECKING:`` imports never run.
+    assert "clipctl.rollout" in inner["clipctl.eval.driver"]
+    assert "clipctl.rollout" not in top["clipctl.eval.driver"]
+    # ``if TYPE_CHECKING:`` imports never run, but count as a dependency.
     assert "clipctl.config" not in top["clipctl.rollout"]
+    assert "clipctl.config" in inner["clipctl.rollout"]
+
+
+def test_config_is_on_the_ground_floor():
+    """config imports nothing of clipctl but errors and clip (not even in functions), and loads no torch."""
+    top, inner = import_graph()
+    assert top["clipctl.config"] | inner["clipctl.config"] <= {"clipctl.errors", "clipctl.clip"}
+    assert top["clipctl.clip"] | inner["clipctl.clip"] <= {"clipctl.errors"}
 
 
 def test_find_cycles_reports_a_cycle():
@@ -152,8 +164,8 @@ def test_no_module_level_import_cycle():
 
 
 def test_no_import_cycle_counting_function_level_imports():
-    """Imports inside functions run on call, so they cannot break an import; two modules
-    that need each other are still one tangled unit. None today (``trainer.loop`` and
+    """Imports inside functions (and under ``if TYPE_CHECKING:``) cannot break an import; two
+    modules that need each other are still one tangled unit. None today (``trainer.loop`` and
     ``trainer.distributed`` share ``trainer.comm``; ``rollout`` does not read ``config``)."""
     top, inner = import_graph()
     both = {m: top[m] | inner[m] for m in top}
