@@ -360,13 +360,22 @@ def test_attributed_changes_within_the_probe_noise_are_flagged():
     assert _attribution_summary(frame(1e-9, 0.0))["attributed_within_noise"] is False
 
 
-def test_average_ranks_by_hand_and_against_pandas():
-    assert analysis.average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [3.5, 1.0, 3.5, 2.0]
-    assert analysis.average_ranks(np.array([5.0, 5.0, 5.0])).tolist() == [2.0, 2.0, 2.0]
+def test_correlations_by_hand_and_against_a_naive_loop():
+    # Ties share their average rank: x ranks (3.5, 1, 3.5, 2), y ranks (1, 2, 4, 3).
+    x, y = [3.0, 1.0, 3.0, 2.0], [1.0, 2.0, 9.0, 5.0]
+    rx, ry = np.array([3.5, 1.0, 3.5, 2.0]), np.array([1.0, 2.0, 4.0, 3.0])
+    dx, dy = rx - rx.mean(), ry - ry.mean()
+    assert math.isclose(analysis.spearman(x, y), (dx @ dy) / math.sqrt((dx @ dx) * (dy @ dy)))
     rng = np.random.default_rng(0)
-    for n in (1, 2, 7, 50):
-        a = rng.integers(0, 4, n).astype(float)  # many ties
-        np.testing.assert_array_equal(analysis.average_ranks(a), pd.Series(a).rank().to_numpy())
+    for n in (3, 7, 50):
+        a, b = rng.normal(size=n), rng.normal(size=n)
+        ma, mb = sum(a) / n, sum(b) / n
+        num = sum((ai - ma) * (bi - mb) for ai, bi in zip(a, b))
+        den = math.sqrt(sum((ai - ma) ** 2 for ai in a) * sum((bi - mb) ** 2 for bi in b))
+        assert math.isclose(analysis.pearson(a, b), num / den, rel_tol=1e-12)
+    # Non-finite rows are dropped; fewer than 3 rows or a constant series give NaN.
+    assert math.isclose(analysis.pearson([1, 2, 3, math.nan], [1, 2, 4, 0]), analysis.pearson([1, 2, 3], [1, 2, 4]))
+    assert math.isnan(analysis.pearson([1, 2], [1, 2])) and math.isnan(analysis.spearman([1, 1, 1], [1, 2, 3]))
 
 
 def test_read_run_reads_each_table_on_first_use(tmp_path):

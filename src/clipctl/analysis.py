@@ -241,29 +241,15 @@ def pearson(x, y) -> float:
     """Pearson correlation over rows where both are finite; NaN with < 3 rows or a constant series."""
     a, b, ok = _pair(x, y)
     a, b = a[ok], b[ok]
-    if len(a) < 3:
+    if len(a) < 3 or a.std() == 0 or b.std() == 0:
         return math.nan
-    a, b = a - a.mean(), b - b.mean()
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum()) / den if den > 0 else math.nan
-
-
-def average_ranks(a: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their average rank (``pd.Series.rank()``'s default)."""
-    order = np.argsort(a, kind="stable")
-    ordered = a[order]
-    new = np.r_[True, ordered[1:] != ordered[:-1]]  # a tie group starts here
-    starts = np.flatnonzero(new)
-    sizes = np.diff(np.r_[starts, len(a)])
-    ranks = np.empty(len(a))
-    ranks[order] = (starts + (sizes + 1) / 2)[np.cumsum(new) - 1]
-    return ranks
+    return float(np.corrcoef(a, b)[0, 1])
 
 
 def spearman(x, y) -> float:
-    """Spearman rank correlation (Pearson on average ranks); no SciPy needed."""
+    """Spearman rank correlation: Pearson on pandas' average ranks (ties share theirs); no SciPy needed."""
     a, b, ok = _pair(x, y)
-    return pearson(average_ranks(a[ok]), average_ranks(b[ok]))
+    return pearson(pd.Series(a[ok]).rank().to_numpy(), pd.Series(b[ok]).rank().to_numpy())
 
 
 def _mean(v: np.ndarray) -> float:
@@ -483,20 +469,18 @@ def _group_table(per_run: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
         if c not in config_cols and c not in ID_COLUMNS and pd.api.types.is_numeric_dtype(per_run[c])
     ]
     # NaN-safe keys: eps_high may be inf, a key may be missing (NaN) in old runs.
-    labels = [tuple(format_value(v) for v in r) for r in per_run[list(keys)].itertuples(index=False)]
+    labels = ["\x00".join(format_value(v) for v in r) for r in per_run[list(keys)].itertuples(index=False)]
     shown = label_keys(per_run[list(keys)].to_dict(orient="records"), keys)
-    rows = []
-    for label in dict.fromkeys(labels):
-        members = per_run[[lab == label for lab in labels]]
-        row = {k: members.iloc[0][k] for k in keys}
-        row["group"] = group_label(row, shown)
-        row["n_runs"] = int(len(members))
-        for c in numeric:
-            v = members[c].astype(float)
-            row[f"{c}_mean"] = float(v.mean()) if v.notna().any() else math.nan
-            row[f"{c}_std"] = float(v.std(ddof=1)) if v.notna().sum() > 1 else math.nan
-        rows.append(row)
-    return pd.DataFrame(rows)
+    frame = per_run[list(keys)].assign(**{c: per_run[c].astype(float) for c in numeric}, _label=labels)
+    g = frame.groupby("_label", sort=False)  # groups in order of first appearance
+    out = g[list(keys)].head(1).reset_index(drop=True)
+    out.insert(len(keys), "group", [group_label(r, shown) for r in out.to_dict(orient="records")])
+    out.insert(len(keys) + 1, "n_runs", g.size().to_numpy())
+    if not numeric:
+        return out
+    stats = g[numeric].agg(["mean", "std"])  # std: ddof 1, NaN below two values
+    stats.columns = [f"{c}_{stat}" for c, stat in stats.columns]
+    return pd.concat([out, stats.reset_index(drop=True)], axis=1)
 
 
 def analyze_runs(
