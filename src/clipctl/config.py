@@ -33,7 +33,7 @@ PolicyLoss = Literal["vanilla"]  # algo.POLICY_LOSSES
 Controller = Literal["clip", "bonus"]  # algo.CONTROLLERS
 Reward = Literal["gsm8k", "math_verify", "random_bernoulli", "random_gaussian"]  # data.REWARDS
 Tracker = Literal["tensorboard", "wandb"]  # trackers.TRACKERS
-MAX_SEED = 2**63 - 1  # seeds are stored as int64
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 (Parquet, torch): one range for every seed
 
 
 @dataclass(frozen=True)

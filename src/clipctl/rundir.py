@@ -25,18 +25,11 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from clipctl.errors import ConfigError, RunDirError
+from clipctl.errors import RunDirError
 
 LOCK_NAME = ".lock"
-MAX_SEED = 2**63 - 1  # seeds are stored as int64 (Parquet, torch); larger ones cannot be written back
 BAD_NAME_RE = re.compile(r"[/\\\x00]")
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "unexpected pos")
-
-
-def check_seed(seed: int, what: str) -> None:
-    """One range for every seed: ``0 <= seed <= 2**63 - 1``."""
-    if not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"{what}={seed} must be in [0, 2**63 - 1]; pick a smaller seed, e.g. 0")
 
 
 def check_name(name: str, flag: str = "--name") -> None:

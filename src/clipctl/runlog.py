@@ -173,11 +173,6 @@ def table_files(run_dir: Path, table: str) -> list[TableFile]:
     return _split_visible(_all_files(run_dir, table))[0]
 
 
-def _parts(run_dir: Path, table: str) -> list[tuple[int, Path]]:
-    """``(first step, path)`` of the files a reader uses (compatibility helper)."""
-    return [(f.lo, f.path) for f in table_files(run_dir, table)]
-
-
 def logged_steps(run_dir: Path) -> list[int]:
     """Steps that have a row in the steps table, from the file names alone (fast; nothing is read).
 

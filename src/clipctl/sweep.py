@@ -47,6 +47,7 @@ from typing import Any, Callable, Optional, Sequence
 import pandas as pd
 
 from clipctl.config import (
+    MAX_SEED,
     PRESET_DIR,
     SECTIONS,
     Config,
@@ -58,7 +59,7 @@ from clipctl.config import (
     toml_names,
 )
 from clipctl.errors import ClipctlError, ConfigError, RunDirError
-from clipctl.rundir import MAX_SEED, check_output_dir, ensure_output_dir
+from clipctl.rundir import check_output_dir, ensure_output_dir
 from clipctl.runlog import atomic_write_bytes, atomic_write_json, latest_checkpoint, logged_steps, read_meta, write_parquet_atomic
 
 SWEEP_DIR = PRESET_DIR / "sweeps"

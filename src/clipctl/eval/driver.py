@@ -68,7 +68,8 @@ from clipctl.data import (
 )
 from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
 from clipctl.eval.passk import bootstrap_ci, mean_at_n, pass_at_k_array
-from clipctl.rundir import MAX_SEED, RunLock, ensure_output_dir
+from clipctl.config import MAX_SEED
+from clipctl.rundir import RunLock, ensure_output_dir
 from clipctl.runlog import atomic_write_json, read_meta, write_parquet_atomic
 from clipctl.runlog import checkpoints as run_checkpoints
 
