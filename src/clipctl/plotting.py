@@ -291,7 +291,7 @@ def _draw_dashboard(p: _Plotter, caption: str) -> Figure:
 
 
 def _draw_control(p: _Plotter, caption: str) -> Figure:
-    """Entropy against its target, the knobs the controller set, and reward (issue 13)."""
+    """Entropy against its target, the knobs the controller set, and reward."""
     fig, axes = _figure(2, 2)
     ax = axes[0, 0]
     p.metric(ax, "entropy")
