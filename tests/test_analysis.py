@@ -326,7 +326,7 @@ def test_cli_errors(tmp_path):
         ([str(empty)], ("has no steps",)),
         ([str(tmp_path / "a"), "-g", "algo.nope"], ("unknown group key 'algo.nope'", "algo.eps_high", "optim.lr")),
         ([str(tmp_path / "a"), "-m", "nope"], ("unknown metric 'nope'", "entropy_change")),
-        ([str(tmp_path / "a"), "-f", "xml"], ("unknown --format 'xml'",)),
+        ([str(tmp_path / "a"), "-f", "xml"], ("'--format' / '-f': 'xml' is not one of 'table', 'csv'",)),
         ([str(tmp_path / "a"), "-f", "parquet"], ("--out",)),
         ([str(tmp_path / "a"), "-f", "csv", "-o", "/proc/clipctl/x.csv"], ("cannot write", "writable")),
         ([str(tmp_path / "missing")], ("does not exist",)),

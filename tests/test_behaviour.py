@@ -36,7 +36,7 @@ TRAIN_OVERRIDES = [
     "log.token_sample_rate=0.05",
     "train.seed=3",
 ]
-SIMULATE_CMD = ["simulate", "--dynamics"]
+SIMULATE_CMD = ["simulate", "dynamics"]
 SIMULATE_ARGS = [
     "--actions", "12", "--steps", "6", "--seeds", "1", "--samples", "32", "--group-size", "8",
     "--minibatches", "2", "--grid", "0.2/0.2,0.1/inf", "--seed", "5",

@@ -28,6 +28,65 @@ def test_every_command_has_help():
         assert "Usage" in result.output
 
 
+def all_commands() -> list[list[str]]:
+    """Every command path of the app, groups (``simulate``) and their sub-commands included."""
+    import typer.main
+
+    def walk(group, path):
+        for name, cmd in sorted(group.commands.items()):
+            yield [*path, name]
+            if hasattr(cmd, "commands"):
+                yield from walk(cmd, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_command_has_an_example():
+    paths = all_commands()
+    assert ["simulate", "check"] in paths and ["simulate", "dynamics"] in paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, path
+        assert "Example:" in result.output and "clipctl " + " ".join(path) in result.output, path
+
+
+def test_usage_errors_are_one_line():
+    result = runner.invoke(app, ["plot", "runs", "--out", "p.png", "--kind", "bogus"])
+    assert_one_line_error(result, "'bogus' is not one of 'entropy'")
+    assert_one_line_error(runner.invoke(app, ["bogus"]), "No such command 'bogus'")
+    assert_one_line_error(runner.invoke(app, ["simulate", "dynamics"]), "Missing option '--out'")
+
+
+def test_choices_are_the_registries_names():
+    from clipctl import analysis, cli, plotting, simulate
+
+    assert tuple(cli.PlotKind) == plotting.KINDS and tuple(cli.Band) == plotting.BANDS
+    assert tuple(cli.XAxis) == analysis.X_AXES and tuple(cli.TableFormat) == analysis.TABLE_FORMATS
+    assert tuple(cli.Optimizer) == simulate.OPTIMIZERS and tuple(cli.SimReward) == tuple(simulate.REWARD_KINDS)
+    assert {"hf", "vllm"} <= set(cli.Engine) and "float32" in tuple(cli.Dtype) and "gsm8k" in tuple(cli.Grader)
+
+
+STARTUP_PROBE = """
+import sys
+from typer.testing import CliRunner
+from clipctl.cli import app
+for args in (["--help"], ["presets"], ["simulate", "--help"]):
+    assert CliRunner().invoke(app, args).exit_code == 0, args
+print(",".join(m for m in ("torch", "matplotlib") if m in sys.modules))
+"""
+
+
+def test_help_and_presets_do_not_import_torch():
+    """Choices read their registries when parsed or shown, so a light command starts fast."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", STARTUP_PROBE], capture_output=True, text=True, env=env, timeout=300, check=True)
+    assert out.stdout.strip() == "", out.stdout
+
+
 def assert_one_line_error(result, fragment: str) -> None:
     assert result.exit_code != 0
     out = result.output.strip()

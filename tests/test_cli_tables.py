@@ -12,7 +12,14 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from clipctl import analysis
-from clipctl.cli import _analysis_tables, _print_all, _short, app
+from clipctl.cli import app
+from clipctl.render import analysis_tables, cell, print_all
+
+
+def _short(value) -> str:
+    """A value as the analysis tables print it: 3 significant digits."""
+    return cell(float(value), ".3g")
+
 
 NUMBER = re.compile(r"-?(?:\d+\.?\d*(?:e[+-]\d+)?|nan|inf)")
 
@@ -77,7 +84,7 @@ def _frame(n_groups: int) -> tuple[pd.DataFrame, list[str]]:
 def test_layout_fits_any_width(width, n_groups):
     frame, metrics = _frame(n_groups)
     console = Console(file=io.StringIO(), width=width, record=True)
-    _print_all(console, _analysis_tables(frame, per_run=False, metrics=metrics, title="t", width=width))
+    print_all(console, analysis_tables(frame, per_run=False, metrics=metrics, title="t", width=width))
     text = console.export_text()
     numbers = [_short(v) for m in metrics for v in frame[f"{m}_mean"]]
     if width >= 60:

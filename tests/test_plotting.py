@@ -132,11 +132,11 @@ def test_svg_and_pdf(runs, tmp_path):
 def test_plot_errors(runs, tmp_path):
     bare = make_run(tmp_path / "bare", "r")  # no probe columns, no eval summary
     cases = [
-        (["--kind", "nope", "--out", str(tmp_path / "x.png")], "unknown plot kind 'nope'"),
+        (["--kind", "nope", "--out", str(tmp_path / "x.png")], "'nope' is not one of 'entropy', 'clip'"),
         (["--kind", "entropy", "--out", str(tmp_path / "x.jpg")], "must end in one of .png, .svg, .pdf"),
         (["--kind", "entropy", "--out", "/proc/clipctl/x.png"], "cannot write"),
         (["--kind", "entropy", "--out", str(tmp_path / "x.png"), "-g", "nope.key"], "unknown group key"),
-        (["--kind", "entropy", "--out", str(tmp_path / "x.png"), "--x", "time"], "unknown x axis 'time'"),
+        (["--kind", "entropy", "--out", str(tmp_path / "x.png"), "--x", "time"], "'--x': 'time' is not one of 'step', 'tokens'"),
         (["--kind", "entropy", "--out", str(tmp_path / "x.png"), "--smooth", "0"], "--smooth must be at least 1"),
     ]
     for args, needle in cases:

@@ -20,7 +20,7 @@ from clipctl.runlog import read_run
 runner = CliRunner()
 
 
-# ---------------------------------------------------------------- --check
+# ---------------------------------------------------------------- simulate check
 
 
 def test_expected_gradients_match_the_appendix_closed_forms():
@@ -71,7 +71,7 @@ def test_check_within_one_percent_at_eta_1e3():
 
 
 def test_check_cli():
-    result = runner.invoke(app, ["simulate", "--check", "--trials", "3"])
+    result = runner.invoke(app, ["simulate", "check", "--trials", "3"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "Theorem 1 (policy gradient): relative error" in text
@@ -177,7 +177,7 @@ def test_weighted_drift_sign_matches_the_theorem_at_4096_samples():
         assert share[thm, False] < 0.98, share
 
 
-# ---------------------------------------------------------------- --dynamics
+# ---------------------------------------------------------------- simulate dynamics
 
 
 def _doc_columns() -> dict[str, set[str]]:
@@ -262,22 +262,22 @@ def test_issue8_acceptance(tmp_path):
 
 def test_dynamics_cli_and_errors(tmp_path):
     out = tmp_path / "sim"
-    args = ["simulate", "--dynamics", "--steps", "6", "--seeds", "1", "--grid", "0.2/inf", "--out", str(out)]
+    args = ["simulate", "dynamics", "--steps", "6", "--seeds", "1", "--grid", "0.2/inf", "--out", str(out)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "wrote 1 run directories" in result.output and "thm2_vs_attr_sign_agree" in result.output
     assert read_run(out / "el0.2-ehinf-s0").steps.shape[0] == 6
     cases = [
-        (["simulate"], "choose exactly one of --check or --dynamics"),
-        (["simulate", "--check", "--dynamics"], "choose exactly one"),
-        (["simulate", "--dynamics"], "add --out DIR"),
-        (["simulate", "--dynamics", "--grid", "0.2", "--out", str(out)], "must look like eps_low/eps_high"),
-        (["simulate", "--dynamics", "--grid", "1.5/0.2", "--out", str(out)], "eps_low=1.5 must be in (0, 1]"),
-        (["simulate", "--dynamics", "--samples", "30", "--out", str(out)], "multiple of --group-size=8"),
-        (["simulate", "--dynamics", "--reward", "uniform", "--out", str(out)], "valid: bernoulli, gaussian"),
-        (["simulate", "--dynamics", "--steps", "2", "--seeds", "1", "--grid", "0.2/0.2", "--out", "/proc/clipctl"],
+        (["simulate", "--check"], "No such option: --check"),
+        (["simulate", "dynamics"], "Missing option '--out'"),
+        (["simulate", "dynamics", "--actions", "0", "--out", str(out)], "--actions=0 must be at least 2"),
+        (["simulate", "dynamics", "--grid", "0.2", "--out", str(out)], "must look like eps_low/eps_high"),
+        (["simulate", "dynamics", "--grid", "1.5/0.2", "--out", str(out)], "eps_low=1.5 must be in (0, 1]"),
+        (["simulate", "dynamics", "--samples", "30", "--out", str(out)], "multiple of --group-size=8"),
+        (["simulate", "dynamics", "--reward", "uniform", "--out", str(out)], "is not one of 'bernoulli', 'gaussian'"),
+        (["simulate", "dynamics", "--steps", "2", "--seeds", "1", "--grid", "0.2/0.2", "--out", "/proc/clipctl"],
          "cannot write run directory"),
-        (["simulate", "--check", "--eps-high", "inf"], "needs both clip regions"),
+        (["simulate", "check", "--eps-high", "inf"], "needs both clip regions"),
     ]
     for args, needle in cases:
         result = runner.invoke(app, args)
