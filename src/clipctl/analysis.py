@@ -66,7 +66,7 @@ def resolve_runs(paths_or_globs: Iterable[str | os.PathLike]) -> list[Path]:
     """Run directories named by paths or globs, in the given order, without repeats.
 
     A glob keeps only the matches that hold a ``run.json``. A folder without
-    ``run.json`` whose sub-folders are runs (e.g. ``clipctl simulate --out``)
+    ``run.json`` whose sub-folders are runs (e.g. ``clipctl simulate dynamics --out``)
     stands for those runs. A plain path that is neither fails in ``read_run``
     with a message naming it.
     """

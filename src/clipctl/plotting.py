@@ -257,7 +257,7 @@ def _draw_attribution(p: _Plotter, caption: str) -> Figure:
     if not p.has("clip_attributed_dH"):
         raise PlotError(
             "no probed steps in these runs (clip-probe columns missing or all NaN); "
-            "train with --set log.clip_probe_every=N or use clipctl simulate --dynamics"
+            "train with --set log.clip_probe_every=N or use clipctl simulate dynamics"
         )
     fig, axes = _figure(1, 3, 5.5, 4.2)
     ax_step, ax_cum, ax_ent = axes[0]

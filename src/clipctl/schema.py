@@ -586,7 +586,7 @@ TABLES = (
     Table("updates", "one row per step, epoch and minibatch", UPDATES_COLUMNS, after=_UPDATES_AFTER),
     Table(
         "simulated",
-        "extra columns of `clipctl simulate --dynamics` runs, in both `steps` and `updates`",
+        "extra columns of `clipctl simulate dynamics` runs, in both `steps` and `updates`",
         SIMULATED_COLUMNS,
         before=_SIMULATED_BEFORE,
     ),
