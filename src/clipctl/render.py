@@ -53,18 +53,15 @@ def cell(value, spec: str = ".3g", sd=None, *, two_lines: bool = False) -> str:
 
 
 def toml_literal(value) -> str:
-    """A config value as a preset file writes it (``presets NAME``): full precision, so it reads back equal."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    """A config value as a preset file writes it (``presets NAME``): TOML from ``tomli_w``, full precision,
+    so it reads back equal; lists on one line; ``None`` as the config's ``"none"``."""
+    import tomli_w
+
     if value is None:
         return '"none"'
-    if isinstance(value, float) and math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_literal(v) for v in value) + "]"
+    return tomli_w.dumps({"v": value})[len("v = "):].rstrip("\n")
 
 
 def print_all(target: Console, items: list) -> None:
