@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from clipctl import algo, analysis
 from clipctl import simulate as sim
 from clipctl.cli import app
+from clipctl.clip import ClipSpec
 from clipctl.runlog import read_run
 
 runner = CliRunner()
@@ -31,7 +32,7 @@ def test_expected_gradients_match_the_appendix_closed_forms():
     X, Y = sim.region_masks(pi, old_logp.exp(), 0.2, 0.2)
     h = X.double() - Y.double()
     mu, nu = 0.7, 0.5
-    kw = dict(eps_low=0.2, eps_high=0.2, mu=mu, nu=nu)
+    kw = dict(clip=ClipSpec(0.2, 0.2), mu=mu, nu=nu)
 
     theta = new.clone().requires_grad_(True)
     (g_theta,) = torch.autograd.grad(sim.expected_clipped_objective(torch.log_softmax(theta, -1), old_logp, **kw), theta)
@@ -87,17 +88,20 @@ def _sampled_stats(old, new, n, gen, *, importance_weighted=True, eps=0.2):
     actions = torch.multinomial(torch.softmax(old, -1), n, replacement=True, generator=gen)
     logp_all, old_all = torch.log_softmax(new, -1), torch.log_softmax(old, -1)
     logp = logp_all[actions].unsqueeze(0)
+    mask = torch.ones_like(logp)
+    _, out = algo.policy_loss(
+        logp, old_all[actions].unsqueeze(0), torch.zeros(1, dtype=torch.float64), mask, ClipSpec(eps, eps)
+    )
     sums = algo.clip_stat_sums(
-        logp, old_all[actions].unsqueeze(0), torch.zeros(1, dtype=torch.float64), torch.ones_like(logp),
-        torch.full_like(logp, float(sim.entropy_of(new))), torch.full_like(logp, float(sim.expected_q_of(new))),
-        eps_low=eps, eps_high=eps, importance_weighted=importance_weighted,
+        out, mask, torch.full_like(logp, float(sim.entropy_of(new))),
+        torch.full_like(logp, float(sim.expected_q_of(new))), importance_weighted=importance_weighted,
     )
     return algo.finalize_clip_stats(sums)
 
 
 def _exact_stats(old, new, eps=0.2):
     return algo.finalize_clip_stats(
-        sim.exact_clip_sums(torch.log_softmax(new, -1), torch.log_softmax(old, -1), 1, eps_low=eps, eps_high=eps)
+        sim.exact_clip_sums(torch.log_softmax(new, -1), torch.log_softmax(old, -1), 1, ClipSpec(eps, eps))
     )
 
 
@@ -122,7 +126,7 @@ def test_exact_sums_give_the_theory_brackets():
             assert e[k] == pytest.approx(t[k], abs=1e-12), k
         # pooling: n copies of one minibatch give the same values
         two = algo.add_sums(*(sim.exact_clip_sums(torch.log_softmax(new, -1), torch.log_softmax(old, -1), 7,
-                                                  eps_low=0.2, eps_high=0.2) for _ in range(2)))
+                                                  ClipSpec(0.2, 0.2)) for _ in range(2)))
         assert algo.finalize_clip_stats(two)["thm2_drift"] == pytest.approx(t["thm2_drift"], abs=1e-12)
 
 

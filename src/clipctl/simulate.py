@@ -65,6 +65,7 @@ import pandas as pd
 import torch
 
 from clipctl import algo, schema
+from clipctl.clip import ClipSpec
 from clipctl.errors import ClipctlError
 from clipctl.runlog import RunWriter
 
@@ -90,22 +91,23 @@ def _entropy_of_probs(pi: torch.Tensor) -> float:
 
 
 def expected_clipped_objective(
-    logp: torch.Tensor, old_logp: torch.Tensor, *, eps_low: float, eps_high: float, mu: float = 1.0, nu: float = 0.5
+    logp: torch.Tensor, old_logp: torch.Tensor, clip: ClipSpec, *, mu: float = 1.0, nu: float = 0.5
 ) -> torch.Tensor:
     """``J = E_{a ~ pi_old} E_A [C_eps(r(a), A)]`` for one state, differentiable in ``logp``.
 
     Args:
         logp: ``[A]`` log pi(a) of every action (the policy being optimised).
         old_logp: ``[A]`` log pi_old(a).
+        clip: the clip bounds of ``C_eps``.
         mu, nu: the advantage is ``+mu`` or ``-mu`` with probability ``nu`` each.
-    ``C_eps = -L_t`` with ``L_t`` from ``clipctl.algo.per_token_clipped_loss``.
+    ``C_eps = -L_t`` with ``L_t`` the per-token loss of ``clipctl.algo.policy_loss``.
     """
     n = logp.shape[0]
     adv = torch.tensor([mu, -mu], dtype=logp.dtype).expand(n, 2)
-    loss = algo.per_token_clipped_loss(
-        logp.unsqueeze(-1).expand(n, 2), old_logp.unsqueeze(-1).expand(n, 2), adv, eps_low=eps_low, eps_high=eps_high
+    _, out = algo.policy_loss(
+        logp.unsqueeze(-1).expand(n, 2), old_logp.unsqueeze(-1).expand(n, 2), adv, torch.ones(n, 2), clip
     )
-    return (old_logp.exp().unsqueeze(-1) * nu * -loss).sum()
+    return (old_logp.exp().unsqueeze(-1) * nu * -out.per_token).sum()
 
 
 def region_masks(pi: torch.Tensor, pi_old: torch.Tensor, eps_low: float, eps_high: float):
@@ -163,7 +165,7 @@ EXACT_KEYS = (
 
 
 def exact_clip_sums(
-    logp_all: torch.Tensor, old_logp_all: torch.Tensor, n_tokens: float, *, eps_low: float, eps_high: float
+    logp_all: torch.Tensor, old_logp_all: torch.Tensor, n_tokens: float, clip: ClipSpec
 ) -> dict[str, torch.Tensor]:
     """What ``algo.clip_stat_sums`` adds up, in expectation, for ``n_tokens`` samples of one state.
 
@@ -172,16 +174,16 @@ def exact_clip_sums(
     ``pi_old`` of its per-token term, e.g. ``E_old[r 1_X f] = E_k[1_X f]``, so
     ``finalize_clip_stats`` of the result is the exact bracket under ``pi_k``
     (``theory_brackets``), and adding the results of several minibatches pools
-    them exactly as the sampled sums are pooled. The regions use the same
-    ratio (and clamp) as ``algo.clip_event_masks``. Clip-event counts depend on
+    them exactly as the sampled sums are pooled. The regions are the events
+    of ``algo.policy_loss`` (same ratio, same clamp). Clip-event counts depend on
     the advantages and are NaN here: only the region and theory keys are exact.
     """
     logp_all, old_logp_all = logp_all.double(), old_logp_all.double()
-    ev = algo.clip_event_masks(
+    _, out = algo.policy_loss(
         logp_all.unsqueeze(0), old_logp_all.unsqueeze(0), torch.zeros(1, dtype=torch.float64),
-        torch.ones(1, logp_all.shape[0]), eps_low=eps_low, eps_high=eps_high,
+        torch.ones(1, logp_all.shape[0]), clip,
     )
-    X, Y = ev["ratio_below"][0], ev["ratio_above"][0]
+    X, Y = out.events.ratio_below[0], out.events.ratio_above[0]
     pi, pi_old = logp_all.exp(), old_logp_all.exp()
     H = -(pi * logp_all).sum()
     Q = pi * (logp_all + H)
@@ -298,11 +300,11 @@ def check_theorems(
         raise SimulateError(f"--seed must be in [0, 2**63 - 1], got {seed}")
     if trials < 1:
         raise SimulateError(f"--trials must be at least 1, got {trials}")
-    _check_eps(eps_low, eps_high)
-    if math.isinf(eps_high) or eps_low >= 1.0:
+    clip = ClipSpec(eps_low, eps_high)
+    if not (clip.low_on and clip.high_on):
         raise SimulateError("--check needs both clip regions: use eps_low < 1 and a finite eps_high")
     gen = torch.Generator().manual_seed(seed)
-    kw = dict(eps_low=eps_low, eps_high=eps_high, mu=mu, nu=nu)
+    kw = dict(clip=clip, mu=mu, nu=nu)
     results = []
     for trial in range(trials):
         theta_old, theta = random_policy_pair(gen, actions, eps_low=eps_low, eps_high=eps_high)
@@ -364,13 +366,6 @@ class DynamicsConfig:
 DEFAULT_GRID = ((0.2, 0.2), (0.2, math.inf), (1.0, 0.2), (0.1, math.inf))
 
 
-def _check_eps(eps_low: float, eps_high: float) -> None:
-    if not 0.0 < eps_low <= 1.0:
-        raise SimulateError(f"eps_low={eps_low} must be in (0, 1]; 1 disables clip-low")
-    if not (eps_high > 0.0):
-        raise SimulateError(f"eps_high={eps_high} must be in (0, inf]; inf disables clip-high")
-
-
 def parse_grid(text: str) -> list[tuple[float, float]]:
     """``'0.2/0.2,0.2/inf'`` -> ``[(0.2, 0.2), (0.2, inf)]``."""
     grid = []
@@ -386,7 +381,7 @@ def parse_grid(text: str) -> list[tuple[float, float]]:
             raise SimulateError(
                 f"grid entry {item!r} must look like eps_low/eps_high, e.g. 0.2/0.2 or 0.2/inf"
             ) from None
-        _check_eps(low, high)
+        ClipSpec(low, high)  # raises on a bound out of range
         grid.append((low, high))
     if not grid:
         raise SimulateError("--grid is empty; give settings like 0.2/0.2,0.2/inf")
@@ -394,7 +389,7 @@ def parse_grid(text: str) -> list[tuple[float, float]]:
 
 
 def validate(cfg: DynamicsConfig) -> None:
-    _check_eps(cfg.eps_low, cfg.eps_high)
+    ClipSpec(cfg.eps_low, cfg.eps_high)  # raises on a bound out of range
     if cfg.group_size < 1:  # before the checks below divide by it
         raise SimulateError(f"--group-size={cfg.group_size} must be at least 1")
     checks = [
@@ -457,7 +452,7 @@ class _Optimizer:
 
 
 def _update_epochs(
-    theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, eps_low, eps_high, *, with_stats, old_logp_all=None
+    theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, clip: ClipSpec, *, with_stats, old_logp_all=None
 ):
     """All minibatch updates of one step from ``theta``.
 
@@ -476,19 +471,15 @@ def _update_epochs(
             logp_all = torch.log_softmax(th, -1)
             logp = logp_all[actions[lo:hi]].unsqueeze(-1)  # [n, 1]: one token per response
             mask = torch.ones_like(logp)
-            loss = algo.policy_loss(logp, old_logp[lo:hi], adv[lo:hi], mask, eps_low=eps_low, eps_high=eps_high)
+            loss, out = algo.policy_loss(logp, old_logp[lo:hi], adv[lo:hi], mask, clip)
             (grad,) = torch.autograd.grad(loss, th)
             if with_stats:
                 H = float(entropy_of(theta))
                 sums = algo.clip_stat_sums(
-                    logp.detach(), old_logp[lo:hi], adv[lo:hi], mask, torch.full_like(logp, H),
-                    torch.full_like(logp, float(expected_q_of(theta))),
-                    eps_low=eps_low, eps_high=eps_high,
+                    out, mask, torch.full_like(logp, H), torch.full_like(logp, float(expected_q_of(theta)))
                 )
                 sums = {k: float(v) for k, v in sums.items()}
-                exact = exact_clip_sums(
-                    logp_all.detach(), old_logp_all, hi - lo, eps_low=eps_low, eps_high=eps_high
-                )
+                exact = exact_clip_sums(logp_all.detach(), old_logp_all, hi - lo, clip)
                 step_exact = exact if step_exact is None else algo.add_sums(step_exact, exact)
                 update = dict(
                     loss=float(loss.detach()), kl_sum=float(algo.k3_kl(logp.detach(), old_logp[lo:hi]).sum()),
@@ -524,7 +515,7 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         start_theta, start_opt = theta.clone(), opt.snapshot()
         t1 = time.perf_counter()
         theta, rows, totals, exact_sums = _update_epochs(
-            theta, opt, actions, old_logp, adv, cfg, cfg.eps_low, cfg.eps_high, with_stats=True,
+            theta, opt, actions, old_logp, adv, cfg, ClipSpec(cfg.eps_low, cfg.eps_high), with_stats=True,
             old_logp_all=torch.log_softmax(theta, -1),
         )
         t_update = time.perf_counter() - t1
@@ -534,10 +525,11 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         if cfg.probe_every and step % cfg.probe_every == 0:
             real_opt = opt.snapshot()
 
-            def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:  # no dual clip here
+            def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
                 opt.restore(start_opt)
                 th, _, _, _ = _update_epochs(
-                    start_theta, opt, actions, old_logp, adv, cfg, eps_low, eps_high, with_stats=False
+                    start_theta, opt, actions, old_logp, adv, cfg, ClipSpec(eps_low, eps_high, dual_clip_c),
+                    with_stats=False,
                 )
                 return float(entropy_of(th))
 

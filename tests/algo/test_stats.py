@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
+from clipctl.algo.losses import ClipEvents, log_ratio, policy_loss
 from clipctl.algo.stats import (
     STAT_KEYS,
     SUM_KEYS,
     add_sums,
-    clip_event_masks,
     clip_stat_sums,
     finalize_clip_stats,
     pooled_expected_q,
 )
+from clipctl.clip import ClipSpec
 
 INF = float("inf")
 NAN = float("nan")
 F64 = torch.float64
 EVENT_KEYS = ("ratio_below", "ratio_above", "clip_low", "clip_high", "dual_clip")
+
+
+def events(logp, old, adv, mask, *, eps_low, eps_high, dual_clip_c=None) -> ClipEvents:
+    """The clip events the policy loss applies to this batch."""
+    return policy_loss(logp, old, adv, mask, ClipSpec(eps_low, eps_high, dual_clip_c))[1].events
+
+
+def stat_sums(
+    logp, old, adv, mask, entropy, expected_q=None, *, eps_low, eps_high, dual_clip_c=None, importance_weighted=True
+) -> dict[str, torch.Tensor]:
+    """``clip_stat_sums`` of the policy loss's output on this batch, as the trainer calls it."""
+    _, out = policy_loss(logp, old, adv, mask, ClipSpec(eps_low, eps_high, dual_clip_c))
+    return clip_stat_sums(out, mask, entropy, expected_q, importance_weighted=importance_weighted)
 
 
 def assert_stats_equal(got: dict, expected: dict, *, rel=1e-9, abs_=1e-12):
@@ -75,10 +90,10 @@ def hand_example(dtype=F64):
 HAND_KW = dict(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)
 
 
-def test_clip_event_masks_hand_computed():
+def test_clip_events_hand_computed():
     logp, old, adv, mask, _ = hand_example()
-    ev = clip_event_masks(logp, old, adv, mask, **HAND_KW)
-    assert set(ev) == set(EVENT_KEYS)
+    ev = events(logp, old, adv, mask, **HAND_KW)
+    assert tuple(vars(ev)) == EVENT_KEYS
     expected = {
         "ratio_below": [[1, 0, 0, 0], [1, 0, 0, 0]],
         "ratio_above": [[0, 1, 0, 0], [0, 1, 0, 0]],
@@ -87,20 +102,20 @@ def test_clip_event_masks_hand_computed():
         "dual_clip": [[0, 1, 0, 0], [0, 0, 0, 0]],
     }
     for k, v in expected.items():
-        assert ev[k].dtype == torch.bool
-        assert ev[k].int().tolist() == v, k
+        assert getattr(ev, k).dtype == torch.bool
+        assert getattr(ev, k).int().tolist() == v, k
     # without dual clip the r=4, A<0 token is no event of its own
-    ev = clip_event_masks(logp, old, adv, mask, eps_low=0.2, eps_high=0.28)
-    assert not ev["dual_clip"].any()
+    ev = events(logp, old, adv, mask, eps_low=0.2, eps_high=0.28)
+    assert not ev.dual_clip.any()
 
 
 def test_zero_advantage_is_no_active_clip():
     # r = [0.5, 1.5, 5.0], A = 0: in X, in Y, above c; docs/definitions.md section 6 needs A < 0 / A > 0 strictly
     logp = torch.tensor([[math.log(0.5), math.log(1.5), math.log(5.0)]], dtype=F64)
-    ev = clip_event_masks(logp, torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=F64), torch.ones(1, 3), **HAND_KW)
-    assert ev["ratio_below"].int().tolist() == [[1, 0, 0]]
-    assert ev["ratio_above"].int().tolist() == [[0, 1, 1]]
-    assert not (ev["clip_low"] | ev["clip_high"] | ev["dual_clip"]).any()
+    ev = events(logp, torch.zeros(1, 3, dtype=F64), torch.zeros(1, dtype=F64), torch.ones(1, 3), **HAND_KW)
+    assert ev.ratio_below.int().tolist() == [[1, 0, 0]]
+    assert ev.ratio_above.int().tolist() == [[0, 1, 1]]
+    assert not (ev.clip_low | ev.clip_high | ev.dual_clip).any()
 
 
 # Weighted sums with the exact centres EQ = E[Q|s_t] = [[0.2, 0.1, 0.4, -], [0.05, 0.3, 0.0, -]]
@@ -121,7 +136,7 @@ HAND_EQ = [[0.2, 0.1, 0.4, NAN], [0.05, 0.3, 0.0, NAN]]
 
 def test_clip_stat_sums_hand_computed():
     logp, old, adv, mask, entropy = hand_example()
-    sums = clip_stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ, dtype=F64), **HAND_KW)
+    sums = stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ, dtype=F64), **HAND_KW)
     assert tuple(sums) == SUM_KEYS
     expected = {
         "n_tokens": 6.0,
@@ -146,7 +161,7 @@ def test_clip_stat_sums_hand_computed():
 def test_finalize_hand_computed():
     logp, old, adv, mask, entropy = hand_example()
     stats = finalize_clip_stats(
-        clip_stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ, dtype=F64), **HAND_KW)
+        stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ, dtype=F64), **HAND_KW)
     )
     assert tuple(stats) == STAT_KEYS
     expected = {
@@ -174,19 +189,19 @@ def test_fallback_centre_is_the_weighted_pooled_mean_of_q():
     #   0.5 (0.1534264097) + 4 (0.0284264097) + 1.2 (0.5) + 0.7 (0.0697414907)
     #   + 1.5 (-0.0185148411) + 1 (-0.0465735903) = 0.7648920352;  / 8.9 = 0.0859429253
     logp, old, adv, mask, entropy = hand_example()
-    centre = pooled_expected_q(logp, old, mask, entropy)
+    centre = pooled_expected_q(logp, log_ratio(logp, old), mask, entropy)
     assert centre.dtype == F64 and centre.item() == pytest.approx(0.0859429253, abs=1e-9)
-    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW))
+    stats = finalize_clip_stats(stat_sums(logp, old, adv, mask, entropy, **HAND_KW))
     # thm1_low = centre - E_w[Q | X] = 0.0859429253 - (0.0767132049 + 0.0488190435) / 1.2
     #          = 0.0859429253 - 0.1046102070 = -0.0186672817
     assert stats["thm1_low"] == pytest.approx(-0.0186672817, abs=1e-9)
     # thm2 does not depend on the centre
     assert stats["thm2_low"] == pytest.approx(-0.5346807038, abs=1e-9)
     # the same as passing the pooled centre explicitly
-    explicit = clip_stat_sums(logp, old, adv, mask, entropy, torch.full_like(logp, centre.item()), **HAND_KW)
+    explicit = stat_sums(logp, old, adv, mask, entropy, torch.full_like(logp, centre.item()), **HAND_KW)
     assert_stats_equal(stats, finalize_clip_stats(explicit))
     # unweighted: plain mean of the 6 Q values = 0.6865058788 / 6
-    plain = pooled_expected_q(logp, old, mask, entropy, importance_weighted=False)
+    plain = pooled_expected_q(logp, log_ratio(logp, old), mask, entropy, importance_weighted=False)
     assert plain.item() == pytest.approx(0.6865058788 / 6, abs=1e-9)
 
 
@@ -194,7 +209,7 @@ def test_unweighted_estimator_by_hand():
     # importance_weighted=False: every weight is 1 (the pi_old measure).
     logp, old, adv, mask, entropy = hand_example()
     eq = torch.tensor(HAND_EQ, dtype=F64)
-    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, importance_weighted=False, **HAND_KW))
+    stats = finalize_clip_stats(stat_sums(logp, old, adv, mask, entropy, eq, importance_weighted=False, **HAND_KW))
     assert stats["ratio_below_frac"] == pytest.approx(2 / 6) and stats["ratio_above_frac"] == pytest.approx(2 / 6)
     # mean_X(EQ - Q) = (0.0465735903 - 0.0197414907) / 2
     assert stats["thm1_low"] == pytest.approx(0.0134160498, abs=1e-9)
@@ -207,23 +222,38 @@ def test_on_policy_weights_change_nothing():
     # r = 1 everywhere (minibatch 0 of epoch 0): weighted and unweighted sums agree exactly.
     logp, _, adv, mask, entropy = hand_example()
     eq = torch.tensor(HAND_EQ, dtype=F64)
-    a = clip_stat_sums(logp, logp.clone(), adv, mask, entropy, eq, **HAND_KW)
-    b = clip_stat_sums(logp, logp.clone(), adv, mask, entropy, eq, importance_weighted=False, **HAND_KW)
+    a = stat_sums(logp, logp.clone(), adv, mask, entropy, eq, **HAND_KW)
+    b = stat_sums(logp, logp.clone(), adv, mask, entropy, eq, importance_weighted=False, **HAND_KW)
     for k in SUM_KEYS:
         assert a[k].item() == b[k].item(), k
 
 
 def test_advantages_1d_and_2d_agree():
     logp, old, adv, mask, entropy = hand_example()
-    a = clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW)
-    b = clip_stat_sums(logp, old, adv.unsqueeze(-1).expand(-1, 4), mask, entropy, **HAND_KW)
+    a = stat_sums(logp, old, adv, mask, entropy, **HAND_KW)
+    b = stat_sums(logp, old, adv.unsqueeze(-1).expand(-1, 4), mask, entropy, **HAND_KW)
     for k in SUM_KEYS:
         assert a[k].item() == b[k].item()
 
 
+def test_sums_read_the_loss_output_and_recompute_nothing():
+    logp, old, adv, mask, entropy = hand_example()
+    eq = torch.tensor(HAND_EQ, dtype=F64)
+    _, out = policy_loss(logp, old, adv, mask, ClipSpec(**HAND_KW))
+    sums = clip_stat_sums(out, mask, entropy, eq)
+    for key, event in [("n_below", "ratio_below"), ("n_above", "ratio_above"), ("n_clip_low", "clip_low"),
+                       ("n_clip_high", "clip_high"), ("n_dual_clip", "dual_clip")]:
+        assert sums[key].item() == getattr(out.events, event).sum().item(), key
+    # the weights are exp(out.log_ratio): an output whose log ratio is 0 gives the unweighted sums
+    flat = clip_stat_sums(replace(out, log_ratio=torch.zeros_like(out.log_ratio)), mask, entropy, eq)
+    unweighted = clip_stat_sums(out, mask, entropy, eq, importance_weighted=False)
+    for k in SUM_KEYS:
+        assert flat[k].item() == unweighted[k].item(), k
+
+
 def test_float32_inputs_sum_in_float64():
     logp, old, adv, mask, entropy = hand_example(torch.float32)
-    sums = clip_stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ), **HAND_KW)
+    sums = stat_sums(logp, old, adv, mask, entropy, torch.tensor(HAND_EQ), **HAND_KW)
     assert all(sums[k].dtype == F64 for k in SUM_KEYS)
     assert sums["qdev_wsum_above"].item() == pytest.approx(0.7640666229, abs=1e-6)
     assert sums["w_sum"].item() == pytest.approx(8.9, abs=1e-6)
@@ -236,13 +266,13 @@ def test_log_ratio_clamp_applies_to_events():
     logp = torch.tensor([[-1.0]], dtype=F64)
     old = torch.tensor([[-1001.0]], dtype=F64)
     mask = torch.ones(1, 1)
-    ev = clip_event_masks(logp, old, torch.tensor([-1.0], dtype=F64), mask, eps_low=0.2, eps_high=1e9, dual_clip_c=1e10)
-    assert not ev["ratio_above"].any() and not ev["dual_clip"].any()
+    ev = events(logp, old, torch.tensor([-1.0], dtype=F64), mask, eps_low=0.2, eps_high=1e9, dual_clip_c=1e10)
+    assert not ev.ratio_above.any() and not ev.dual_clip.any()
     # with eps_high = 1e8 and c = 1e8 both fire: 4.85e8 > 1e8 + 1 and 4.85e8 > 1e8
-    ev = clip_event_masks(logp, old, torch.tensor([-1.0], dtype=F64), mask, eps_low=0.2, eps_high=1e8, dual_clip_c=1e8)
-    assert ev["ratio_above"].all() and ev["dual_clip"].all()
+    ev = events(logp, old, torch.tensor([-1.0], dtype=F64), mask, eps_low=0.2, eps_high=1e8, dual_clip_c=1e8)
+    assert ev.ratio_above.all() and ev.dual_clip.all()
     # the weight uses the same clamped ratio: finite
-    sums = clip_stat_sums(logp, old, torch.tensor([-1.0], dtype=F64), mask, torch.ones(1, 1, dtype=F64), eps_low=0.2, eps_high=1e8)
+    sums = stat_sums(logp, old, torch.tensor([-1.0], dtype=F64), mask, torch.ones(1, 1, dtype=F64), eps_low=0.2, eps_high=1e8)
     assert sums["w_sum"].item() == pytest.approx(math.exp(20.0))
 
 
@@ -253,7 +283,7 @@ def test_empty_regions_give_nan_not_zero():
     logp, old, adv, mask, entropy = hand_example()
     eq = torch.tensor(HAND_EQ, dtype=F64)
     # eps_high = inf: region Y is empty; eps_low = 1: region X is empty
-    stats = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, eps_low=1.0, eps_high=INF))
+    stats = finalize_clip_stats(stat_sums(logp, old, adv, mask, entropy, eq, eps_low=1.0, eps_high=INF))
     assert stats["ratio_below_frac"] == 0.0 and stats["ratio_above_frac"] == 0.0
     assert stats["clip_low_frac"] == 0.0 and stats["clip_high_frac"] == 0.0
     assert stats["dual_clip_frac"] == 0.0
@@ -263,7 +293,7 @@ def test_empty_regions_give_nan_not_zero():
     # finalize_clip_stats), so the drifts stay finite
     assert stats["thm1_drift"] == 0.0 and stats["thm2_drift"] == 0.0
 
-    only_x = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, eps_low=0.2, eps_high=INF))
+    only_x = finalize_clip_stats(stat_sums(logp, old, adv, mask, entropy, eq, eps_low=0.2, eps_high=INF))
     assert math.isnan(only_x["thm1_high"]) and math.isnan(only_x["thm2_high"])
     assert only_x["thm2_low"] == pytest.approx(-0.5346807038, abs=1e-9)
     # drift = (1.2 / 8.9)(-0.5346807038) - 0 = -0.6416168446 / 8.9 = -0.0720917803
@@ -274,7 +304,7 @@ def test_empty_regions_give_nan_not_zero():
 
 def test_no_valid_tokens_gives_all_nan():
     logp, old, adv, mask, entropy = hand_example()
-    sums = clip_stat_sums(logp, old, adv, torch.zeros_like(mask), entropy, **HAND_KW)
+    sums = stat_sums(logp, old, adv, torch.zeros_like(mask), entropy, **HAND_KW)
     assert all(sums[k].item() == 0.0 for k in SUM_KEYS)
     stats = finalize_clip_stats(sums)
     assert all(math.isnan(stats[k]) for k in STAT_KEYS), stats
@@ -331,11 +361,11 @@ def test_add_sums_equals_concatenated_minibatch_and_differs_from_mean_of_means()
     eq_a = torch.tensor(HAND_EQ, dtype=F64)
     logp_b, old_b, adv_b, mask_b, ent_b, eq_b = _batch_b()
 
-    sums_a = clip_stat_sums(logp_a, old_a, adv_a, mask_a, ent_a, eq_a, **HAND_KW)
-    sums_b = clip_stat_sums(logp_b, old_b, adv_b, mask_b, ent_b, eq_b, **HAND_KW)
+    sums_a = stat_sums(logp_a, old_a, adv_a, mask_a, ent_a, eq_a, **HAND_KW)
+    sums_b = stat_sums(logp_b, old_b, adv_b, mask_b, ent_b, eq_b, **HAND_KW)
     pooled = finalize_clip_stats(add_sums(sums_a, sums_b))
     concat = finalize_clip_stats(
-        clip_stat_sums(
+        stat_sums(
             torch.cat([logp_a, logp_b]), torch.cat([old_a, old_b]), torch.cat([adv_a, adv_b]),
             torch.cat([mask_a, mask_b]), torch.cat([ent_a, ent_b]), torch.cat([eq_a, eq_b]), **HAND_KW,
         )
@@ -351,8 +381,8 @@ def test_add_sums_equals_concatenated_minibatch_and_differs_from_mean_of_means()
 
 def test_add_sums_keeps_only_sum_keys_and_is_order_free():
     logp, old, adv, mask, entropy = hand_example()
-    s = clip_stat_sums(logp, old, adv, mask, entropy, **HAND_KW)
-    t = clip_stat_sums(logp, old, -adv, mask, entropy, eps_low=0.1, eps_high=0.1)
+    s = stat_sums(logp, old, adv, mask, entropy, **HAND_KW)
+    t = stat_sums(logp, old, -adv, mask, entropy, eps_low=0.1, eps_high=0.1)
     ab, ba = add_sums(s, t), add_sums(t, s)
     assert tuple(ab) == SUM_KEYS
     assert all(ab[k].item() == ba[k].item() == s[k].item() + t[k].item() for k in SUM_KEYS)
@@ -439,7 +469,7 @@ def test_matches_naive_loop(eps_low, eps_high, dual_clip_c, seed, n, t_len, adv_
     eq = torch.where(mask, eq, torch.tensor(NAN, dtype=F64))
     kw = dict(eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c)
     got = finalize_clip_stats(
-        clip_stat_sums(logp, old, adv, mask, entropy, eq if with_eq else None, importance_weighted=weighted, **kw)
+        stat_sums(logp, old, adv, mask, entropy, eq if with_eq else None, importance_weighted=weighted, **kw)
     )
     expected = naive_clip_stats(
         logp.tolist(), old.tolist(), adv.tolist(), mask.tolist(), entropy.tolist(), eq.tolist() if with_eq else None,
@@ -458,10 +488,10 @@ def test_sums_over_random_minibatches_match_whole_batch(seed):
     adv = torch.randn(n, generator=gen, dtype=F64)
     mask = torch.rand(n, t_len, generator=gen) < 0.6
     eq = 0.5 * torch.randn(n, t_len, generator=gen, dtype=F64)
-    whole = finalize_clip_stats(clip_stat_sums(logp, old, adv, mask, entropy, eq, **HAND_KW))
+    whole = finalize_clip_stats(stat_sums(logp, old, adv, mask, entropy, eq, **HAND_KW))
     total = None
     for rows in (slice(0, 1), slice(1, 5), slice(5, 10)):
-        part = clip_stat_sums(logp[rows], old[rows], adv[rows], mask[rows], entropy[rows], eq[rows], **HAND_KW)
+        part = stat_sums(logp[rows], old[rows], adv[rows], mask[rows], entropy[rows], eq[rows], **HAND_KW)
         total = part if total is None else add_sums(total, part)
     assert_stats_equal(finalize_clip_stats(total), whole)
 

@@ -1,7 +1,8 @@
 """Pure math of clipctl: advantages, the clipped loss, entropy, clip/theory statistics.
 
-Functions here take tensors and a few floats; no config, no logging, no
-``.item()`` in the hot path, no rank logic. Each docstring names its section of docs/definitions.md.
+Functions here take tensors and a few floats (the clip bounds as one
+``ClipSpec``); no config, no logging, no ``.item()`` in the hot path, no rank
+logic. Each docstring names its section of docs/definitions.md.
 """
 
 from clipctl.algo.advantages import ADV_NORMS, group_advantages, zero_std_group_frac
@@ -14,20 +15,30 @@ from clipctl.algo.entropy import (
     token_mean_entropy,
 )
 from clipctl.algo.fused_head import choose_tiles, fused_logprobs_entropy
-from clipctl.algo.losses import LOSS_AGGS, agg_loss, k3_kl, log_ratio, per_token_clipped_loss, policy_loss
+from clipctl.algo.losses import (
+    LOSS_AGGS,
+    POLICY_LOSSES,
+    ClipEvents,
+    PolicyLossOutput,
+    agg_loss,
+    k3_kl,
+    log_ratio,
+    policy_loss,
+    vanilla_policy_loss,
+)
 from clipctl.algo.stats import (
     PROBE_KEYS,
     STAT_KEYS,
     SUM_KEYS,
     add_sums,
     attributed_entropy_changes,
-    clip_event_masks,
     clip_probe,
     clip_stat_sums,
     finalize_clip_stats,
     pooled_expected_q,
     probe_replays,
 )
+from clipctl.clip import ClipSpec  # the policy losses' clip bounds, re-exported for their callers
 
 __all__ = [
     "CONTROLLERS",
@@ -36,6 +47,10 @@ __all__ = [
     "control_step",
     "ADV_NORMS",
     "LOSS_AGGS",
+    "POLICY_LOSSES",
+    "ClipEvents",
+    "ClipSpec",
+    "PolicyLossOutput",
     "PROBE_KEYS",
     "STAT_KEYS",
     "SUM_KEYS",
@@ -44,7 +59,6 @@ __all__ = [
     "probe_replays",
     "clip_probe",
     "agg_loss",
-    "clip_event_masks",
     "clip_stat_sums",
     "finalize_clip_stats",
     "choose_tiles",
@@ -52,9 +66,9 @@ __all__ = [
     "group_advantages",
     "k3_kl",
     "log_ratio",
-    "per_token_clipped_loss",
     "policy_loss",
     "pooled_expected_q",
+    "vanilla_policy_loss",
     "sequence_mean_entropy",
     "token_entropy",
     "token_logprobs",

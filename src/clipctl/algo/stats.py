@@ -1,6 +1,8 @@
-"""Clip events and the Theorem 1/2 statistics (docs/definitions.md sections 6 and 7).
+"""Clip statistics and the Theorem 1/2 statistics (docs/definitions.md sections 6 and 7).
 
-``clip_stat_sums`` turns one update minibatch into additive sums and counts;
+``clip_stat_sums`` turns what the policy loss computed on one update
+minibatch (``PolicyLossOutput``: its clip events and log ratio) into additive
+sums and counts, so the logged events are the ones the gradient saw;
 sums from several minibatches (or ranks) are combined by adding them, and
 ``finalize_clip_stats`` turns any such total into the logged fractions and
 conditional means. Adding sums before dividing is what "combined by token
@@ -28,96 +30,69 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from clipctl.algo.losses import log_ratio
+from clipctl.algo.losses import PolicyLossOutput
 
 # The column names and finalize_clip_stats live in the torch-free clipctl.schema
 # (analysis reads them without torch); re-exported here and from clipctl.algo.
 from clipctl.schema import PROBE_KEYS, STAT_KEYS, SUM_KEYS, finalize_clip_stats  # noqa: F401
 
 
-def clip_event_masks(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    eps_low: float,
-    eps_high: float,
-    dual_clip_c: Optional[float] = None,
-) -> dict[str, torch.Tensor]:
-    """Boolean ``[N, T]`` masks of the clip events on valid tokens (docs/definitions.md section 6).
-
-    Keys: ``ratio_below``, ``ratio_above``, ``clip_low``, ``clip_high``, ``dual_clip``.
-    """
-    if advantages.dim() == 1:
-        advantages = advantages.unsqueeze(-1).expand_as(logp)
-    valid = mask.bool()
-    ratio = torch.exp(log_ratio(logp.detach(), old_logp))
-    below = valid & (ratio < 1.0 - eps_low)
-    above = valid & (ratio > 1.0 + eps_high)
-    if dual_clip_c is None:
-        dual = torch.zeros_like(valid)
+def _weights(log_ratio: torch.Tensor, valid: torch.Tensor, importance_weighted: bool) -> torch.Tensor:
+    """``r_t = exp(l_t)`` (or 1) on valid tokens, exactly 0 elsewhere; float64."""
+    if importance_weighted:
+        w = torch.exp(log_ratio.double())
     else:
-        dual = valid & (advantages < 0) & (ratio > dual_clip_c)
-    return {
-        "ratio_below": below,
-        "ratio_above": above,
-        "clip_low": below & (advantages < 0),
-        "clip_high": above & (advantages > 0),
-        "dual_clip": dual,
-    }
+        w = torch.ones(log_ratio.shape, dtype=torch.float64, device=log_ratio.device)
+    return torch.where(valid, w, torch.zeros_like(w))
+
+
+def _q(logp: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    """``Q_t = pi(y_t) (log pi(y_t) + H_t)`` in float64."""
+    logp = logp.detach().double()
+    return torch.exp(logp) * (logp + entropy.double())
+
+
+def _weighted_mean(x: torch.Tensor, w: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``sum_t w_t x_t / sum_t w_t`` over valid tokens (``w`` is 0 elsewhere); 0 when no weight."""
+    den = w.sum()
+    num = torch.where(valid, w * x, torch.zeros_like(x)).sum()
+    return torch.where(den > 0, num / den, torch.zeros_like(num))
 
 
 def pooled_expected_q(
-    logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor, *, importance_weighted: bool = True
+    logp: torch.Tensor, log_ratio: torch.Tensor, mask: torch.Tensor, entropy: torch.Tensor,
+    *, importance_weighted: bool = True,
 ) -> torch.Tensor:
     """The fallback centre of Thm 1 when the exact per-state ``E[Q|s_t]`` is not available.
 
-    One scalar for the whole batch (float64): the self-normalised,
-    ratio-weighted mean of ``Q_t = pi(y_t) (log pi(y_t) + H_t)`` over its
-    valid tokens (the plain mean with ``importance_weighted=False``). It pools
-    all states of the batch, so it centres each token on an average over
-    states rather than on its own state's expectation; it is exact only when
-    all tokens share one state (the tabular simulation).
+    ``logp``, ``log_ratio`` (the loss's clamped ``l_t``, ``PolicyLossOutput.log_ratio``),
+    ``mask``, ``entropy``: ``[N, T]``. One scalar for the whole batch
+    (float64): the self-normalised, ratio-weighted mean of
+    ``Q_t = pi(y_t) (log pi(y_t) + H_t)`` over its valid tokens (the plain mean
+    with ``importance_weighted=False``). It pools all states of the batch, so
+    it centres each token on an average over states rather than on its own
+    state's expectation; it is exact only when all tokens share one state (the
+    tabular simulation).
     """
     valid = mask.bool()
-    logp = logp.detach().double()
-    q = torch.exp(logp) * (logp + entropy.double())
-    w = _weights(logp, old_logp, valid, importance_weighted)
-    den = w.sum()
-    num = torch.where(valid, w * q, torch.zeros_like(q)).sum()
-    return num / den if den > 0 else torch.zeros((), dtype=torch.float64)
-
-
-def _weights(logp: torch.Tensor, old_logp: torch.Tensor, valid: torch.Tensor, importance_weighted: bool) -> torch.Tensor:
-    """``r_t`` (or 1) on valid tokens, exactly 0 elsewhere; float64."""
-    if importance_weighted:
-        w = torch.exp(log_ratio(logp.detach().double(), old_logp.double()))
-    else:
-        w = torch.ones(logp.shape, dtype=torch.float64, device=logp.device)
-    return torch.where(valid, w, torch.zeros_like(w))
+    return _weighted_mean(_q(logp, entropy), _weights(log_ratio, valid, importance_weighted), valid)
 
 
 @torch.no_grad()
 def clip_stat_sums(
-    logp: torch.Tensor,
-    old_logp: torch.Tensor,
-    advantages: torch.Tensor,
+    out: PolicyLossOutput,
     mask: torch.Tensor,
     entropy: torch.Tensor,
     expected_q: Optional[torch.Tensor] = None,
     *,
-    eps_low: float,
-    eps_high: float,
-    dual_clip_c: Optional[float] = None,
     importance_weighted: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Additive sums (``SUM_KEYS``) for one minibatch, estimating expectations under ``pi_k``.
 
     Args:
-        logp: ``[N, T]`` log pi_k(y_t) (the policy being updated).
-        old_logp: ``[N, T]`` log pi_old(y_t) (the sampling policy).
-        advantages: ``[N]`` or ``[N, T]``.
+        out: what the policy loss computed on the minibatch (``policy_loss``):
+            its events are counted, its ``log_ratio`` gives the weights
+            ``r_t = exp(l_t)`` (float64) and its ``logp`` is ``log pi_k(y_t)``.
         mask: ``[N, T]`` valid tokens.
         entropy: ``[N, T]`` H_t under pi_k.
         expected_q: ``[N, T]`` the exact ``E_{pi_k}[Q | s_t] = sum_a pi(a)^2 (log pi(a) + H_t)``
@@ -130,20 +105,19 @@ def clip_stat_sums(
             ``pi_old``; it is biased toward clip-low and kept for comparisons
             (old runs, the estimator tests).
 
+    With ``X = out.events.ratio_below``, ``Y = out.events.ratio_above``:
+    ``w_sum_X = sum_{t in X} r_t``, ``qdev_wsum_X = sum_{t in X} r_t (E[Q|s_t] - Q_t)``,
+    ``gap_wsum_X = sum_{t in X} r_t (-log pi(y_t) - H_t)`` (docs/definitions.md section 7).
     The counts ``n_*`` are always plain counts of sampled tokens.
     """
-    ev = clip_event_masks(
-        logp, old_logp, advantages, mask, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
-    )
+    ev = out.events
     valid = mask.bool()
-    w = _weights(logp, old_logp, valid, importance_weighted)
-    logp = logp.detach().double()
+    w = _weights(out.log_ratio, valid, importance_weighted)
+    logp = out.logp.double()
     entropy = entropy.double()
-    if expected_q is None:
-        centre = pooled_expected_q(logp, old_logp, mask, entropy, importance_weighted=importance_weighted)
-    else:
-        centre = expected_q.detach().double()
-    qdev = centre - torch.exp(logp) * (logp + entropy)
+    q = _q(logp, entropy)
+    centre = _weighted_mean(q, w, valid) if expected_q is None else expected_q.detach().double()
+    qdev = centre - q
     gap = -logp - entropy
 
     def wsum(x: Optional[torch.Tensor], where: torch.Tensor) -> torch.Tensor:
@@ -156,18 +130,18 @@ def clip_stat_sums(
 
     return {
         "n_tokens": count(valid),
-        "n_below": count(ev["ratio_below"]),
-        "n_above": count(ev["ratio_above"]),
-        "n_clip_low": count(ev["clip_low"]),
-        "n_clip_high": count(ev["clip_high"]),
-        "n_dual_clip": count(ev["dual_clip"]),
+        "n_below": count(ev.ratio_below),
+        "n_above": count(ev.ratio_above),
+        "n_clip_low": count(ev.clip_low),
+        "n_clip_high": count(ev.clip_high),
+        "n_dual_clip": count(ev.dual_clip),
         "w_sum": wsum(None, valid),
-        "w_sum_below": wsum(None, ev["ratio_below"]),
-        "w_sum_above": wsum(None, ev["ratio_above"]),
-        "qdev_wsum_below": wsum(qdev, ev["ratio_below"]),
-        "qdev_wsum_above": wsum(qdev, ev["ratio_above"]),
-        "gap_wsum_below": wsum(gap, ev["ratio_below"]),
-        "gap_wsum_above": wsum(gap, ev["ratio_above"]),
+        "w_sum_below": wsum(None, ev.ratio_below),
+        "w_sum_above": wsum(None, ev.ratio_above),
+        "qdev_wsum_below": wsum(qdev, ev.ratio_below),
+        "qdev_wsum_above": wsum(qdev, ev.ratio_above),
+        "gap_wsum_below": wsum(gap, ev.ratio_below),
+        "gap_wsum_above": wsum(gap, ev.ratio_above),
     }
 
 

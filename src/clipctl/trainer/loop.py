@@ -292,6 +292,7 @@ class Trainer:
         # the micro-batch split nor the process split changes the gradient.
         n_seqs = self.comm.sum(hi - lo)
         n_tokens = self.comm.sum(sb.n_tokens(lo, hi))
+        clip = algo.ClipSpec(eps_low, eps_high, dual_clip_c)
         self._zero_grad()
         stats = UpdateStats()
         for mb in self._micro_batches(sb, lo, hi):
@@ -300,16 +301,13 @@ class Trainer:
             )
             old, adv, mask = sb.take(sb.old_logp, mb), sb.take(sb.advantages, mb), sb.take(sb.response_mask, mb)
             norms = dict(max_new_tokens=self.cfg.rollout.max_new_tokens, num_seqs=n_seqs, num_tokens=n_tokens)
-            loss = algo.policy_loss(
-                logp, old, adv, mask,
-                eps_low=eps_low, eps_high=eps_high, loss_agg=a.loss_agg, dual_clip_c=dual_clip_c, **norms,
+            loss, out = algo.policy_loss(
+                logp, old, adv, mask, clip, loss_mode=a.policy_loss, loss_agg=a.loss_agg, **norms
             )
             if entropy_coef > 0:  # entropy bonus, aggregated like the loss
                 loss = loss - entropy_coef * algo.agg_loss(ent, mask, a.loss_agg, **norms)
             self._backward(loss)
-            sums = algo.clip_stat_sums(
-                logp, old, adv, mask, ent, expected_q, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c
-            )
+            sums = algo.clip_stat_sums(out, mask, ent, expected_q)
             stats.add(loss, k3_kl_sum(logp, old, mask), sums)
         loss, kl_sum, sums, grad_norm = stats.to_host(self._grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
