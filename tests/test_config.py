@@ -159,7 +159,7 @@ def test_overrides_parse_as_toml_literals(override, value):
         ("train.steps=[1, 2]", "train.steps must be an integer, got [1, 2]"),
         ('algo.eps_low="x"', "algo.eps_low must be a number (or 'inf'), got 'x'"),
         ("log.trackers=[1]", "log.trackers must be a string, got 1"),
-        ("log.trackers=foo", "log.trackers=['foo'] must name each of tensorboard, wandb at most once"),
+        ("log.trackers=foo", "log.trackers=['foo'] must name each item at most once; valid: tensorboard, wandb"),
         ("optim.betas=0.9,1.0", "optim.betas=(0.9, 1.0) must be in [0, 1) (each)"),
         ("algo.policy_loss=cispo", "algo.policy_loss='cispo' is unknown; valid: vanilla"),
     ],

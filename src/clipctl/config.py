@@ -516,7 +516,7 @@ def _check_field(key: str, tp, f: dataclasses.Field, value: Any) -> None:
         if item_names is not None:
             _require(
                 all(v in item_names for v in value) and len(set(value)) == len(value),
-                f"{key}={list(value)} must name each of {', '.join(item_names)} at most once (or none)",
+                f"{key}={list(value)} must name each item at most once; valid: {', '.join(item_names)} (or none)",
             )
     bounds = f.metadata.get("bounds")
     if bounds is not None:
