@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from clipctl import analysis
-from clipctl.algo import STAT_KEYS, SUM_KEYS
+from clipctl.schema import STAT_KEYS, SUM_KEYS
 from clipctl.cli import app
 from clipctl.runlog import atomic_write_json, read_run, write_part, write_parquet_atomic
 

@@ -12,6 +12,7 @@ import torch
 from clipctl.config import load_config
 from clipctl.runlog import read_run
 from clipctl.trainer import Trainer, train
+from clipctl import schema
 from clipctl.schema import StepTotals
 from clipctl.trainer.batch import StepBatch, UpdateStats, k3_kl_sum, plan_micro_batches
 
@@ -87,8 +88,8 @@ def test_update_stats_and_step_totals_add_up():
     b = {"n_tokens": torch.tensor(2.0, dtype=torch.float64), "n_below": torch.tensor(0.0, dtype=torch.float64)}
     from clipctl import algo
 
-    full_a = {k: a.get(k, torch.tensor(0.0, dtype=torch.float64)) for k in algo.SUM_KEYS}
-    full_b = {k: b.get(k, torch.tensor(0.0, dtype=torch.float64)) for k in algo.SUM_KEYS}
+    full_a = {k: a.get(k, torch.tensor(0.0, dtype=torch.float64)) for k in schema.SUM_KEYS}
+    full_b = {k: b.get(k, torch.tensor(0.0, dtype=torch.float64)) for k in schema.SUM_KEYS}
     stats.add(torch.tensor(0.5), torch.tensor(0.25, dtype=torch.float64), full_a)
     stats.add(torch.tensor(1.5), torch.tensor(0.75, dtype=torch.float64), full_b)
     loss, kl, sums, norm = stats.to_host(torch.tensor(4.0))

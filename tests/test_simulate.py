@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from clipctl import algo, analysis
+from clipctl import algo, analysis, schema
 from clipctl import simulate as sim
 from clipctl.cli import app
 from clipctl.clip import ClipSpec
@@ -96,11 +96,11 @@ def _sampled_stats(old, new, n, gen, *, importance_weighted=True, eps=0.2):
         out, mask, torch.full_like(logp, float(sim.entropy_of(new))),
         torch.full_like(logp, float(sim.expected_q_of(new))), importance_weighted=importance_weighted,
     )
-    return algo.finalize_clip_stats(sums)
+    return schema.finalize_clip_stats(sums)
 
 
 def _exact_stats(old, new, eps=0.2):
-    return algo.finalize_clip_stats(
+    return schema.finalize_clip_stats(
         sim.exact_clip_sums(torch.log_softmax(new, -1), torch.log_softmax(old, -1), 1, ClipSpec(eps, eps))
     )
 
@@ -127,7 +127,7 @@ def test_exact_sums_give_the_theory_brackets():
         # pooling: n copies of one minibatch give the same values
         two = algo.add_sums(*(sim.exact_clip_sums(torch.log_softmax(new, -1), torch.log_softmax(old, -1), 7,
                                                   ClipSpec(0.2, 0.2)) for _ in range(2)))
-        assert algo.finalize_clip_stats(two)["thm2_drift"] == pytest.approx(t["thm2_drift"], abs=1e-12)
+        assert schema.finalize_clip_stats(two)["thm2_drift"] == pytest.approx(t["thm2_drift"], abs=1e-12)
 
 
 def test_weighted_estimator_converges_like_one_over_sqrt_n():
@@ -274,10 +274,10 @@ def test_dynamics_cli_and_errors(tmp_path):
     cases = [
         (["simulate", "--check"], "No such option: --check"),
         (["simulate", "dynamics"], "Missing option '--out'"),
-        (["simulate", "dynamics", "--actions", "0", "--out", str(out)], "--actions=0 must be at least 2"),
+        (["simulate", "dynamics", "--actions", "0", "--out", str(out)], "actions=0 must be at least 2"),
         (["simulate", "dynamics", "--grid", "0.2", "--out", str(out)], "must look like eps_low/eps_high"),
         (["simulate", "dynamics", "--grid", "1.5/0.2", "--out", str(out)], "eps_low=1.5 must be in (0, 1]"),
-        (["simulate", "dynamics", "--samples", "30", "--out", str(out)], "multiple of --group-size=8"),
+        (["simulate", "dynamics", "--samples", "30", "--out", str(out)], "multiple of group_size=8"),
         (["simulate", "dynamics", "--reward", "uniform", "--out", str(out)], "is not one of 'bernoulli', 'gaussian'"),
         (["simulate", "dynamics", "--steps", "2", "--seeds", "1", "--grid", "0.2/0.2", "--out", "/proc/clipctl"],
          "cannot write run directory"),

@@ -5,8 +5,7 @@
 from it (``python -m clipctl.schema > docs/metrics.md``).
 
 The names here are what the trainer and the simulator write and what
-``clipctl.analysis`` reads; ``clipctl.algo`` re-exports them, so
-``from clipctl.algo import SUM_KEYS`` keeps working. Importing this module
+``clipctl.analysis`` reads. Importing this module
 loads neither torch nor any other part of clipctl, so analysis of finished
 runs starts fast. Definitions: docs/definitions.md sections 6-8, columns:
 docs/metrics.md.
@@ -299,7 +298,7 @@ checkpoint) are described in [architecture.md](architecture.md), "The run log";
 _UPDATES_AFTER = """\
 The `n_*`, `w_sum*`, `qdev_wsum*` and `gap_wsum*` columns are additive:
 summing them over any set of minibatches (or ranks) and applying
-`clipctl.algo.finalize_clip_stats` gives that set's pooled statistics. Runs
+`clipctl.schema.finalize_clip_stats` gives that set's pooled statistics. Runs
 written before the ratio-weighted estimators have `q_sum*`/`gap_sum*` columns
 instead; their `thm*` and `ratio_*_frac` columns are the unweighted versions
 described below, and `combine_updates` refuses them.

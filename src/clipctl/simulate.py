@@ -46,14 +46,15 @@ Departures from the trainer (``clipctl.trainer``), each deliberate:
 
 Run it::
 
-    clipctl simulate --check --actions 20 --eta 1e-3 --trials 20
-    clipctl simulate --dynamics --grid 0.2/0.2,0.2/inf,1.0/0.2 --out sim-runs
+    clipctl simulate check --actions 20 --eta 1e-3 --trials 20
+    clipctl simulate dynamics --grid 0.2/0.2,0.2/inf,1.0/0.2 --out sim-runs
     clipctl analyze-clip-stats sim-runs
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -215,11 +216,11 @@ def exact_clip_sums(
 
 def exact_columns(exact_sums) -> dict[str, float]:
     """``<key>_exact`` for ``EXACT_KEYS`` from ``exact_clip_sums`` (or a sum of them)."""
-    stats = algo.finalize_clip_stats(exact_sums)
+    stats = schema.finalize_clip_stats(exact_sums)
     return {f"{k}_exact": stats[k] for k in EXACT_KEYS}
 
 
-# ---------------------------------------------------------------- (a) --check
+# ---------------------------------------------------------------- (a) check
 
 
 @dataclass
@@ -293,16 +294,16 @@ def check_theorems(
 ) -> list[CheckResult]:
     """Theorems 1 and 2 against one exact PG / NPG step on random policy pairs."""
     if actions < 2:
-        raise SimulateError(f"--actions must be at least 2, got {actions}")
+        raise SimulateError(f"actions must be at least 2, got {actions}")
     if not (eta > 0 and math.isfinite(eta)):
-        raise SimulateError(f"--eta must be a finite positive number, got {eta}")
+        raise SimulateError(f"eta must be a finite positive number, got {eta}")
     if not 0 <= seed <= 2**63 - 1:
-        raise SimulateError(f"--seed must be in [0, 2**63 - 1], got {seed}")
+        raise SimulateError(f"seed must be in [0, 2**63 - 1], got {seed}")
     if trials < 1:
-        raise SimulateError(f"--trials must be at least 1, got {trials}")
+        raise SimulateError(f"trials must be at least 1, got {trials}")
     clip = ClipSpec(eps_low, eps_high)
     if not (clip.low_on and clip.high_on):
-        raise SimulateError("--check needs both clip regions: use eps_low < 1 and a finite eps_high")
+        raise SimulateError("the check needs both clip regions: use eps_low < 1 and a finite eps_high")
     gen = torch.Generator().manual_seed(seed)
     kw = dict(clip=clip, mu=mu, nu=nu)
     results = []
@@ -340,7 +341,7 @@ def _order(err: float, err_small: float) -> float:
     return math.log10(abs(err) / abs(err_small)) if err != 0 and err_small != 0 else math.nan
 
 
-# ---------------------------------------------------------------- (b) --dynamics
+# ---------------------------------------------------------------- (b) dynamics
 
 
 @dataclass(frozen=True)
@@ -384,29 +385,29 @@ def parse_grid(text: str) -> list[tuple[float, float]]:
         ClipSpec(low, high)  # raises on a bound out of range
         grid.append((low, high))
     if not grid:
-        raise SimulateError("--grid is empty; give settings like 0.2/0.2,0.2/inf")
+        raise SimulateError("the grid is empty; give settings like 0.2/0.2,0.2/inf")
     return grid
 
 
 def validate(cfg: DynamicsConfig) -> None:
     ClipSpec(cfg.eps_low, cfg.eps_high)  # raises on a bound out of range
     if cfg.group_size < 1:  # before the checks below divide by it
-        raise SimulateError(f"--group-size={cfg.group_size} must be at least 1")
+        raise SimulateError(f"group_size={cfg.group_size} must be at least 1")
     checks = [
-        (cfg.actions >= 2, f"--actions={cfg.actions} must be at least 2"),
-        (cfg.steps >= 1, f"--steps={cfg.steps} must be at least 1"),
-        (cfg.group_size >= 1, f"--group-size={cfg.group_size} must be at least 1"),
+        (cfg.actions >= 2, f"actions={cfg.actions} must be at least 2"),
+        (cfg.steps >= 1, f"steps={cfg.steps} must be at least 1"),
+        (cfg.group_size >= 1, f"group_size={cfg.group_size} must be at least 1"),
         (cfg.samples >= 1 and cfg.samples % cfg.group_size == 0,
-         f"--samples={cfg.samples} must be a positive multiple of --group-size={cfg.group_size}"),
+         f"samples={cfg.samples} must be a positive multiple of group_size={cfg.group_size}"),
         (1 <= cfg.minibatches <= cfg.samples,
-         f"--minibatches={cfg.minibatches} must be between 1 and --samples={cfg.samples}"),
-        (cfg.epochs >= 1, f"--epochs={cfg.epochs} must be at least 1"),
-        (cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr={cfg.lr} must be a finite positive number"),
-        (0 <= cfg.seed <= 2**63 - 1, f"--seed={cfg.seed} must be in [0, 2**63 - 1]"),
-        (cfg.optimizer in OPTIMIZERS, f"--optimizer={cfg.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}"),
-        (cfg.reward in REWARD_KINDS, f"--reward={cfg.reward!r} is unknown; valid: {', '.join(REWARD_KINDS)}"),
-        (cfg.init_scale >= 0 and math.isfinite(cfg.init_scale), f"--init-scale={cfg.init_scale} must be a finite number >= 0"),
-        (cfg.probe_every >= 0, f"--probe-every={cfg.probe_every} must be >= 0"),
+         f"minibatches={cfg.minibatches} must be between 1 and samples={cfg.samples}"),
+        (cfg.epochs >= 1, f"epochs={cfg.epochs} must be at least 1"),
+        (cfg.lr > 0 and math.isfinite(cfg.lr), f"lr={cfg.lr} must be a finite positive number"),
+        (0 <= cfg.seed <= 2**63 - 1, f"seed={cfg.seed} must be in [0, 2**63 - 1]"),
+        (cfg.optimizer in OPTIMIZERS, f"optimizer={cfg.optimizer!r} is unknown; valid: {', '.join(OPTIMIZERS)}"),
+        (cfg.reward in REWARD_KINDS, f"reward={cfg.reward!r} is unknown; valid: {', '.join(REWARD_KINDS)}"),
+        (cfg.init_scale >= 0 and math.isfinite(cfg.init_scale), f"init_scale={cfg.init_scale} must be a finite number >= 0"),
+        (cfg.probe_every >= 0, f"probe_every={cfg.probe_every} must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -426,29 +427,26 @@ def _rng(*parts: int) -> np.random.Generator:
 
 
 class _Optimizer:
-    """SGD or Adam on one logit vector, with a state that can be copied for replays."""
+    """``torch.optim`` SGD or Adam (betas 0.9 / 0.999, eps 1e-8: the trainer's AdamW defaults, no decay)
+    on one logit vector; its state can be copied for replays."""
 
     def __init__(self, kind: str, lr: float, size: int):
-        self.kind, self.lr = kind, lr
-        self.state = {"t": 0, "m": torch.zeros(size, dtype=torch.float64), "v": torch.zeros(size, dtype=torch.float64)}
+        self.param = torch.zeros(size, dtype=torch.float64, requires_grad=True)
+        self.opt = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[kind]([self.param], lr=lr)
 
     def snapshot(self) -> dict:
-        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in self.state.items()}
+        return copy.deepcopy(self.opt.state_dict())
 
     def restore(self, snap: dict) -> None:
-        self.state = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in snap.items()}
+        self.opt.load_state_dict(copy.deepcopy(snap))
 
     def step(self, theta: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        if self.kind == "sgd":
-            return theta - self.lr * grad
-        # Adam (Kingma & Ba), betas (0.9, 0.999), eps 1e-8: the trainer's defaults.
-        s = self.state
-        s["t"] += 1
-        s["m"] = 0.9 * s["m"] + 0.1 * grad
-        s["v"] = 0.999 * s["v"] + 0.001 * grad * grad
-        m_hat = s["m"] / (1 - 0.9 ** s["t"])
-        v_hat = s["v"] / (1 - 0.999 ** s["t"])
-        return theta - self.lr * m_hat / (v_hat.sqrt() + 1e-8)
+        """The logits after one optimizer step from ``theta`` along ``grad``."""
+        with torch.no_grad():
+            self.param.copy_(theta)
+        self.param.grad = grad.detach().clone()
+        self.opt.step()
+        return self.param.detach().clone()
 
 
 def _update_epochs(
@@ -604,7 +602,7 @@ def write_run(run_dir: Path, cfg: DynamicsConfig, steps: pd.DataFrame, updates: 
             "preset": "simulate",
             "seed": cfg.seed,
             "config": run_config(cfg),
-            "command": ["clipctl", "simulate", "--dynamics"],
+            "command": ["clipctl", "simulate", "dynamics"],
             "start_time": dt.datetime.now().isoformat(timespec="seconds"),
         }
         writer = RunWriter(extra=("simulated",))
@@ -628,7 +626,7 @@ def run_dynamics(
     """Simulate every (clip setting, seed) and write one run directory each under ``out``."""
     base = base or DynamicsConfig()
     if seeds < 1:
-        raise SimulateError(f"--seeds={seeds} must be at least 1")
+        raise SimulateError(f"seeds={seeds} must be at least 1")
     configs = [
         DynamicsConfig(**{**asdict(base), "eps_low": lo, "eps_high": hi, "seed": base.seed + s})
         for lo, hi in grid

@@ -9,14 +9,8 @@ import pytest
 import torch
 
 from clipctl.algo.losses import ClipEvents, log_ratio, policy_loss
-from clipctl.algo.stats import (
-    STAT_KEYS,
-    SUM_KEYS,
-    add_sums,
-    clip_stat_sums,
-    finalize_clip_stats,
-    pooled_expected_q,
-)
+from clipctl.algo.stats import add_sums, clip_stat_sums, pooled_expected_q
+from clipctl.schema import STAT_KEYS, SUM_KEYS, finalize_clip_stats
 from clipctl.clip import ClipSpec
 
 INF = float("inf")

@@ -27,18 +27,14 @@ from clipctl.algo.losses import (
     vanilla_policy_loss,
 )
 from clipctl.algo.stats import (
-    PROBE_KEYS,
-    STAT_KEYS,
-    SUM_KEYS,
     add_sums,
     attributed_entropy_changes,
     clip_probe,
     clip_stat_sums,
-    finalize_clip_stats,
     pooled_expected_q,
     probe_replays,
 )
-from clipctl.clip import ClipSpec  # the policy losses' clip bounds, re-exported for their callers
+from clipctl.clip import ClipSpec  # the policy losses' argument
 
 __all__ = [
     "CONTROLLERS",
@@ -51,16 +47,12 @@ __all__ = [
     "ClipEvents",
     "ClipSpec",
     "PolicyLossOutput",
-    "PROBE_KEYS",
-    "STAT_KEYS",
-    "SUM_KEYS",
     "add_sums",
     "attributed_entropy_changes",
     "probe_replays",
     "clip_probe",
     "agg_loss",
     "clip_stat_sums",
-    "finalize_clip_stats",
     "choose_tiles",
     "fused_logprobs_entropy",
     "group_advantages",

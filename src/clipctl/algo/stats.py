@@ -32,9 +32,8 @@ import torch
 
 from clipctl.algo.losses import PolicyLossOutput
 
-# The column names and finalize_clip_stats live in the torch-free clipctl.schema
-# (analysis reads them without torch); re-exported here and from clipctl.algo.
-from clipctl.schema import PROBE_KEYS, STAT_KEYS, SUM_KEYS, finalize_clip_stats  # noqa: F401
+# The column names and finalize_clip_stats live in the torch-free clipctl.schema (analysis reads them without torch).
+from clipctl.schema import SUM_KEYS
 
 
 def _weights(log_ratio: torch.Tensor, valid: torch.Tensor, importance_weighted: bool) -> torch.Tensor:
