@@ -79,7 +79,7 @@ def write_run(folder: Path, k: int, steps_df: pd.DataFrame, layout: str, verify:
     n = len(steps_df)
     if layout == "parts" or verify:
         for s in range(n):
-            runlog.write_part(folder, "steps", s + 1, steps_df.iloc[s:s + 1])
+            runlog.write_parquet_atomic(steps_df.iloc[s:s + 1], runlog.part_path(folder, "steps", s + 1))
         if layout == "compacted":
             runlog.compact(folder, n, final=True)
     else:

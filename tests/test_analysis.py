@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from clipctl import analysis
 from clipctl.schema import STAT_KEYS, SUM_KEYS
 from clipctl.cli import app
-from clipctl.runlog import atomic_write_json, read_run, write_part, write_parquet_atomic
+from clipctl.runlog import atomic_write_json, read_run, write_parquet_atomic
+from runlogs import write_part
 
 runner = CliRunner()
 NAN = math.nan

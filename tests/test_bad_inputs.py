@@ -20,7 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from clipctl.cli import app
-from clipctl.runlog import atomic_write_json, write_part
+from clipctl.runlog import atomic_write_json
+from runlogs import write_part
 
 runner = CliRunner()
 BIG = str(2**63)

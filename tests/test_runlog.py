@@ -10,8 +10,8 @@ from clipctl.runlog import (
     drop_parts_after,
     read_run,
     write_parquet_atomic,
-    write_part,
 )
+from runlogs import write_part
 
 
 def make_run(tmp_path, steps=3):

@@ -18,8 +18,8 @@ from clipctl.runlog import (
     logged_steps,
     read_run,
     table_files,
-    write_part,
 )
+from runlogs import write_part
 
 
 class Killed(Exception):

@@ -116,11 +116,6 @@ def segment_path(run_dir: Path, table: str, lo: int, hi: int) -> Path:
     return Path(run_dir) / table / f"steps-{lo:06d}-{hi:06d}.parquet"
 
 
-def write_part(run_dir: Path, table: str, step: int, rows: list[dict] | pd.DataFrame) -> None:
-    df = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-    write_parquet_atomic(df, part_path(run_dir, table, step))
-
-
 @dataclass(frozen=True)
 class TableFile:
     """One file of a table: a part (``lo == hi``, ``step-N``) or a segment (``steps-lo-hi``)."""
