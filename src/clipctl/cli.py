@@ -138,22 +138,23 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from clipctl.config import load_config
-    from clipctl.trainer import distributed
     from clipctl.trainer import train as run_training
+    from clipctl.trainer.deepspeed import DEEPSPEED_CHOICES, check_launch
+    from clipctl.trainer.launch import launched_world_size, relaunch, setup
 
-    if nproc is not None and distributed.launched_world_size() == 1:
+    if nproc is not None and launched_world_size() == 1:
         if deepspeed is None:
             from clipctl.errors import ConfigError
 
-            raise ConfigError(f"--nproc {nproc} needs --deepspeed {distributed.DEEPSPEED_CHOICES}")
+            raise ConfigError(f"--nproc {nproc} needs --deepspeed {DEEPSPEED_CHOICES}")
         if not resume:  # fail here with one line, not once per process
-            distributed.check_launch(load_config(preset, set_), nproc, deepspeed)
+            check_launch(load_config(preset, set_), nproc, deepspeed)
         args = ["train", "--preset", preset, "--out", str(out), "--deepspeed", deepspeed]
         args += [a for text in set_ for a in ("--set", text)]
         args += (["--name", name] if name else []) + (["--resume", str(resume)] if resume else [])
         args += (["--quiet"] if quiet else []) + (["--debug"] if debug else [])
-        raise typer.Exit(distributed.relaunch(nproc, args))
-    parallel = distributed.setup(deepspeed)
+        raise typer.Exit(relaunch(nproc, args))
+    parallel = setup(deepspeed)
     cfg = None if resume else load_config(preset, set_)
     progress = Progress(
         TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
