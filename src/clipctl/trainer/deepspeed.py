@@ -150,7 +150,7 @@ def check_world(cfg, world: int, stage: int) -> None:
 
 
 class DeepSpeedEngine:
-    """The update engine of ``--deepspeed SPEC``: a DeepSpeed engine steps torch AdamW over ZeRO partitions."""
+    """The update engine of ``--deepspeed``: a DeepSpeed engine steps torch AdamW over ZeRO partitions."""
 
     def __init__(
         self, cfg: Config, path: str, device: torch.device, comm: DistributedComm, spec: str, ds_config: dict, log

@@ -54,7 +54,6 @@ import torch
 from clipctl import algo, schema
 from clipctl.config import Config, is_on_policy
 from clipctl.data import load_examples, step_prompt_indices
-from clipctl.models import load_tokenizer
 from clipctl.rewards import RewardBatch, compute_rewards, is_verifiable
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.rollout.base import pad_to
@@ -132,18 +131,19 @@ class Trainer:
     """One GRPO step over its parts: ``run_step(step)``; ``run.build_trainer`` builds one.
 
     ``comm`` answers the collectives (``comm.py``), ``engine`` owns the weights
-    and steps them (``engine.py``); the trainer owns the tokenizer, the data,
-    the rollout engine, the entropy control and the algorithm.
+    and steps them (``engine.py``); the trainer owns the data, the rollout
+    engine, the entropy control and the algorithm. ``model_path`` is where the
+    engine's model and ``tokenizer`` were loaded from.
     """
 
     def __init__(
-        self, cfg: Config, comm: SingleProcessComm, engine: UpdateEngine, *, model_path: str, log: Optional[Log] = None
+        self, cfg: Config, comm: SingleProcessComm, engine: UpdateEngine, *, tokenizer, model_path: str,
+        log: Optional[Log] = None,
     ):
         self.cfg, self.comm, self.engine = cfg, comm, engine
         self.log = log or (lambda msg: None)
-        self.model_path = model_path
+        self.tokenizer, self.model_path = tokenizer, model_path
         self.model, self.device = engine.model, engine.device
-        self.tokenizer = load_tokenizer(model_path)
         self.examples = load_examples(cfg.data, self.tokenizer, need_gold=is_verifiable(cfg.reward.kind))
         self.control = EntropyControl(cfg.algo)
         self.rollout_engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer, cfg.rollout)

@@ -22,7 +22,7 @@ import torch
 
 from clipctl.config import Config, config_from_dict, config_to_dict
 from clipctl.errors import ConfigError, NonFiniteError, RunDirError
-from clipctl.models import resolve_device, resolve_model_path
+from clipctl.models import load_tokenizer, resolve_device, resolve_model_path
 from clipctl.rundir import RunLock, check_name, disk_full_error, ensure_output_dir, forget_unstarted, is_disk_full
 from clipctl.runlog import NullWriter, RunWriter, checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
 from clipctl.trainer.checkpoint import discard_partial
@@ -61,13 +61,14 @@ def build_trainer(
     ds_config = check_launch(cfg, comm.world_size, spec) if spec is not None else None
     torch.manual_seed(cfg.train.seed)
     path = init_path or resolve_model_path(cfg.model.path, log)
+    tokenizer = load_tokenizer(path)  # before the model: a folder without one fails fast
     # Under DeepSpeed with GPUs the launcher has made this rank's GPU current.
     device = resolve_device(cfg.model.device)
     if spec is None:
         engine = TorchEngine(cfg, path, device, log)
     else:
         engine = DeepSpeedEngine(cfg, path, device, comm, spec, ds_config, log)
-    return Trainer(cfg, comm, engine, model_path=path, log=log)
+    return Trainer(cfg, comm, engine, tokenizer=tokenizer, model_path=path, log=log)
 
 
 def _versions() -> dict:
