@@ -383,14 +383,14 @@ def test_two_trainers_on_one_name(tmp_path, fast_overrides, monkeypatch):
     from clipctl.trainer import run as run_mod
 
     entered, release = threading.Event(), threading.Event()
-    real_make = run_mod.SingleProcess.make_trainer
+    real_build = run_mod.build_trainer
 
-    def slow_make(self, cfg, **kw):  # hold the first trainer between the lock and run.json
+    def slow_build(cfg, *args, **kw):  # hold the first trainer between the lock and run.json
         entered.set()
         release.wait(60)
-        return real_make(self, cfg, **kw)
+        return real_build(cfg, *args, **kw)
 
-    monkeypatch.setattr(run_mod.SingleProcess, "make_trainer", slow_make)
+    monkeypatch.setattr(run_mod, "build_trainer", slow_build)
     results = {}
     first = threading.Thread(
         target=lambda: results.setdefault("first", runner.invoke(app, _train_args(tmp_path, "same", fast_overrides, "train.steps=2", "train.seed=1")))

@@ -11,8 +11,8 @@ import torch
 
 from clipctl.config import load_config
 from clipctl.runlog import read_run
-from clipctl.trainer import Trainer, train
 from clipctl import schema
+from clipctl.trainer import build_trainer, train
 from clipctl.schema import StepTotals
 from clipctl.trainer.batch import StepBatch, UpdateStats, k3_kl_sum, plan_micro_batches
 
@@ -119,7 +119,7 @@ def test_token_budget_micro_batches_do_not_change_the_update(tmp_path, fast_over
 
 
 def test_token_budget_packs_several_passes(fast_overrides):
-    t = Trainer(load_config("tiny-cpu", [*fast_overrides, "train.micro_batch_tokens=40"]))
+    t = build_trainer(load_config("tiny-cpu", [*fast_overrides, "train.micro_batch_tokens=40"]))
     _, rollout, rewards = t.rollout(1)
     sb = StepBatch.from_rollout(rollout, rewards, rewards, t.device)
     passes = t._micro_batches(sb, 0, len(sb))
@@ -132,7 +132,7 @@ def test_host_reads_do_not_grow_with_micro_batches(fast_overrides, monkeypatch):
     """The update reads the device back once per optimizer step, whatever the split."""
 
     def reads(micro: int) -> int:
-        t = Trainer(load_config("tiny-cpu", [*fast_overrides, f"train.micro_batch_size={micro}"]))
+        t = build_trainer(load_config("tiny-cpu", [*fast_overrides, f"train.micro_batch_size={micro}"]))
         _, rollout, rewards = t.rollout(1)
         sb = StepBatch.from_rollout(rollout, rewards, rewards, t.device)
         sb.old_logp, sb.old_entropy = t.policy_stats(sb)

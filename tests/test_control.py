@@ -9,7 +9,7 @@ import pytest
 from clipctl.config import load_config
 from clipctl.errors import ConfigError
 from clipctl.runlog import read_run
-from clipctl.trainer import Trainer, train
+from clipctl.trainer import build_trainer, train
 
 from test_trainer import math_columns
 
@@ -24,10 +24,10 @@ def test_off_logs_the_config_bounds(tmp_path, fast_overrides):
 def test_clip_controller_moves_eps_low_the_right_way(fast_overrides):
     # The quick model's entropy is ~5.7 nats: a target of 7 is too high (strengthen
     # clip-low: eps_low falls), a target of 3 too low (relax it, up to eps_low_max).
-    up = Trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=7.0"]))
+    up = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=7.0"]))
     lows = [up.run_step(s).metrics["eps_low"] for s in (1, 2, 3)]
     assert lows[0] < 0.2 and lows[2] < lows[1] < lows[0]
-    down = Trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=3.0", "algo.eps_low_max=0.5"]))
+    down = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=3.0", "algo.eps_low_max=0.5"]))
     highs = [down.run_step(s).metrics["eps_low"] for s in (1, 2, 3)]
     assert highs[0] > 0.2 and highs[-1] <= 0.5
     assert all(m <= 0.5 for m in highs)
@@ -35,14 +35,14 @@ def test_clip_controller_moves_eps_low_the_right_way(fast_overrides):
 
 def test_bonus_controller_raises_the_coefficient_below_target(fast_overrides):
     # 9 nats is above log(512): the error never closes, so the integral keeps raising the coefficient.
-    t = Trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=9.0", "algo.entropy_controller=bonus"]))
+    t = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=9.0", "algo.entropy_controller=bonus"]))
     coefs = [t.run_step(s).metrics["entropy_coef"] for s in (1, 2)]
     assert 0 < coefs[0] < coefs[1] <= 0.1
 
 
 def test_entropy_bonus_raises_entropy(fast_overrides):
-    plain = Trainer(load_config("tiny-cpu", fast_overrides)).run_step(1).metrics
-    bonus = Trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_coef=0.1"])).run_step(1).metrics
+    plain = build_trainer(load_config("tiny-cpu", fast_overrides)).run_step(1).metrics
+    bonus = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_coef=0.1"])).run_step(1).metrics
     assert bonus["entropy"] == plain["entropy"]  # same samples, same start
     assert bonus["entropy_post"] > plain["entropy_post"]
 

@@ -25,7 +25,8 @@ from clipctl.cli import app
 from clipctl.config import load_config
 from clipctl.errors import ConfigError
 from clipctl.trainer import TIMING_COLUMNS
-from clipctl.trainer.distributed import DeepSpeedRanks, _reorder, check_launch, check_world, deepspeed_config
+from clipctl.trainer.comm import DistributedComm, _reorder
+from clipctl.trainer.deepspeed import check_launch, check_world, deepspeed_config
 
 # Equivalence tolerance, absolute, on every logged number: measured differences
 # are <= 5e-6 (float32 summation order: gradients all-reduced over ranks,
@@ -223,10 +224,8 @@ def test_indivisible_batch_is_one_line_error_under_torchrun(quick_model_dir, tmp
 def test_prompt_blocks_keep_minibatches_whole(world):
     P, M = 16, 8
     ranks = []
-    for r in range(world):
-        rank = DeepSpeedRanks.__new__(DeepSpeedRanks)  # no process group needed for the layout
-        rank.rank, rank.world_size = r, world
-        ranks.append(rank.positions(P, M))
+    for r in range(world):  # no process group needed for the layout
+        ranks.append(DistributedComm(r, world, "cpu").for_minibatches(M).positions(P, M))
     assert sorted(j for pos in ranks for j in pos) == list(range(P))
     per = M // world
     for r, pos in enumerate(ranks):

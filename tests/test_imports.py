@@ -165,8 +165,8 @@ def test_no_module_level_import_cycle():
 
 def test_no_import_cycle_counting_function_level_imports():
     """Imports inside functions (and under ``if TYPE_CHECKING:``) cannot break an import; two
-    modules that need each other are still one tangled unit. None today (``trainer.loop`` and
-    ``trainer.distributed`` share ``trainer.comm``; ``rollout`` does not read ``config``)."""
+    modules that need each other are still one tangled unit. None today (``trainer.loop`` receives its
+    comm and engine instead of importing ``trainer.deepspeed``; ``rollout`` does not read ``config``)."""
     top, inner = import_graph()
     both = {m: top[m] | inner[m] for m in top}
     cycles = find_cycles(both)

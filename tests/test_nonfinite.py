@@ -12,7 +12,7 @@ from clipctl.cli import app
 from clipctl.config import load_config
 from clipctl.errors import NonFiniteError
 from clipctl.runlog import read_run
-from clipctl.trainer import Trainer, train
+from clipctl.trainer import Trainer, build_trainer, train
 
 DIVERGE = ["optim.lr=10", "optim.grad_clip=0", "train.steps=6", "train.save_every=1", "train.keep_last=10"]
 
@@ -62,7 +62,7 @@ def poison_advantages(t: Trainer, value: float) -> list[torch.Tensor]:
 
 def test_skip_drops_nonfinite_updates_and_goes_on(fast_overrides):
     messages = []
-    t = Trainer(load_config("tiny-cpu", [*fast_overrides, "train.on_nonfinite=skip"]), log=messages.append)
+    t = build_trainer(load_config("tiny-cpu", [*fast_overrides, "train.on_nonfinite=skip"]), log=messages.append)
     before = poison_advantages(t, math.nan)  # both optimizer steps are dropped
     out = t.run_step(1)
     assert out.metrics["skipped_updates"] == 2
@@ -74,7 +74,7 @@ def test_skip_drops_nonfinite_updates_and_goes_on(fast_overrides):
 
 
 def test_stop_is_the_default_and_raises_before_applying(fast_overrides):
-    t = Trainer(load_config("tiny-cpu", fast_overrides))
+    t = build_trainer(load_config("tiny-cpu", fast_overrides))
     before = poison_advantages(t, math.inf)
     with pytest.raises(NonFiniteError, match="step 1 diverged"):
         t.run_step(1)

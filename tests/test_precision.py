@@ -8,7 +8,7 @@ import torch
 
 from clipctl.config import load_config
 from clipctl.runlog import read_run
-from clipctl.trainer import Trainer, train
+from clipctl.trainer import build_trainer, train
 from clipctl.trainer.precision import MASTER_FILE, MasterWeights, PlainWeights
 
 from test_trainer import math_columns
@@ -21,17 +21,17 @@ def moved_share(before: list[torch.Tensor], after: list[torch.Tensor]) -> float:
 
 def test_bf16_master_weights_move_at_paper_lr(fast_overrides):
     messages = []
-    t = Trainer(load_config("tiny-cpu", [*fast_overrides, "model.dtype=bfloat16", "optim.lr=5e-7"]), log=messages.append)
-    assert isinstance(t.weights, MasterWeights)
+    t = build_trainer(load_config("tiny-cpu", [*fast_overrides, "model.dtype=bfloat16", "optim.lr=5e-7"]), log=messages.append)
+    assert isinstance(t.engine.weights, MasterWeights)
     assert all(p.dtype == torch.bfloat16 for p in t.model.parameters())
-    master = t.weights.params()
+    master = t.engine.weights.params()
     assert all(m.dtype == torch.float32 for m in master)
     before = [m.clone() for m in master]
     for step in (1, 2):
         t.run_step(step)
     assert moved_share(before, master) >= 0.95
     # AdamW state is float32; the model holds the master weights rounded to bf16.
-    state = next(iter(t.optimizer.state.values()))
+    state = next(iter(t.engine.optimizer.state.values()))
     assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
     for p, m in zip(t.model.parameters(), master):
         assert torch.equal(p, m.to(torch.bfloat16))
@@ -41,8 +41,8 @@ def test_bf16_master_weights_move_at_paper_lr(fast_overrides):
 def test_pure_bf16_optimizer_warns_and_loses_updates(fast_overrides):
     messages = []
     cfg = load_config("tiny-cpu", [*fast_overrides, "model.dtype=bfloat16", "optim.lr=5e-7", "optim.master_weights=false"])
-    t = Trainer(cfg, log=messages.append)
-    assert isinstance(t.weights, PlainWeights)
+    t = build_trainer(cfg, log=messages.append)
+    assert isinstance(t.engine.weights, PlainWeights)
     assert any("master_weights=false" in m for m in messages)
     before = [p.detach().clone() for p in t.model.parameters()]
     t.run_step(1)
@@ -51,9 +51,9 @@ def test_pure_bf16_optimizer_warns_and_loses_updates(fast_overrides):
 
 
 def test_float32_has_no_master_copy(fast_overrides):
-    t = Trainer(load_config("tiny-cpu", fast_overrides))
-    assert isinstance(t.weights, PlainWeights)
-    assert t.weights.params()[0] is next(t.model.parameters())
+    t = build_trainer(load_config("tiny-cpu", fast_overrides))
+    assert isinstance(t.engine.weights, PlainWeights)
+    assert t.engine.weights.params()[0] is next(t.model.parameters())
 
 
 def test_bf16_tracks_float32_entropy(tmp_path, fast_overrides):
@@ -98,7 +98,7 @@ def test_resume_without_master_file_is_a_clear_error(tmp_path, fast_overrides):
 
 
 def attention_calls(overrides: list[str]) -> int:
-    t = Trainer(load_config("tiny-cpu", overrides))
+    t = build_trainer(load_config("tiny-cpu", overrides))
     calls = []
     t.model.model.layers[0].self_attn.register_forward_pre_hook(lambda mod, args: calls.append(1))
     t.run_step(1)

@@ -11,7 +11,7 @@ import torch
 
 from clipctl.config import load_config
 from clipctl.runlog import read_run
-from clipctl.trainer import TIMING_COLUMNS, Trainer, train
+from clipctl.trainer import TIMING_COLUMNS, Trainer, build_trainer, train
 from clipctl.trainer.batch import StepBatch
 from clipctl.schema import PROBE_KEYS as PROBE_COLUMNS
 
@@ -157,12 +157,12 @@ def test_micro_batches_do_not_change_the_update(tmp_path, fast_overrides):
 
 def test_on_policy_config_warns(fast_overrides):
     messages = []
-    Trainer(load_config("tiny-cpu", [*fast_overrides, "train.minibatch_prompts=4"]), log=messages.append)
+    build_trainer(load_config("tiny-cpu", [*fast_overrides, "train.minibatch_prompts=4"]), log=messages.append)
     assert any("clipping cannot bite" in m for m in messages)
 
 
 def test_old_logprobs_match_full_softmax(fast_overrides):
-    trainer = Trainer(load_config("tiny-cpu", fast_overrides))
+    trainer = build_trainer(load_config("tiny-cpu", fast_overrides))
     _, batch, rewards = trainer.rollout(1)
     logp, ent = trainer.policy_stats(StepBatch.from_rollout(batch, rewards, rewards, trainer.device))
     with torch.no_grad():

@@ -50,7 +50,7 @@ def _prompts(tokenizer, k: int = 3) -> list[list[int]]:
 def _trainer_logp(model, batch, tau: float) -> torch.Tensor:
     """Log-probs of the sampled tokens as the trainer computes them (its own code path)."""
     from clipctl.config import load_config
-    from clipctl.trainer.loop import policy_logp_entropy
+    from clipctl.trainer.policy import policy_logp_entropy
 
     cfg = load_config("tiny-cpu", [f"rollout.temperature={tau}"])
     ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)

@@ -189,12 +189,12 @@ def train(
     """
     from clipctl.config import load_config
     from clipctl.runlog import read_run
-    from clipctl.trainer import distributed
     from clipctl.trainer import train as run_training
+    from clipctl.trainer.launch import launched_world_size, setup
 
-    if nproc is not None and distributed.launched_world_size() == 1:
+    if nproc is not None and launched_world_size() == 1:
         _relaunch(nproc, preset, set_, out, name, resume, quiet, deepspeed, debug)
-    parallel = distributed.setup(deepspeed)
+    parallel = setup(deepspeed)
     bar = render.TrainBar(quiet)
     try:
         result = run_training(
@@ -212,17 +212,18 @@ def _relaunch(nproc, preset, set_, out, name, resume, quiet, deepspeed, debug) -
     """Run this same ``train`` under torchrun with ``nproc`` processes, then exit with its code."""
     from clipctl.config import load_config
     from clipctl.errors import ConfigError
-    from clipctl.trainer import distributed
+    from clipctl.trainer.deepspeed import DEEPSPEED_CHOICES, check_launch
+    from clipctl.trainer.launch import relaunch
 
     if deepspeed is None:
-        raise ConfigError(f"--nproc {nproc} needs --deepspeed {distributed.DEEPSPEED_CHOICES}")
+        raise ConfigError(f"--nproc {nproc} needs --deepspeed {DEEPSPEED_CHOICES}")
     if not resume:  # fail here with one line, not once per process
-        distributed.check_launch(load_config(preset, set_), nproc, deepspeed)
+        check_launch(load_config(preset, set_), nproc, deepspeed)
     args = ["train", "--preset", preset, "--out", str(out), "--deepspeed", deepspeed]
     args += [a for text in set_ for a in ("--set", text)]
     args += (["--name", name] if name else []) + (["--resume", str(resume)] if resume else [])
     args += (["--quiet"] if quiet else []) + (["--debug"] if debug else [])
-    raise typer.Exit(distributed.relaunch(nproc, args))
+    raise typer.Exit(relaunch(nproc, args))
 
 
 @command()

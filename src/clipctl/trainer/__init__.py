@@ -1,6 +1,6 @@
-"""The step loop, checkpoints and the run driver."""
+"""The step loop, its parts (comm, update engine), checkpoints and the run driver."""
 
 from clipctl.trainer.loop import TIMING_COLUMNS, StepOutput, Trainer
-from clipctl.trainer.run import TrainResult, train
+from clipctl.trainer.run import TrainResult, build_trainer, train
 
-__all__ = ["TIMING_COLUMNS", "StepOutput", "Trainer", "TrainResult", "train"]
+__all__ = ["TIMING_COLUMNS", "StepOutput", "Trainer", "TrainResult", "build_trainer", "train"]

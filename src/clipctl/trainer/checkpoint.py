@@ -2,13 +2,14 @@
 
 ``checkpoints/step-N/`` holds ``config.json``/``model.safetensors`` (and the
 tokenizer files), loadable by any HF tool, in the model's dtype, and
-``trainer_state.pt`` with the optimizer, LR scheduler and RNG states. A
-low-precision model's float32 master weights are in
-``master_weights.safetensors`` (``precision.py``): resuming loads them, so a
-resumed bf16 run is exact. The folder is assembled under a hidden
-temp name and renamed, and ``trainer_state.pt`` is written last, so a folder
-named ``step-N`` with that file is complete. Under DeepSpeed the optimizer
-state lives in ``step-N/deepspeed/`` instead (see ``distributed.py``).
+``trainer_state.pt`` with the update engine's entries (optimizer, LR
+scheduler), the entropy control and RNG states. The engine writes the model
+and its own files (``UpdateEngine.save``): a low-precision model's float32
+master weights are in ``master_weights.safetensors`` (``precision.py``), so a
+resumed bf16 run is exact; under DeepSpeed the optimizer state lives in
+``step-N/deepspeed/`` (``deepspeed.py``). The folder is assembled under a
+hidden temp name and renamed, and ``trainer_state.pt`` is written last, so a
+folder named ``step-N`` with that file is complete.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Optional
-
 import numpy as np
 import torch
 
@@ -63,25 +62,6 @@ def finish_checkpoint(run_dir: Path, step: int, tmp: Path, tokenizer, state: dic
         shutil.rmtree(old, ignore_errors=True)
     discard_partial(run_dir)
     return final
-
-
-def save_checkpoint(
-    run_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, extra_files=None,
-    extra_state: Optional[dict] = None,
-) -> Path:
-    """HF export of ``model`` (in its own dtype), ``extra_files(folder)`` (e.g. master weights), trainer state."""
-    tmp = new_checkpoint_folder(run_dir, step)
-    model.save_pretrained(tmp)
-    if extra_files is not None:
-        extra_files(tmp)
-    state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng": rng_states(),
-        **(extra_state or {}),
-    }
-    return finish_checkpoint(run_dir, step, tmp, tokenizer, state, keep_last)
 
 
 def load_trainer_state(ckpt_dir: Path) -> dict:

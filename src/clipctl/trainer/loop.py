@@ -23,23 +23,25 @@ Departures from the textbook, each deliberate:
 3. The prompt at position ``j`` of step ``s`` is sampled with seed
    ``derived_seed(seed, s, 1) + j * G``: a resumed run samples the same
    responses without carrying a sampler state, and the samples do not depend
-   on how many processes share the step (``trainer/distributed.py``). Both
+   on how many processes share the step (``comm.py``). Both
    engines seed each response of a call by its row (``PROMPT_SEEDED_ENGINES``),
    so a run of consecutive prompts shares one batched call.
-4. Everything that depends on ranks goes through ``self.comm``: in a single
-   process its collectives are the identity, so this file reads as the
-   single-process algorithm; ``distributed.py`` supplies the multi-process one.
+4. The trainer is built from its parts (``run.build_trainer``): everything
+   that depends on ranks goes through ``self.comm`` (in a single process its
+   collectives are the identity, so this file reads as the single-process
+   algorithm), and everything that steps the weights through ``self.engine``
+   (``engine.py``: torch AdamW; ``deepspeed.py``: ZeRO).
 5. The step's batch moves to the device once (``batch.StepBatch``); loss,
    clip-statistic sums and KL stay there and are read back once per optimizer
    step. Micro-batches are trimmed to their own longest prompt and response,
    or packed by length under a token budget (``train.micro_batch_tokens``).
 6. A bfloat16 model is trained through float32 master weights, gradients and
-   AdamW state (``precision.py``); generation and forward/backward run in bf16.
+   AdamW state (``precision.py``, ``TorchEngine``); generation and
+   forward/backward run in bf16.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -52,7 +54,6 @@ import torch
 from clipctl import algo, schema
 from clipctl.config import Config, is_on_policy
 from clipctl.data import RewardBatch, compute_rewards, is_verifiable, load_examples, step_prompt_indices
-from clipctl.models import load_model, load_tokenizer, resolve_device, resolve_model_path
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.rollout.base import pad_to
 from clipctl.errors import NonFiniteError
@@ -63,10 +64,17 @@ from clipctl.trainer.batch import (
     UpdateStats,
     k3_kl_sum,
 )
+from clipctl.trainer.checkpoint import (
+    finish_checkpoint,
+    load_trainer_state,
+    new_checkpoint_folder,
+    rng_states,
+    set_rng_states,
+)
 from clipctl.trainer.comm import SingleProcessComm
-from clipctl.trainer.checkpoint import load_trainer_state, save_checkpoint, set_rng_states
 from clipctl.trainer.control import EntropyControl, Knobs
-from clipctl.trainer.precision import checkpointed_layers, enable_checkpointing, make_weights
+from clipctl.trainer.engine import UpdateEngine
+from clipctl.trainer.precision import checkpointed_layers
 
 Log = Callable[[str], None]
 
@@ -79,33 +87,6 @@ PROMPT_SEEDED_ENGINES = ("hf", "vllm")
 
 def derived_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
-
-
-def policy_logp_entropy(
-    model, cfg: Config, inputs: dict, targets: torch.Tensor, width: int, with_entropy: bool = True,
-    with_expected_q: bool = False, entropy_grad: bool = False,
-):
-    """Log-probs and entropies ``[n, width]`` of ``targets``, the last ``width`` tokens of ``inputs``.
-
-    ``with_expected_q`` adds a third ``[n, width]`` tensor, the per-state
-    ``E_pi[Q | s_t]`` of the Theorem 1 statistics, from the same vocabulary pass.
-    ``entropy_grad`` lets gradients flow through the entropy (entropy bonus; fused head only).
-    """
-    tau = cfg.rollout.temperature
-    if cfg.train.lm_head == "fused":
-        # Stop at the final hidden states; the LM head runs tiled (never [tokens x vocab]).
-        hidden = model.base_model(**inputs).last_hidden_state[:, -width - 1 : -1]
-        head = model.get_output_embeddings()
-        return algo.fused_logprobs_entropy(
-            hidden, head.weight, targets, bias=head.bias, temperature=tau,
-            budget_bytes=cfg.train.lm_head_budget_mb * 2**20, with_expected_q=with_expected_q,
-            entropy_grad=entropy_grad,
-        )
-    logits = model(**inputs, logits_to_keep=width + 1).logits[:, :-1]
-    return algo.token_logprobs_and_entropy(
-        logits, targets, temperature=tau, chunk_rows=cfg.train.logit_chunk_rows,
-        with_entropy=with_entropy or with_expected_q, with_expected_q=with_expected_q,
-    )
 
 
 def _consecutive_runs(positions: list[int]) -> list[list[int]]:
@@ -146,61 +127,43 @@ class StepOutput:
 
 
 class Trainer:
-    """Holds the model, optimizer, data and engine; ``run_step(step)`` does one step."""
+    """One GRPO step over its parts: ``run_step(step)``; ``run.build_trainer`` builds one.
 
-    def __init__(self, cfg: Config, *, init_path: Optional[str] = None, log: Optional[Log] = None, comm=None):
-        self.cfg = cfg
+    ``comm`` answers the collectives (``comm.py``), ``engine`` owns the weights
+    and steps them (``engine.py``); the trainer owns the data, the rollout
+    engine, the entropy control and the algorithm. ``model_path`` is where the
+    engine's model and ``tokenizer`` were loaded from.
+    """
+
+    def __init__(
+        self, cfg: Config, comm: SingleProcessComm, engine: UpdateEngine, *, tokenizer, model_path: str,
+        log: Optional[Log] = None,
+    ):
+        self.cfg, self.comm, self.engine = cfg, comm, engine
         self.log = log or (lambda msg: None)
-        self.comm = comm if comm is not None else SingleProcessComm()
-        torch.manual_seed(cfg.train.seed)
-        path = init_path or resolve_model_path(cfg.model.path, self.log)
-        self.model_path = path
-        self.tokenizer = load_tokenizer(path)
-        # Under DeepSpeed with GPUs the launcher has made this rank's GPU current.
-        self.device = resolve_device(cfg.model.device)
-        # Loaded in float32 when a float32 master copy will be kept (precision.py);
-        # make_weights then casts the model to model.dtype.
-        self.model = load_model(path, "float32" if self._keeps_master_weights() else cfg.model.dtype).to(self.device)
-        if cfg.train.gradient_checkpointing:
-            enable_checkpointing(self.model)
-        self.model.eval()
-        self.weights = self._make_weights()
+        self.tokenizer, self.model_path = tokenizer, model_path
+        self.model, self.device = engine.model, engine.device
         self.examples = load_examples(cfg.data, self.tokenizer, need_gold=is_verifiable(cfg.reward.kind))
         self.control = EntropyControl(cfg.algo)
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            self.weights.params(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay
-        )
-        warmup = o.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda k: min(1.0, (k + 1) / warmup) if warmup > 0 else 1.0
-        )
-        self.engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer, cfg.rollout)
+        self.rollout_engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer, cfg.rollout)
         if is_on_policy(cfg):
             self.log(
                 "warning: one minibatch and one epoch per step: every update is on-policy (ratio 1), "
                 "so clipping cannot bite; lower train.minibatch_prompts or raise train.ppo_epochs"
             )
 
-    # ------------------------------------------------------------ set-up hooks (DeepSpeedTrainer overrides)
-
-    def _keeps_master_weights(self) -> bool:
-        """True when this trainer keeps its own float32 master copy (precision.py)."""
-        return self.cfg.model.dtype != "float32" and self.cfg.optim.master_weights
-
-    def _make_weights(self):
-        return make_weights(self.model, self.cfg.model.dtype, self.cfg.optim.master_weights, self.log)
+    @property
+    def scheduler(self):
+        """The engine's LR schedule (the step's ``lr`` column)."""
+        return self.engine.scheduler
 
     # ------------------------------------------------------------ forward passes
-
-    def _forward(self, inputs: dict, targets: torch.Tensor, width: int, **head):
-        return policy_logp_entropy(self.model, self.cfg, inputs, targets, width, **head)
 
     def _micro_logp_entropy(self, sb: StepBatch, mb: MicroBatch, **head):
         """Log-probs and entropies ``[n, response_width]`` of a micro-batch's response tokens (``head``: E[Q|s], entropy gradient)."""
         inputs, targets = sb.model_inputs(mb)
         with checkpointed_layers(self.model, self.cfg.train.gradient_checkpointing and torch.is_grad_enabled()):
-            return self._forward(inputs, targets, mb.response_width, **head)
+            return self.engine.forward(inputs, targets, mb.response_width, **head)
 
     def _micro_batches(self, sb: StepBatch, lo: int, hi: int) -> list[MicroBatch]:
         t = self.cfg.train
@@ -255,7 +218,7 @@ class Trainer:
             calls = [[i] for i in range(len(positions))]
         batch = concat_batches(
             [
-                self.engine.generate(
+                self.rollout_engine.generate(
                     [prompts[i].prompt_ids for i in call], replace(params, seed=params.seed + positions[call[0]] * G)
                 )
                 for call in calls
@@ -293,7 +256,7 @@ class Trainer:
         n_seqs = self.comm.sum(hi - lo)
         n_tokens = self.comm.sum(sb.n_tokens(lo, hi))
         clip = algo.ClipSpec(eps_low, eps_high, dual_clip_c)
-        self._zero_grad()
+        self.engine.zero_grad()
         stats = UpdateStats()
         for mb in self._micro_batches(sb, lo, hi):
             logp, ent, expected_q = self._micro_logp_entropy(
@@ -306,10 +269,10 @@ class Trainer:
             )
             if entropy_coef > 0:  # entropy bonus, aggregated like the loss
                 loss = loss - entropy_coef * algo.agg_loss(ent, mask, a.loss_agg, **norms)
-            self._backward(loss)
+            self.engine.backward(loss)
             sums = algo.clip_stat_sums(out, mask, ent, expected_q)
             stats.add(loss, k3_kl_sum(logp, old, mask), sums)
-        loss, kl_sum, sums, grad_norm = stats.to_host(self._grad_norm())
+        loss, kl_sum, sums, grad_norm = stats.to_host(self.engine.grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
         loss, kl_sum = self.comm.sum(loss), self.comm.sum(kl_sum)
         sums = {k: float(v) for k, v in self.comm.sums(sums).items()}
@@ -320,27 +283,6 @@ class Trainer:
             f"Lower optim.lr (now {self.cfg.optim.lr:g}) and start a new run or resume from that checkpoint, "
             f"or set train.on_nonfinite=skip to drop such updates"
         )
-
-    def _zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def _backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
-
-    def _grad_norm(self) -> torch.Tensor:
-        """Clip the gradient; its global norm before clipping, on the device."""
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else math.inf
-        return torch.nn.utils.clip_grad_norm_(self.weights.params(), max_norm)
-
-    def _apply_update(self) -> None:
-        self.optimizer.step()
-        self.weights.after_step()
-        self.scheduler.step()
-
-    def _skip_update(self) -> None:
-        # The schedule counts attempted optimizer steps, so a skip does not shift it.
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
 
     def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
@@ -357,11 +299,11 @@ class Trainer:
                     if self.cfg.train.on_nonfinite == "stop":
                         raise NonFiniteError(step, what, self._nonfinite_hint())
                     self.log(f"warning: step {step}: {what}; update skipped (train.on_nonfinite=skip)")
-                    self._skip_update()
+                    self.engine.skip()
                     totals.skipped += 1
                     updates.append({"step": step, **schema.skipped_update_row(*where)})
                     continue
-                self._apply_update()
+                self.engine.step()
                 totals.add(loss, kl_sum, grad_norm, sums)
                 updates.append(
                     {"step": step, **schema.update_row(*where, loss=loss, kl_sum=kl_sum, grad_norm=grad_norm, sums=sums)}
@@ -369,24 +311,6 @@ class Trainer:
         return updates, totals
 
     # ------------------------------------------------------------ clip probe (docs/definitions.md section 8)
-
-    def _snapshot(self) -> dict:
-        """Host copies of weights (and master weights), optimizer and scheduler state (deep: AdamW updates in place)."""
-        return {
-            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
-            "master": self.weights.state(),
-            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
-            "scheduler": copy.deepcopy(self.scheduler.state_dict()),
-        }
-
-    def _restore(self, snap: dict) -> None:
-        self.model.load_state_dict(snap["model"])
-        if snap["master"]:
-            self.weights.load_state(snap["master"])
-        # load_state_dict keeps references to the given tensors: hand it a copy so
-        # the snapshot survives the replay's in-place optimizer updates.
-        self.optimizer.load_state_dict(copy.deepcopy(snap["optimizer"]))
-        self.scheduler.load_state_dict(copy.deepcopy(snap["scheduler"]))
 
     def clip_probe(self, step: int, sb: StepBatch, start_state: dict, entropy_post: float, knobs: Knobs) -> dict:
         """Replay the step's updates from ``start_state`` without clipping (docs/definitions.md section 8).
@@ -399,19 +323,19 @@ class Trainer:
         run once (``algo.clip_probe``), which halves the probe's cost for
         eps_high = inf or eps_low = 1.
         """
-        real_state = self._snapshot()
+        real_state = self.engine.snapshot()
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
             entropy_post = self._eq4_entropy(sb)
 
         def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
-            self._restore(start_state)
+            self.engine.restore(start_state)
             self.update_epochs(
                 step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=knobs.entropy_coef
             )
             return self._eq4_entropy(sb)
 
         columns = algo.clip_probe(replay, knobs.eps_low, knobs.eps_high, self.cfg.algo.dual_clip_c, entropy_post)
-        self._restore(real_state)
+        self.engine.restore(real_state)
         return columns
 
     def _eq4_entropy(self, sb: StepBatch) -> float:
@@ -423,21 +347,18 @@ class Trainer:
     # ------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self, run_dir: Path, step: int, keep_last: int) -> Path:
-        finite = torch.stack([torch.isfinite(p).all() for p in self.weights.params()]).all()
-        if not bool(finite):  # never write a checkpoint a resume could not use
+        """``checkpoints/step-N``: the engine's model export and files, then ``trainer_state.pt`` (``checkpoint.py``)."""
+        if not self.engine.weights_finite():  # never write a checkpoint a resume could not use
             raise NonFiniteError(step, "the weights are not finite", self._nonfinite_hint())
-        return save_checkpoint(
-            run_dir, step, self.model, self.tokenizer, self.optimizer, self.scheduler, keep_last,
-            extra_files=self.weights.save, extra_state={"control": self.control.state_dict()},
-        )
+        tmp = Path(self.comm.on_main(new_checkpoint_folder, run_dir, step))
+        state = {"step": step, **self.engine.save(tmp), "control": self.control.state_dict(), "rng": rng_states()}
+        return Path(self.comm.on_main(finish_checkpoint, run_dir, step, tmp, self.tokenizer, state, keep_last))
 
     def load_checkpoint(self, ckpt_dir: Path) -> None:
-        """Master weights, optimizer, scheduler and RNG states of a checkpoint (the model was loaded at init)."""
+        """Engine state (optimizer, schedule, master weights), control and RNG states (the model was loaded from it)."""
         state = load_trainer_state(ckpt_dir)
-        self.weights.load(ckpt_dir)
+        self.engine.load(ckpt_dir, state)
         self.control.load_state_dict(state.get("control", {}))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         set_rng_states(state["rng"])
 
     # ------------------------------------------------------------ the step
@@ -457,16 +378,16 @@ class Trainer:
         pre = self._entropy_metrics(sb, sb.old_entropy)
         knobs = self.control.step(pre["entropy"])  # the config's bounds, or the entropy controller's
         probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
-        start_state = self._snapshot() if probe else None
+        start_state = self.engine.snapshot() if probe else None
 
         t1 = time.perf_counter()
         updates, totals = self.update_epochs(
             step, sb, eps_low=knobs.eps_low, eps_high=knobs.eps_high, dual_clip_c=a.dual_clip_c,
             entropy_coef=knobs.entropy_coef,
         )
-        # The engine samples the next step from the updated weights (no-op for hf,
-        # which shares the trainer's model).
-        self.engine.sync_weights(self.model)
+        # The rollout engine samples the next step from the updated weights (no-op
+        # for hf, which shares the trainer's model).
+        self.rollout_engine.sync_weights(self.model)
         t_update = time.perf_counter() - t1
 
         if cfg.log.entropy_post:

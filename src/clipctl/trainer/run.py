@@ -1,8 +1,9 @@
-"""The run driver: create or resume a run directory and loop over steps.
+"""The run driver: build the trainer from its parts, create or resume a run directory, loop over steps.
 
-``parallel`` (``trainer/distributed.py``) is the only thing that differs
-between one process and several: it builds the trainer, gives ranks other
-than 0 a writer and a log that do nothing, and runs rank-0-only work.
+``parallel`` (a ``launch.Launch``) is the only thing that differs between one
+process and several: ``build_trainer`` picks the comm and the update engine
+from it (torch AdamW, or DeepSpeed), ranks other than 0 get a writer and a log
+that do nothing, and rank-0-only work runs through its comm.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
+
 from clipctl.config import Config, config_from_dict, config_to_dict
 from clipctl.errors import ConfigError, NonFiniteError, RunDirError
+from clipctl.models import load_tokenizer, resolve_device, resolve_model_path
 from clipctl.rundir import RunLock, check_name, disk_full_error, ensure_output_dir, forget_unstarted, is_disk_full
-from clipctl.runlog import checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
+from clipctl.runlog import NullWriter, RunWriter, checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
 from clipctl.trainer.checkpoint import discard_partial
 from clipctl.trackers import Trackers, check_available as check_trackers
-from clipctl.trainer.distributed import SingleProcess
+from clipctl.trainer.deepspeed import DeepSpeedEngine, check_launch
+from clipctl.trainer.engine import TorchEngine
+from clipctl.trainer.launch import Launch
 from clipctl.trainer.loop import Trainer
 
 
@@ -33,6 +39,36 @@ class TrainResult:
     first_step: int
     last_step: int
     last_metrics: Optional[dict]
+
+
+def _quiet(msg: str) -> None:
+    return None
+
+
+def build_trainer(
+    cfg: Config, parallel: Optional[Launch] = None, *, init_path: Optional[str] = None, log=None
+) -> Trainer:
+    """The trainer of ``cfg`` on the processes of ``parallel`` (default: one), from ``init_path`` if given.
+
+    Its parts: the comm laid out for the config's minibatches, and the update
+    engine, ``TorchEngine`` in one plain process or ``DeepSpeedEngine`` under
+    ``--deepspeed`` (whose config checks run first, before any model loads).
+    """
+    parallel = parallel or Launch()
+    log = log or _quiet
+    comm = parallel.comm.for_minibatches(cfg.train.minibatch_prompts)
+    spec = parallel.deepspeed
+    ds_config = check_launch(cfg, comm.world_size, spec) if spec is not None else None
+    torch.manual_seed(cfg.train.seed)
+    path = init_path or resolve_model_path(cfg.model.path, log)
+    tokenizer = load_tokenizer(path)  # before the model: a folder without one fails fast
+    # Under DeepSpeed with GPUs the launcher has made this rank's GPU current.
+    device = resolve_device(cfg.model.device)
+    if spec is None:
+        engine = TorchEngine(cfg, path, device, log)
+    else:
+        engine = DeepSpeedEngine(cfg, path, device, comm, spec, ds_config, log)
+    return Trainer(cfg, comm, engine, tokenizer=tokenizer, model_path=path, log=log)
 
 
 def _versions() -> dict:
@@ -148,7 +184,7 @@ def evaluate_during_training(trainer: Trainer, run_dir: Path, step: int, log) ->
     settings = EvalSettings.from_config(trainer.cfg.eval, seed=trainer.cfg.train.seed)
     for dataset in trainer.cfg.eval.datasets:
         evaluate_checkpoint(
-            trainer.model, trainer.tokenizer, run_dir, step, dataset, settings, engine=trainer.engine, log=log
+            trainer.model, trainer.tokenizer, run_dir, step, dataset, settings, engine=trainer.rollout_engine, log=log
         )
 
 
@@ -158,14 +194,14 @@ def train(cfg: Optional[Config] = None, **kwargs) -> TrainResult:
     The run directory is locked (``rundir.RunLock``) from before the first
     write until this returns; a full disk becomes one ``RunDirError``.
     """
-    par = kwargs.get("parallel") or SingleProcess()
+    comm = (kwargs.get("parallel") or Launch()).comm
     where: dict = {}
     with contextlib.ExitStack() as held:
         try:
             return _train(cfg, held=held, where=where, **kwargs)
         except Exception as e:
             run_dir = where.get("run_dir")
-            if run_dir is not None and par.is_main:  # what a failed save left behind (the lock is still held)
+            if run_dir is not None and comm.is_main:  # what a failed save left behind (the lock is still held)
                 discard_partial(run_dir)
             if isinstance(e, NonFiniteError) and run_dir is not None:
                 ckpt = latest_checkpoint(run_dir)
@@ -191,22 +227,24 @@ def _train(
     on_start: Optional[Callable[[Path, int, int], None]] = None,
     on_step: Optional[Callable[[dict], None]] = None,
     stop_after: Optional[int] = None,
-    parallel: Optional[SingleProcess] = None,
+    parallel: Optional[Launch] = None,
 ) -> TrainResult:
     """Train a new run (``cfg``) or continue one (``resume``); returns where it stopped.
 
     ``stop_after`` ends the loop after that step (used by tests to simulate an
     interrupted run); the run stays resumable. ``parallel`` comes from
-    ``distributed.setup`` (default: one process).
+    ``launch.setup`` (default: one process).
     """
-    par = parallel or SingleProcess()
-    log = par.logger(log or (lambda msg: None))
-    on_start, on_step = par.main_only(on_start), par.main_only(on_step)
-    writer = par.writer()
+    par = parallel or Launch()
+    comm = par.comm
+    if not comm.is_main:  # the other ranks compute the same step and report nothing
+        log, on_start, on_step = None, None, None
+    log = log or _quiet
+    writer = RunWriter() if comm.is_main else NullWriter()
     if resume is not None:
         run_dir = Path(resume)
         read_meta(run_dir)  # a missing or foreign folder fails here, before a lock file is made in it
-        par.on_main(lock_run_dir, run_dir, held, "train --resume")
+        comm.on_main(lock_run_dir, run_dir, held, "train --resume")
         where["run_dir"] = run_dir
         cfg, meta = resume_config(run_dir, list(overrides))
         check_trackers(cfg.log.trackers)
@@ -215,12 +253,12 @@ def _train(
         meta.setdefault("resumed", []).append(
             {"time": dt.datetime.now().isoformat(timespec="seconds"), "command": command_line or sys.argv}
         )
-        ckpt = par.on_main(prepare_resume, run_dir, log)
+        ckpt = comm.on_main(prepare_resume, run_dir, log)
         start = ckpt[0] + 1 if ckpt else 1
         # Steps after the checkpoint were (maybe partly) logged by the killed
         # process; they are recomputed, so their parts go first.
         writer.drop_after(run_dir, start - 1)
-        trainer = par.make_trainer(cfg, init_path=str(ckpt[1]) if ckpt else None, log=log)
+        trainer = build_trainer(cfg, par, init_path=str(ckpt[1]) if ckpt else None, log=log)
         if ckpt:
             trainer.load_checkpoint(ckpt[1])
             log(f"resuming {run_dir} from checkpoint step {ckpt[0]}")
@@ -231,9 +269,9 @@ def _train(
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
         check_trackers(cfg.log.trackers)  # a missing extra fails before the run folder is made
-        run_dir = par.on_main(new_run_dir, out, name, preset, held)
+        run_dir = comm.on_main(new_run_dir, out, name, preset, held)
         where["run_dir"] = run_dir
-        trainer = par.make_trainer(cfg, log=log)
+        trainer = build_trainer(cfg, par, log=log)
         meta = {
             "name": run_dir.name,
             "preset": preset,
@@ -251,7 +289,7 @@ def _train(
         writer.meta(run_dir, meta)
         start = 1
 
-    if cfg.log.trackers and par.is_main:  # live mirrors of the steps table, opened by the writing process only
+    if cfg.log.trackers and comm.is_main:  # live mirrors of the steps table, opened by the writing process only
         writer.mirror_to(Trackers(cfg.log.trackers, run_dir, start, config_to_dict(cfg), log))
     held.callback(writer.close)
     total = cfg.train.steps
@@ -259,7 +297,7 @@ def _train(
         on_start(run_dir, start, total)
     # Evaluation runs on rank 0 alone (the others wait); zero3 rejects eval.every.
     if start == 1 and cfg.eval.every:
-        par.on_main(evaluate_during_training, trainer, run_dir, 0, log)
+        comm.on_main(evaluate_during_training, trainer, run_dir, 0, log)
     last = None
     step = start - 1
     for step in range(start, total + 1):
@@ -270,12 +308,12 @@ def _train(
             trainer.save_checkpoint(run_dir, step, cfg.train.keep_last)
             writer.compact(run_dir, step, final=step == total)  # committed parts -> one segment per table
         if cfg.eval.every and (step % cfg.eval.every == 0 or step == total):
-            par.on_main(evaluate_during_training, trainer, run_dir, step, log)
+            comm.on_main(evaluate_during_training, trainer, run_dir, step, log)
         if on_step:
             on_step(last)
         if stop_after is not None and step >= stop_after:
             break
-    par.barrier()  # rank 0's last writes are done before any rank returns
+    comm.barrier()  # rank 0's last writes are done before any rank returns
     if last is None:
         steps = read_table(run_dir, "steps")
         last = steps.iloc[-1].to_dict() if not steps.empty else None
