@@ -5,7 +5,10 @@ import pytest
 
 from clipctl.config import (
     Config,
+    EvalConfig,
     available_presets,
+    check_section,
+    check_seed,
     config_from_dict,
     config_to_dict,
     is_on_policy,
@@ -111,7 +114,7 @@ def test_choice_types_equal_their_registries():
     from clipctl.rollout import ENGINES
     from clipctl.rollout.vllm import VLLM_DTYPES
 
-    from clipctl.data import REWARDS
+    from clipctl.data import GRADERS, REWARDS
 
     assert choices("model", "dtype") == tuple(models.DTYPES)
     assert choices("rollout", "engine") == tuple(ENGINES)
@@ -122,6 +125,7 @@ def test_choice_types_equal_their_registries():
     assert choices("algo", "entropy_controller") == tuple(algo.CONTROLLERS)
     assert choices("reward", "kind") == tuple(sorted(REWARDS))
     assert choices("log", "trackers") == tuple(trackers.TRACKERS)
+    assert choices("eval", "grader") == tuple(GRADERS)
 
 
 def test_config_loads_without_torch():
@@ -178,7 +182,8 @@ def test_bounds_live_with_their_fields():
     bounded = {
         f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls) if f.metadata.get("bounds")
     }
-    assert {"rollout.n", "train.steps", "optim.lr", "reward.p", "log.token_sample_rate", "eval.limit"} <= bounded
+    assert {"rollout.n", "train.steps", "optim.lr", "reward.p", "log.token_sample_rate", "eval.limit",
+            "eval.top_p", "eval.batch_prompts", "eval.grader_processes"} <= bounded
 
 
 def test_clip_spec_is_validated_once_and_used_by_the_config():
@@ -189,3 +194,57 @@ def test_clip_spec_is_validated_once_and_used_by_the_config():
                          ((0.2, 0.2, 1.0), "dual_clip_c=1.0 must be > 1")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             ClipSpec(*bad)
+
+
+def test_every_eval_bound_is_checked():
+    """A value just outside each declared bound of ``EvalConfig`` fails ``check_section`` with its key."""
+    import dataclasses
+
+    bounded = [f for f in dataclasses.fields(EvalConfig) if f.metadata.get("bounds")]
+    assert {"every", "n", "temperature", "top_p", "max_new_tokens", "limit", "batch_prompts", "grader_processes"} <= {
+        f.name for f in bounded
+    }
+    for f in bounded:
+        b = f.metadata["bounds"]
+        bad = b.lo - 1 if b.lo is not None else b.hi + 1
+        bad = type(f.default)(bad)
+        with pytest.raises(ConfigError) as e:
+            check_section("eval", dataclasses.replace(EvalConfig(), **{f.name: bad}))
+        assert str(e.value) == f"eval.{f.name}={bad} must be {b.describe()}{b.fix}"
+        if b.hi is not None:  # the upper bound too
+            with pytest.raises(ConfigError, match=f"^eval.{f.name}="):
+                check_section("eval", dataclasses.replace(EvalConfig(), **{f.name: type(f.default)(b.hi + 1)}))
+    check_section("eval", EvalConfig())
+
+
+def test_check_section_on_a_bad_eval_section_gives_one_line():
+    message = "eval.k=[1, 8] must lie in [1, eval.n=4]; lower eval.k or raise eval.n"
+    with pytest.raises(ConfigError) as e:
+        check_section("eval", EvalConfig(n=4, k=(1, 8)))
+    assert str(e.value) == message
+    # validate() runs the same rules: the same line from a preset override.
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny-cpu", ["eval.n=4", "eval.k=1,8"])
+    assert str(e.value) == message
+    with pytest.raises(ConfigError) as e:
+        check_section("eval", EvalConfig(k=()))
+    assert "\n" not in str(e.value) and str(e.value).startswith("eval.k is empty")
+    with pytest.raises(ConfigError, match=re.escape("eval.grader='exact' is unknown; valid: gsm8k, math_verify")):
+        check_section("eval", EvalConfig(grader="exact"))
+
+
+def test_check_section_refuses_the_wrong_object():
+    with pytest.raises(ConfigError, match="unknown config section 'evals'"):
+        check_section("evals", EvalConfig())
+    with pytest.raises(TypeError, match="must be of type EvalConfig, got TrainConfig"):
+        check_section("eval", Config().train)
+
+
+def test_eval_seed_is_an_argument_checked_against_max_seed():
+    from clipctl.config import MAX_SEED
+
+    check_seed(0)
+    check_seed(MAX_SEED)
+    for bad in (-1, MAX_SEED + 1):
+        with pytest.raises(ConfigError, match=re.escape(f"seed={bad} must be in [0, 2**63 - 1]; pick a smaller seed")):
+            check_seed(bad)

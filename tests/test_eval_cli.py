@@ -107,7 +107,9 @@ def test_eval_passk_on_a_model_folder(tmp_path, tiny_model, monkeypatch):
     "case, needles",
     [
         ("unknown dataset", ["unknown dataset 'nope'", "gsm8k, math500"]),
-        ("k > n", ["k (8) must be <= n (4)", "raise --n to 8"]),
+        ("k > n", ["eval.k=[1, 8] must lie in [1, eval.n=4]; lower eval.k or raise eval.n"]),
+        ("negative limit", ["eval.limit=-1 must be >= 0 (0 = all)"]),
+        ("big seed", [f"seed={2**63} must be in [0, 2**63 - 1]; pick a smaller seed, e.g. 0"]),
         ("bad k list", ["--k '1,x'"]),
         ("missing column", ["column 'question' not found", "--problem-col"]),
         ("empty dataset", ["has no rows"]),
@@ -131,6 +133,8 @@ def test_bad_input_is_one_error_line(case, needles, tmp_path):
     args = {
         "unknown dataset": ["builtin:tiny", "--dataset", "nope"],
         "k > n": ["builtin:tiny", "--dataset", "gsm8k", "--n", "4", "--k", "1,8"],
+        "negative limit": ["builtin:tiny", "--dataset", "gsm8k", "--limit", "-1"],
+        "big seed": ["builtin:tiny", "--dataset", "gsm8k", "--seed", str(2**63)],
         "bad k list": ["builtin:tiny", "--dataset", "gsm8k", "--k", "1,x"],
         "missing column": ["builtin:tiny", "--dataset", str(data), "--problem-col", "question"],
         "empty dataset": ["builtin:tiny", "--dataset", str(empty)],

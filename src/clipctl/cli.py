@@ -269,7 +269,7 @@ def eval_passk(
     top_p: Annotated[float, typer.Option("--top-p", help="Nucleus sampling mass.")] = 1.0,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Longest response, in tokens.")] = 512,
     seed: Annotated[int, seed_option("Sampling and bootstrap seed.")] = 0,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N problems.")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="Evaluate only the first N problems (0 = all).")] = 0,
     engine: Annotated[Engine, typer.Option("--engine", help="Rollout engine.")] = "hf",
     checkpoints: Annotated[str, typer.Option("--checkpoints", help="Run directories: all, last, or step-N,...")] = "all",
     out: Annotated[Optional[Path], out_option("Output root (default RUN_DIR/eval, or runs/eval/<model>).")] = None,
@@ -290,16 +290,18 @@ def eval_passk(
 
         clipctl eval-passk builtin:tiny --dataset gsm8k --n 8 --k 1,8 --limit 20
     """
-    from clipctl.eval.driver import EvalSettings, evaluate
+    from clipctl.config import EvalConfig, check_section
+    from clipctl.eval.driver import evaluate
 
-    settings = EvalSettings(
-        n=n, ks=tuple(_parse_ks(k)), temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        seed=seed, limit=limit, batch_prompts=batch_prompts, grader_processes=grader_processes,
+    cfg = EvalConfig(
+        datasets=(dataset,), n=n, k=tuple(_parse_ks(k)), temperature=temperature, top_p=top_p,
+        max_new_tokens=max_new_tokens, limit=limit, batch_prompts=batch_prompts, grader_processes=grader_processes,
         problem_col=problem_col, answer_col=answer_col, id_col=id_col, grader=grader, template=template,
     )
+    check_section("eval", cfg)  # before the progress bar starts; the message names config keys (eval.n is --n)
     with render.EvalBar(quiet) as bar:
         results = evaluate(
-            target, dataset, settings, engine=engine, checkpoints=checkpoints, out=out, dtype=dtype,
+            target, dataset, cfg, seed=seed, engine=engine, checkpoints=checkpoints, out=out, dtype=dtype,
             progress=bar.on_progress, log=bar.log,
         )
     console.print(render.passk_table(results, target, n, temperature))

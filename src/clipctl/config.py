@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from clipctl.clip import ClipSpec, clip_problem
 from clipctl.errors import ConfigError
@@ -33,6 +33,7 @@ PolicyLoss = Literal["vanilla"]  # algo.POLICY_LOSSES
 Controller = Literal["clip", "bonus"]  # algo.CONTROLLERS
 Reward = Literal["gsm8k", "math_verify", "random_bernoulli", "random_gaussian"]  # data.REWARDS
 Tracker = Literal["tensorboard", "wandb"]  # trackers.TRACKERS
+Grader = Literal["gsm8k", "math_verify"]  # data.GRADERS
 MAX_SEED = 2**63 - 1  # seeds are stored as int64 (Parquet, torch): one range for every seed
 
 
@@ -81,6 +82,7 @@ POSITIVE = Bounds(lo=0, lo_open=True, finite=True)
 AT_LEAST_1 = Bounds(lo=1)
 NON_NEGATIVE = Bounds(lo=0)
 UNIT = Bounds(lo=0, hi=1)
+SEED = Bounds(lo=0, hi=MAX_SEED, rule="in [0, 2**63 - 1]", fix="; pick a smaller seed, e.g. 0")
 
 
 @dataclass(frozen=True)
@@ -146,10 +148,7 @@ class TrainConfig:
     )
     gradient_checkpointing: bool = _f(False, "recompute each decoder layer's activations in backward (memory for time; 7B on one GPU)")
     ppo_epochs: int = _f(1, "passes over each rollout batch", AT_LEAST_1)
-    seed: int = _f(
-        0, "seed of prompt order, sampling, random rewards and init",
-        Bounds(lo=0, hi=MAX_SEED, rule="in [0, 2**63 - 1]", fix="; pick a smaller seed, e.g. 0"),
-    )
+    seed: int = _f(0, "seed of prompt order, sampling, random rewards, init and the periodic evaluation", SEED)
     save_every: int = _f(10, "checkpoint every N steps (the last step is always saved)", AT_LEAST_1)
     keep_last: int = _f(2, "checkpoints kept on disk (oldest removed first)", AT_LEAST_1)
     lm_head: Literal["fused", "chunked"] = _f("fused", "log-prob/entropy path: fused (tiled from hidden states) | chunked (from full logits)")
@@ -233,17 +232,31 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """pass@k evaluation: the trainer's periodic one (``every``, ``datasets``) and ``clipctl eval-passk``.
+
+    The seed is not a field: the trainer uses ``train.seed``, ``eval-passk`` its ``--seed``.
+    """
+
     every: int = _f(0, "evaluate pass@k every N steps (0 = off); also at step 0 and the last step when on", Bounds(lo=0, fix=" (0 = off)"))
     datasets: tuple[str, ...] = _f(("gsm8k",), "benchmarks: gsm8k, math500, aime2024, aime2025, amc23 or local files")
     n: int = _f(8, "samples per problem", AT_LEAST_1)
-    k: tuple[int, ...] = _f((1, 4, 8), "k values of pass@k (each <= n)")
+    k: tuple[int, ...] = _f((1, 4, 8), "k values of pass@k, each in [1, n] (used sorted, repeats dropped)")
     temperature: float = _f(
         0.6, "sampling temperature of the evaluation (paper: 0.6)", Bounds(lo=0, lo_open=True, finite=True, fix=" (the paper uses 0.6)")
     )
+    top_p: float = _f(1.0, "nucleus sampling threshold of the evaluation (1.0 = off)", Bounds(lo=0, hi=1, lo_open=True))
     max_new_tokens: int = _f(512, "response length cap of the evaluation", AT_LEAST_1)
     limit: int = _f(0, "first N problems of each dataset (0 = all)", Bounds(lo=0, fix=" (0 = all)"))
-    # eval.driver.EvalSettings.from_config turns this section into the evaluation's settings
-    # (limit 0 -> None, the driver's "all").
+    batch_prompts: int = _f(
+        8, "problems per generate call (each sampled n times); changes which samples are drawn, not their distribution",
+        AT_LEAST_1,
+    )
+    grader_processes: int = _f(0, "worker processes that grade the responses (0 = grade inline)", Bounds(lo=0, fix=" (0 = grade inline)"))
+    problem_col: Optional[str] = _f(None, "column holding the problem text (none = the dataset's)")
+    answer_col: Optional[str] = _f(None, "column holding the gold answer (none = the dataset's)")
+    id_col: Optional[str] = _f(None, "column holding the problem id (none = the dataset's, else the row number)")
+    grader: Optional[Grader] = _f(None, "grader: gsm8k | math_verify (none = the dataset's; math_verify for local files)")
+    template: Optional[str] = _f(None, "prompt template; '{prompt}' is replaced by the problem (none = the dataset's)")
 
 
 @dataclass(frozen=True)
@@ -521,47 +534,91 @@ def _check_field(key: str, tp, f: dataclasses.Field, value: Any) -> None:
     bounds = f.metadata.get("bounds")
     if bounds is not None:
         values = value if isinstance(value, tuple) else (value,)
-        _require(all(bounds.holds(v) for v in values), f"{key}={value} must be {bounds.describe()}{bounds.fix}")
+        _require(all(bounds.holds(v) for v in values), _bounds_message(key, value, bounds))
 
 
-def validate(cfg: Config) -> None:
-    """Every field against its choices and bounds (one loop), then the rules that tie fields together.
+def _bounds_message(key: str, value: Any, bounds: Bounds) -> str:
+    return f"{key}={value} must be {bounds.describe()}{bounds.fix}"
 
-    Each message says the value, the rule and the fix, in config keys.
-    """
-    for section in SECTIONS:
-        obj, types_ = getattr(cfg, section), _section_fields(section)
-        for f in dataclasses.fields(obj):
-            _check_field(f"{section}.{f.name}", types_[f.name], f, getattr(obj, f.name))
-    a, t, e = cfg.algo, cfg.train, cfg.eval
-    _require(not (problem := clip_problem(a.eps_low, a.eps_high, a.dual_clip_c, prefix="algo.")), problem or "")
+
+def _check_model(m: ModelConfig) -> None:
     _require(
-        0 < a.eps_low_min <= a.eps_low_max <= 1,
-        f"algo.eps_low_min={a.eps_low_min} and algo.eps_low_max={a.eps_low_max} must satisfy 0 < min <= max <= 1",
+        m.device in ("auto", "cpu", "cuda") or m.device.startswith("cuda:"),
+        f"model.device={m.device!r} must be auto, cpu, cuda or cuda:N",
     )
-    uses_bonus = a.entropy_coef > 0 or (a.entropy_target is not None and a.entropy_controller == "bonus")
+
+
+def _check_data(d: DataConfig) -> None:
     _require(
-        not uses_bonus or t.lm_head == "fused",
-        f"an entropy bonus needs the entropy's gradient, which only train.lm_head=fused provides "
-        f"(now {t.lm_head!r}); set train.lm_head=fused",
+        "{prompt}" in d.prompt_template or "{problem}" in d.prompt_template,
+        "data.prompt_template must contain '{prompt}' (or its alias '{problem}')",
     )
+
+
+def _check_train(t: TrainConfig) -> None:
     _require(
         t.rollout_batch_prompts % t.minibatch_prompts == 0,
         f"train.rollout_batch_prompts ({t.rollout_batch_prompts}) must be divisible by "
         f"train.minibatch_prompts ({t.minibatch_prompts}); pick a minibatch size that divides the batch",
     )
+
+
+def _check_algo(a: AlgoConfig) -> None:
+    _require(not (problem := clip_problem(a.eps_low, a.eps_high, a.dual_clip_c, prefix="algo.")), problem or "")
     _require(
-        cfg.model.device in ("auto", "cpu", "cuda") or cfg.model.device.startswith("cuda:"),
-        f"model.device={cfg.model.device!r} must be auto, cpu, cuda or cuda:N",
+        0 < a.eps_low_min <= a.eps_low_max <= 1,
+        f"algo.eps_low_min={a.eps_low_min} and algo.eps_low_max={a.eps_low_max} must satisfy 0 < min <= max <= 1",
     )
-    template = cfg.data.prompt_template
-    _require(
-        "{prompt}" in template or "{problem}" in template,
-        "data.prompt_template must contain '{prompt}' (or its alias '{problem}')",
-    )
+
+
+def _check_eval(e: EvalConfig) -> None:
+    _require(len(e.k) > 0, "eval.k is empty; give at least one k, e.g. eval.k=[1, 8]")
     _require(
         all(1 <= k <= e.n for k in e.k),
-        f"eval.k={list(e.k)} must lie in [1, eval.n={e.n}]; lower k or raise eval.n",
+        f"eval.k={list(e.k)} must lie in [1, eval.n={e.n}]; lower eval.k or raise eval.n",
+    )
+
+
+# The rules that tie fields of one section together, run after that section's fields are checked.
+_SECTION_RULES: dict[str, Callable[[Any], None]] = {
+    "model": _check_model, "data": _check_data, "train": _check_train, "algo": _check_algo, "eval": _check_eval,
+}
+
+
+def check_section(section: str, obj: Any) -> None:
+    """One section object: every field against its choices and bounds (one loop), then the section's own rules.
+
+    Each message says the value, the rule and the fix, in config keys (``eval.k=[8] must lie in [1, eval.n=4]; ...``).
+    """
+    _check_key(section)
+    if not isinstance(obj, SECTIONS[section]):
+        expected, got = SECTIONS[section].__name__, type(obj).__name__
+        raise TypeError(f"check_section({section!r}, obj): obj must be of type {expected}, got {got}")
+    types_ = _section_fields(section)
+    for f in dataclasses.fields(obj):
+        _check_field(f"{section}.{f.name}", types_[f.name], f, getattr(obj, f.name))
+    if section in _SECTION_RULES:
+        _SECTION_RULES[section](obj)
+
+
+def check_seed(seed: int, key: str = "seed") -> None:
+    """A seed given as an argument (``eval-passk --seed``) against the range of every seed (``MAX_SEED``)."""
+    _require(SEED.holds(seed), _bounds_message(key, seed, SEED))
+
+
+def validate(cfg: Config) -> None:
+    """Every section (``check_section``), then the rules that tie sections together.
+
+    Each message says the value, the rule and the fix, in config keys.
+    """
+    for section in SECTIONS:
+        check_section(section, getattr(cfg, section))
+    a, t = cfg.algo, cfg.train
+    uses_bonus = a.entropy_coef > 0 or (a.entropy_target is not None and a.entropy_controller == "bonus")
+    _require(
+        not uses_bonus or t.lm_head == "fused",
+        f"an entropy bonus needs the entropy's gradient, which only train.lm_head=fused provides "
+        f"(now {t.lm_head!r}); set train.lm_head=fused",
     )
 
 

@@ -8,6 +8,7 @@ is not cached yet, they are marked slow (building it takes about a minute).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
+from clipctl.config import EvalConfig
 from clipctl.data import fill_template
 from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
 from clipctl.eval import driver
@@ -23,7 +25,6 @@ from clipctl.eval.driver import (
     EXTRA_SUMMARY_COLUMNS,
     SAMPLE_COLUMNS,
     SUMMARY_COLUMNS,
-    EvalSettings,
     batch_seed,
     evaluate,
     evaluate_checkpoint,
@@ -40,12 +41,12 @@ from clipctl.rollout.hf import HFEngine
 TINY_CACHED = (cache_dir() / TinySpec().key() / "tokenizer.json").is_file()
 needs_tiny = (lambda test: test) if TINY_CACHED else pytest.mark.slow
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-FAST = dict(n=2, ks=(1, 2), max_new_tokens=4, batch_prompts=2)
+FAST = dict(n=2, k=(1, 2), max_new_tokens=4, batch_prompts=2)
 
 
-def _fast(**kw) -> EvalSettings:
+def _fast(**kw) -> EvalConfig:
     """Small, quick evaluation settings; ``kw`` overrides ``FAST``."""
-    return EvalSettings(**{**FAST, **kw})
+    return EvalConfig(**{**FAST, **kw})
 
 
 def _save_tiny_model(folder: Path) -> Path:
@@ -142,8 +143,7 @@ def _samples(counts: list[int], n: int) -> pd.DataFrame:
 
 
 def test_summarize_hand_computed():
-    s = EvalSettings(n=4, ks=(1, 2, 4)).validated()
-    out = summarize(_samples([1, 4], 4), step=3, dataset="d", settings=s)
+    out = summarize(_samples([1, 4], 4), step=3, dataset="d", cfg=EvalConfig(n=4, k=(1, 2, 4)), seed=0)
     assert list(out.columns) == list(SUMMARY_COLUMNS + EXTRA_SUMMARY_COLUMNS)
     # problem 0: c=1 of 4 -> pass@1 1/4, pass@2 1 - C(3,2)/C(4,2) = 1/2, pass@4 1; problem 1: all 1.
     np.testing.assert_allclose(out["pass_at_k"], [(0.25 + 1) / 2, (0.5 + 1) / 2, 1.0])
@@ -156,20 +156,24 @@ def test_summarize_hand_computed():
 
 
 def test_summarize_rejects_wrong_sample_count():
-    s = EvalSettings(n=4, ks=(1,)).validated()
     with pytest.raises(RunDirError, match="expected n=4"):
-        summarize(_samples([1, 2], 3), step=1, dataset="d", settings=s)
+        summarize(_samples([1, 2], 3), step=1, dataset="d", cfg=EvalConfig(n=4, k=(1,)), seed=0)
+
+
+def test_summarize_scores_each_k_once_in_order():
+    out = summarize(_samples([1, 4], 8), step=0, dataset="d", cfg=EvalConfig(n=8, k=(8, 1, 8, 2)), seed=3)
+    assert out["k"].tolist() == [1, 2, 8] and (out["seed"] == 3).all()
 
 
 def test_merge_summary_latest_row_wins(tmp_path):
-    s = EvalSettings(n=4, ks=(1, 2)).validated()
+    cfg = EvalConfig(n=4, k=(1, 2))
     path = tmp_path / "summary.parquet"
-    first = summarize(_samples([1, 2], 4), step=1, dataset="d", settings=s)
+    first = summarize(_samples([1, 2], 4), step=1, dataset="d", cfg=cfg, seed=0)
     merge_summary(path, first)
-    again = summarize(_samples([4, 4], 4), step=1, dataset="d", settings=s)
+    again = summarize(_samples([4, 4], 4), step=1, dataset="d", cfg=cfg, seed=0)
     merged = merge_summary(path, again)
     assert len(merged) == 2 and (merged["pass_at_k"] == 1.0).all()
-    other = summarize(_samples([1, 2], 4), step=2, dataset="d", settings=EvalSettings(n=4, ks=(1,)).validated())
+    other = summarize(_samples([1, 2], 4), step=2, dataset="d", cfg=EvalConfig(n=4, k=(1,)), seed=0)
     merged = merge_summary(path, other)
     assert sorted(zip(merged["step"], merged["k"])) == [(1, 1), (1, 2), (2, 1)]
     pd.testing.assert_frame_equal(pd.read_parquet(path), merged)
@@ -182,35 +186,49 @@ def test_batch_seed_is_a_pure_function_of_seed_step_batch():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, message",
     [
-        (dict(n=4, ks=(1, 8)), r"k \(8\) must be <= n \(4\).*raise --n to 8 or drop k=8"),
-        (dict(n=4, ks=()), "at least one k"),
-        (dict(n=4, ks=(0, 1)), r"k \(0\) must be >= 1"),
-        (dict(n=0, ks=(1,)), r"n \(0\) must be >= 1"),
-        (dict(temperature=0.0), r"temperature \(0.0\) must be > 0"),
-        (dict(top_p=0.0), r"top_p \(0.0\)"),
-        (dict(max_new_tokens=0), "max_new_tokens"),
-        (dict(seed=-1), r"seed \(-1\)"),
-        (dict(batch_prompts=0), "batch_prompts"),
-        (dict(limit=0), r"limit \(0\)"),
+        (dict(n=4, k=(1, 8)), "eval.k=[1, 8] must lie in [1, eval.n=4]; lower eval.k or raise eval.n"),
+        (dict(n=4, k=()), "eval.k is empty; give at least one k"),
+        (dict(n=4, k=(0, 1)), "eval.k=[0, 1] must lie in [1, eval.n=4]"),
+        (dict(n=0, k=(1,)), "eval.n=0 must be >= 1"),
+        (dict(temperature=0.0), "eval.temperature=0.0 must be a finite number > 0 (the paper uses 0.6)"),
+        (dict(top_p=0.0), "eval.top_p=0.0 must be in (0, 1]"),
+        (dict(max_new_tokens=0), "eval.max_new_tokens=0 must be >= 1"),
+        (dict(batch_prompts=0), "eval.batch_prompts=0 must be >= 1"),
+        (dict(grader_processes=-1), "eval.grader_processes=-1 must be >= 0 (0 = grade inline)"),
+        (dict(limit=-1), "eval.limit=-1 must be >= 0 (0 = all)"),
+        (dict(grader="exact"), "eval.grader='exact' is unknown; valid: gsm8k, math_verify"),
     ],
 )
-def test_settings_errors_name_value_and_fix(kwargs, match):
-    with pytest.raises(ConfigError, match=match):
-        EvalSettings(**kwargs).validated()
+def test_bad_settings_fail_before_any_work(kwargs, message, tmp_path):
+    """``evaluate`` and ``evaluate_checkpoint`` check the section (``config.check_section``) first."""
+    with pytest.raises(ConfigError) as e:
+        evaluate("x", "nope", EvalConfig(**kwargs), out=tmp_path / "out")
+    assert str(e.value).startswith(message)
+    with pytest.raises(ConfigError) as e:
+        evaluate_checkpoint(None, None, tmp_path / "run", 1, "nope", EvalConfig(**kwargs))
+    assert str(e.value).startswith(message)
+    assert not any(tmp_path.iterdir())
 
 
-def test_settings_sort_and_dedupe_ks():
-    assert EvalSettings(n=8, ks=(8, 1, 8, 2)).validated().ks == (1, 2, 8)
+@pytest.mark.parametrize("seed", [-1, 2**63])
+def test_seed_is_checked_against_max_seed(seed, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(f"seed={seed} must be in [0, 2**63 - 1]; pick a smaller seed")):
+        evaluate("x", "nope", _fast(), seed=seed, out=tmp_path / "out")
 
 
-def test_settings_from_eval_config():
-    from clipctl.config import EvalConfig
-
-    s = EvalSettings.from_config(EvalConfig(n=4, k=(1, 4), temperature=0.7, max_new_tokens=16, limit=0), seed=3)
-    assert s == EvalSettings(n=4, ks=(1, 4), temperature=0.7, max_new_tokens=16, seed=3, limit=None)
-    assert EvalSettings.from_config(EvalConfig(limit=5), seed=0).validated().limit == 5
+def test_work_key_keeps_its_keys_and_values(tmp_path):
+    """``settings.json`` written before EvalConfig held these same keys and values: finished steps are reused."""
+    path = _write_jsonl(tmp_path / "toy.jsonl", [{"id": "a", "problem": "1+1", "answer": "2"}])
+    es = load_eval_set(str(path))
+    key = driver._work_key("m", 3, es, EvalConfig(n=4, k=(4, 1), temperature=0.7, max_new_tokens=16, limit=0), 5)
+    assert key == {
+        "model": "m", "step": 3, "dataset": "toy", "fingerprint": es.fingerprint, "grader": "math_verify",
+        "template": es.template, "n": 4, "temperature": 0.7, "top_p": 1.0, "max_new_tokens": 16, "seed": 5,
+        "limit": None, "n_problems": 1,
+    }
+    assert driver._work_key("m", 3, es, EvalConfig(limit=5), 0)["limit"] == 5
 
 
 def test_select_checkpoints(tmp_path):
@@ -269,7 +287,7 @@ def test_scripted_engine_end_to_end(tmp_path, tiny_model):
     before = torch.get_rng_state()
     out = evaluate_checkpoint(
         None, load_tokenizer(str(tiny_model)), tmp_path / "run", 7, str(data),
-        EvalSettings(n=4, ks=(1, 2, 4), problem_col="question", grader="gsm8k", batch_prompts=2, seed=5),
+        EvalConfig(n=4, k=(1, 2, 4), problem_col="question", grader="gsm8k", batch_prompts=2), seed=5,
         engine=engine,
     )
     assert torch.equal(torch.get_rng_state(), before)
@@ -324,7 +342,7 @@ def test_default_out_is_runs_eval_model(tmp_path, tiny_model, monkeypatch):
 @needs_tiny
 def test_results_are_reproducible(tmp_path, tiny_model):
     def responses(out, seed):
-        evaluate(str(tiny_model), "gsm8k", _fast(limit=3, seed=seed), out=tmp_path / out)
+        evaluate(str(tiny_model), "gsm8k", _fast(limit=3), seed=seed, out=tmp_path / out)
         return pd.read_parquet(tmp_path / out / "gsm8k" / "step-0" / "samples.parquet")
 
     a, b, c = responses("a", 0), responses("b", 0), responses("c", 1)
@@ -339,16 +357,16 @@ def test_second_call_does_no_generation(tmp_path, tiny_model, monkeypatch):
     again = evaluate(str(tiny_model), "gsm8k", _fast(limit=3), out=tmp_path)
     pd.testing.assert_frame_equal(first, again)
     # New k from the same samples: still no generation; the summary gains the row.
-    evaluate(str(tiny_model), "gsm8k", _fast(limit=3, ks=(1,)), out=tmp_path)
+    evaluate(str(tiny_model), "gsm8k", _fast(limit=3, k=(1,)), out=tmp_path)
     assert len(pd.read_parquet(tmp_path / "summary.parquet")) == 2
     # Another seed is new work.
     with pytest.raises(AssertionError, match="no model load"):
-        evaluate(str(tiny_model), "gsm8k", _fast(limit=3, seed=1), out=tmp_path)
+        evaluate(str(tiny_model), "gsm8k", _fast(limit=3), seed=1, out=tmp_path)
 
 
 @needs_tiny
 def test_interrupted_step_resumes_with_the_same_samples(tmp_path, tiny_model, monkeypatch):
-    kw = EvalSettings(limit=3, n=2, ks=(1,), max_new_tokens=4, batch_prompts=1)
+    kw = EvalConfig(limit=3, n=2, k=(1,), max_new_tokens=4, batch_prompts=1)
     evaluate(str(tiny_model), "gsm8k", kw, out=tmp_path / "whole")
 
     calls = []

@@ -19,7 +19,7 @@ this module adds the model, the files and resume.
    with. Finished batches are kept under ``parts/``; ``samples.parquet``
    appears only when every batch is done (then ``parts/`` is removed). A call
    whose settings match a finished step loads no model and generates nothing;
-   it only recomputes the scores, so new ``ks`` are free.
+   it only recomputes the scores, so new k values are free.
 4. Scores: per-problem unbiased pass@k and mean@n averaged over problems, with
    a percentile bootstrap over problems (``passk.bootstrap_ci``, seeded by
    ``seed``, so every k sees the same resamples).
@@ -36,7 +36,11 @@ starting from it would give it), or ``out`` when given::
 
 Example::
 
-    results = evaluate("runs/r", "gsm8k", EvalSettings(n=8, ks=(1, 8), limit=50), checkpoints="last")
+    results = evaluate("runs/r", "gsm8k", EvalConfig(n=8, k=(1, 8), limit=50), seed=0, checkpoints="last")
+
+Settings are a ``config.EvalConfig`` (the run's ``eval`` section, or built from
+``eval-passk``'s flags) plus the seed, an argument of its own: ``train.seed``
+for the trainer, ``--seed`` for ``eval-passk``.
 """
 
 from __future__ import annotations
@@ -46,13 +50,14 @@ import hashlib
 import json
 import re
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
+from clipctl.config import EvalConfig, check_section, check_seed
 from clipctl.data import (
     BENCHMARKS,
     GRADERS,
@@ -68,7 +73,6 @@ from clipctl.data import (
 )
 from clipctl.errors import ConfigError, DataError, ModelError, RunDirError
 from clipctl.eval.passk import bootstrap_ci, mean_at_n, pass_at_k_array
-from clipctl.config import MAX_SEED
 from clipctl.rundir import RunLock, ensure_output_dir
 from clipctl.runlog import atomic_write_json, read_meta, write_parquet_atomic
 from clipctl.runlog import checkpoints as run_checkpoints
@@ -89,86 +93,8 @@ Log = Callable[[str], None]
 
 
 # ---------------------------------------------------------------------------
-# Settings, datasets, targets
+# Datasets, targets
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What one evaluation samples, grades and scores; ``validated()`` checks it.
-
-    The one settings object of ``evaluate`` and ``evaluate_checkpoint`` (the
-    model, engine and output folder are their own arguments).
-
-    n, ks: samples per problem and the pass@k budgets (each ``<= n``).
-    temperature, top_p, max_new_tokens, seed: sampling (seeded per step and batch).
-    limit: evaluate only the first ``limit`` problems; ``None`` (never 0)
-        means every problem. ``from_config`` maps ``EvalConfig.limit = 0`` to ``None``.
-    batch_prompts: problems per ``generate`` call (``batch_prompts * n`` sequences).
-    grader_processes: worker processes for grading; 0 grades inline.
-    problem_col, answer_col, id_col: dataset columns (see ``load_benchmark``).
-    grader, template: override the dataset's grader and prompt template.
-    """
-
-    n: int = 32
-    ks: tuple[int, ...] = (1, 8, 32)
-    temperature: float = 0.6
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-    seed: int = 0
-    limit: Optional[int] = None
-    batch_prompts: int = 8
-    grader_processes: int = 0
-    problem_col: Optional[str] = None
-    answer_col: Optional[str] = None
-    id_col: Optional[str] = None
-    grader: Optional[str] = None
-    template: Optional[str] = None
-
-    @classmethod
-    def from_config(cls, e, seed: int) -> "EvalSettings":
-        """The settings of the trainer's periodic evaluation: ``e`` is the run's ``EvalConfig``.
-
-        ``seed`` is the run's ``train.seed``; ``e.limit = 0`` (the config's "all")
-        becomes ``limit=None``; everything ``EvalConfig`` lacks keeps its default.
-        """
-        return cls(
-            n=e.n, ks=tuple(e.k), temperature=e.temperature, max_new_tokens=e.max_new_tokens,
-            seed=seed, limit=e.limit or None,
-        )
-
-    def validated(self) -> "EvalSettings":
-        ks = tuple(sorted({int(k) for k in self.ks}))
-        if self.n < 1:
-            raise ConfigError(f"n ({self.n}) must be >= 1 samples per problem")
-        if not ks:
-            raise ConfigError("give at least one k, e.g. --k 1,8")
-        if ks[0] < 1:
-            raise ConfigError(f"k ({ks[0]}) must be >= 1")
-        if ks[-1] > self.n:
-            raise ConfigError(
-                f"k ({ks[-1]}) must be <= n ({self.n}): pass@k needs at least k samples per problem; "
-                f"raise --n to {ks[-1]} or drop k={ks[-1]} from --k"
-            )
-        if not (self.temperature > 0 and np.isfinite(self.temperature)):
-            raise ConfigError(f"temperature ({self.temperature}) must be > 0: pass@k needs sampling (the paper uses 0.6)")
-        if not 0 < self.top_p <= 1:
-            raise ConfigError(f"top_p ({self.top_p}) must lie in (0, 1]; 1.0 samples the full distribution")
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens ({self.max_new_tokens}) must be >= 1")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed ({self.seed}) must be in [0, 2**63 - 1]; pick a smaller seed, e.g. 0")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit ({self.limit}) must be >= 1; leave it unset to use every problem")
-        if self.batch_prompts < 1:
-            raise ConfigError(f"batch_prompts ({self.batch_prompts}) must be >= 1 problems per generate call")
-        if self.grader_processes < 0:
-            raise ConfigError(f"grader_processes ({self.grader_processes}) must be >= 0; 0 grades inline")
-        return replace(
-            self, n=int(self.n), ks=ks, temperature=float(self.temperature), top_p=float(self.top_p),
-            max_new_tokens=int(self.max_new_tokens), seed=int(self.seed), batch_prompts=int(self.batch_prompts),
-            grader_processes=int(self.grader_processes),
-        )
 
 
 @dataclass(frozen=True)
@@ -299,32 +225,37 @@ def resolve_target(target: str, checkpoints: str = "all", out: Optional[Path] = 
 # ---------------------------------------------------------------------------
 
 
-def summarize(samples: pd.DataFrame, *, step: int, dataset: str, settings: EvalSettings) -> pd.DataFrame:
-    """Summary rows (one per k) from a step's samples (docs/definitions.md section 9).
+def _sorted_ks(cfg: EvalConfig) -> tuple[int, ...]:
+    """The k values of pass@k as scored: sorted, each once."""
+    return tuple(sorted({int(k) for k in cfg.k}))
+
+
+def summarize(samples: pd.DataFrame, *, step: int, dataset: str, cfg: EvalConfig, seed: int) -> pd.DataFrame:
+    """Summary rows, one per k (sorted, each once), from a step's samples (docs/definitions.md section 9).
 
     Per problem ``c`` = correct samples out of ``n``; pass@k and mean@n are the
     averages over problems of ``pass_at_k_array(n, c, k)`` and ``c / n``; the
-    intervals are percentile bootstraps over problems seeded by ``settings.seed``.
+    intervals are percentile bootstraps over problems seeded by ``seed``.
     """
     grouped = samples.groupby("problem_id", sort=False)
     sizes = grouped.size().to_numpy()
-    if np.any(sizes != settings.n):
+    if np.any(sizes != cfg.n):
         raise RunDirError(
             f"step {step} of {dataset}: samples hold {int(sizes.min())}..{int(sizes.max())} samples per problem, "
-            f"expected n={settings.n}; delete that step folder and rerun"
+            f"expected n={cfg.n}; delete that step folder and rerun"
         )
     counts = grouped["correct"].sum().to_numpy().astype(np.int64)
-    acc = mean_at_n(settings.n, counts)
+    acc = mean_at_n(cfg.n, counts)
     acc = np.atleast_1d(np.asarray(acc, dtype=np.float64))
-    mean_lo, mean_hi = bootstrap_ci(acc, seed=settings.seed)
+    mean_lo, mean_hi = bootstrap_ci(acc, seed=seed)
     rows = []
-    for k in settings.ks:
-        per_problem = pass_at_k_array(settings.n, counts, k)
-        lo, hi = bootstrap_ci(per_problem, seed=settings.seed)
+    for k in _sorted_ks(cfg):
+        per_problem = pass_at_k_array(cfg.n, counts, k)
+        lo, hi = bootstrap_ci(per_problem, seed=seed)
         rows.append({
-            "step": int(step), "dataset": dataset, "n": settings.n, "k": int(k),
-            "temperature": settings.temperature, "top_p": settings.top_p,
-            "max_new_tokens": settings.max_new_tokens, "seed": settings.seed,
+            "step": int(step), "dataset": dataset, "n": int(cfg.n), "k": int(k),
+            "temperature": float(cfg.temperature), "top_p": float(cfg.top_p),
+            "max_new_tokens": int(cfg.max_new_tokens), "seed": int(seed),
             "n_problems": int(len(counts)), "pass_at_k": float(per_problem.mean()),
             "mean_at_n": float(acc.mean()), "ci_low": lo, "ci_high": hi,
             "mean_at_n_ci_low": mean_lo, "mean_at_n_ci_high": mean_hi,
@@ -370,14 +301,23 @@ def _read_json(path: Path) -> Optional[dict]:
         return None
 
 
-def _work_key(model_key: str, step: int, eval_set: EvalSet, s: EvalSettings) -> dict:
-    """Everything that decides a step's samples (``batch_prompts`` aside: any batching gives valid samples)."""
+def _work_key(model_key: str, step: int, eval_set: EvalSet, cfg: EvalConfig, seed: int) -> dict:
+    """Everything that decides a step's samples (``batch_prompts`` aside: any batching gives valid samples).
+
+    These keys and values are what earlier ``settings.json`` files hold (``limit`` None for all problems),
+    so their finished steps are reused.
+    """
     return {
         "model": model_key, "step": int(step), "dataset": eval_set.name, "fingerprint": eval_set.fingerprint,
-        "grader": eval_set.grader, "template": eval_set.template, "n": s.n, "temperature": s.temperature,
-        "top_p": s.top_p, "max_new_tokens": s.max_new_tokens, "seed": s.seed, "limit": s.limit,
-        "n_problems": len(eval_set.problems),
+        "grader": eval_set.grader, "template": eval_set.template, "n": int(cfg.n), "temperature": float(cfg.temperature),
+        "top_p": float(cfg.top_p), "max_new_tokens": int(cfg.max_new_tokens), "seed": int(seed),
+        "limit": _limit(cfg), "n_problems": len(eval_set.problems),
     }
+
+
+def _limit(cfg: EvalConfig) -> Optional[int]:
+    """``eval.limit`` as the data layer takes it: None for every problem (the config's 0)."""
+    return int(cfg.limit) if cfg.limit else None
 
 
 def _prompt_ids(eval_set: EvalSet, tokenizer) -> list[list[int]]:
@@ -385,17 +325,18 @@ def _prompt_ids(eval_set: EvalSet, tokenizer) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _generate_batch(engine, prompts: list[list[int]], problems: Sequence[Problem], s: EvalSettings, seed: int) -> pd.DataFrame:
+def _generate_batch(engine, prompts: list[list[int]], problems: Sequence[Problem], cfg: EvalConfig, seed: int) -> pd.DataFrame:
+    """One ``generate`` call; ``seed`` is the batch's (``batch_seed``), not the evaluation's."""
     from clipctl.rollout import SamplingParams
 
-    out = engine.generate(prompts, SamplingParams(s.n, s.temperature, s.top_p, s.max_new_tokens, seed))
-    if len(out.response_text) != len(problems) * s.n:
+    out = engine.generate(prompts, SamplingParams(cfg.n, cfg.temperature, cfg.top_p, cfg.max_new_tokens, seed))
+    if len(out.response_text) != len(problems) * cfg.n:
         raise RuntimeError(
-            f"engine returned {len(out.response_text)} responses for {len(problems)} prompts x n={s.n}"
+            f"engine returned {len(out.response_text)} responses for {len(problems)} prompts x n={cfg.n}"
         )
     return pd.DataFrame({
-        "problem_id": [p.id for p in problems for _ in range(s.n)],
-        "sample_index": [j for _ in problems for j in range(s.n)],
+        "problem_id": [p.id for p in problems for _ in range(cfg.n)],
+        "sample_index": [j for _ in problems for j in range(cfg.n)],
         "response": list(out.response_text),
         "response_tokens": out.response_mask.sum(dim=1).cpu().numpy().astype(np.int64),
         "truncated": out.truncated.cpu().numpy().astype(bool),
@@ -407,22 +348,23 @@ def _evaluate_step(
     model_key: str,
     step_dir: Path,
     eval_set: EvalSet,
-    s: EvalSettings,
+    cfg: EvalConfig,
+    seed: int,
     get_engine: Callable[[], tuple[object, object]],
     advance: Callable[[int], None],
     log: Log,
 ) -> pd.DataFrame:
     """The samples of one step: read back when done with the same settings, else generated."""
     samples_path = step_dir / "samples.parquet"
-    key = _work_key(model_key, step, eval_set, s)
+    key = _work_key(model_key, step, eval_set, cfg, seed)
     stored = _read_json(step_dir / "settings.json")
     if stored is not None and {k: stored.get(k) for k in key} == key and samples_path.is_file():
         log(f"step {step}: {eval_set.name} already sampled with these settings; no generation")
-        advance(len(eval_set.problems) * s.n)
+        advance(len(eval_set.problems) * cfg.n)
         return pd.read_parquet(samples_path)
 
     engine, tokenizer = get_engine()  # before touching files: a bad model path leaves nothing behind
-    run_key = {**key, "batch_prompts": s.batch_prompts}
+    run_key = {**key, "batch_prompts": int(cfg.batch_prompts)}
     parts = step_dir / "parts"
     if stored != run_key:  # other work (or other batching) in this folder: start it afresh
         samples_path.unlink(missing_ok=True)
@@ -431,22 +373,23 @@ def _evaluate_step(
         atomic_write_json(step_dir / "settings.json", run_key)
     prompts = _prompt_ids(eval_set, tokenizer)
     frames = []
-    for b, start in enumerate(range(0, len(eval_set.problems), s.batch_prompts)):
-        chunk = eval_set.problems[start : start + s.batch_prompts]
+    size = cfg.batch_prompts
+    for b, start in enumerate(range(0, len(eval_set.problems), size)):
+        chunk = eval_set.problems[start : start + size]
         part = parts / f"batch-{b:06d}.parquet"
         if part.is_file():
             frames.append(pd.read_parquet(part))
         else:
-            df = _generate_batch(engine, prompts[start : start + s.batch_prompts], chunk, s, batch_seed(s.seed, step, b))
+            df = _generate_batch(engine, prompts[start : start + size], chunk, cfg, batch_seed(seed, step, b))
             write_parquet_atomic(df, part)
             frames.append(df)
-        advance(len(chunk) * s.n)
+        advance(len(chunk) * cfg.n)
     samples = pd.concat(frames, ignore_index=True)
     golds = {p.id: p.answer for p in eval_set.problems}
     log(f"step {step}: grading {len(samples)} responses ({eval_set.grader})")
     responses = samples["response"].tolist()
     scores = grade_many(
-        eval_set.grader, responses, [golds[pid] for pid in samples["problem_id"]], processes=s.grader_processes
+        eval_set.grader, responses, [golds[pid] for pid in samples["problem_id"]], processes=cfg.grader_processes
     )
     samples["prediction"] = [extract_prediction(eval_set.grader, r) for r in responses]
     samples["correct"] = np.asarray(scores) > 0.5
@@ -459,12 +402,13 @@ def _evaluate_step(
 def _run_steps(
     target: Target,
     eval_set: EvalSet,
-    s: EvalSettings,
+    cfg: EvalConfig,
+    seed: int,
     engine_for: Callable[[str], Callable[[], tuple[object, object]]],
     progress: Optional[Progress],
     log: Log,
 ) -> pd.DataFrame:
-    total = len(target.steps) * len(eval_set.problems) * s.n
+    total = len(target.steps) * len(eval_set.problems) * cfg.n
     done = 0
 
     def advance(count: int) -> None:
@@ -478,8 +422,8 @@ def _run_steps(
     frames = []
     for step, model_path, model_key in target.steps:
         step_dir = target.root / eval_set.name / f"step-{step}"
-        samples = _evaluate_step(step, model_key, step_dir, eval_set, s, engine_for(model_path), advance, log)
-        rows = summarize(samples, step=step, dataset=eval_set.name, settings=s)
+        samples = _evaluate_step(step, model_key, step_dir, eval_set, cfg, seed, engine_for(model_path), advance, log)
+        rows = summarize(samples, step=step, dataset=eval_set.name, cfg=cfg, seed=seed)
         merge_summary(step_dir / "summary.parquet", rows)
         merge_summary(target.root / "summary.parquet", rows)
         frames.append(rows)
@@ -497,11 +441,16 @@ def _rmdir_if_empty(folder: Path) -> None:
         pass
 
 
-def _eval_set(dataset: str, s: EvalSettings) -> EvalSet:
+def _eval_set(dataset: str, cfg: EvalConfig) -> EvalSet:
     return load_eval_set(
-        dataset, problem_col=s.problem_col, answer_col=s.answer_col, id_col=s.id_col, limit=s.limit,
-        grader=s.grader, template=s.template,
+        dataset, problem_col=cfg.problem_col, answer_col=cfg.answer_col, id_col=cfg.id_col, limit=_limit(cfg),
+        grader=cfg.grader, template=cfg.template,
     )
+
+
+def _check_settings(cfg: EvalConfig, seed: int) -> None:
+    check_section("eval", cfg)
+    check_seed(seed)
 
 
 def _check_engine(engine: str) -> None:
@@ -519,8 +468,9 @@ def _check_engine(engine: str) -> None:
 def evaluate(
     target: str,
     dataset: str,
-    settings: EvalSettings = EvalSettings(),
+    cfg: EvalConfig = EvalConfig(),
     *,
+    seed: int = 0,
     engine: str = "hf",
     checkpoints: str = "all",
     out: Optional[Union[str, Path]] = None,
@@ -535,7 +485,9 @@ def evaluate(
         target: HF id, local model folder, ``builtin:tiny``, or a run directory
             (a folder with ``run.json``): then each chosen checkpoint.
         dataset: a ``BENCHMARKS`` name or a local ``.jsonl``/``.json``/``.parquet`` file.
-        settings: sampling, grading, scoring and dataset columns (``EvalSettings``).
+        cfg: sampling, grading, scoring and dataset columns (``EvalConfig``; ``every`` and
+            ``datasets`` are the trainer's and unused here).
+        seed: sampling and bootstrap seed, in [0, ``config.MAX_SEED``].
         engine: rollout engine name (``rollout.ENGINES``).
         checkpoints: ``all``, ``last`` or ``step-N,...`` (run directories only).
         out: output root instead of ``runs/<name>/eval`` or ``runs/eval/<model>``.
@@ -551,13 +503,13 @@ def evaluate(
         model path or run directory.
     """
     log = log or (lambda msg: None)
-    s = settings.validated()
+    _check_settings(cfg, seed)
     _check_engine(engine)
     from clipctl.models import DTYPES
 
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    eval_set = _eval_set(dataset, s)
+    eval_set = _eval_set(dataset, cfg)
     plan = resolve_target(str(target), checkpoints, Path(out) if out is not None else None)
 
     def engine_for(model_path: str) -> Callable[[], tuple[object, object]]:
@@ -585,7 +537,7 @@ def evaluate(
             held.enter_context(RunLock(plan.run_dir, "eval-passk"))  # one writer per run directory
         created = ensure_output_dir(plan.root, "--out")  # before any sampling: a bad place fails at once
         try:
-            results = _run_steps(plan, eval_set, s, engine_for, progress, log)
+            results = _run_steps(plan, eval_set, cfg, seed, engine_for, progress, log)
         except BaseException:
             for folder in reversed(created):  # nothing was written: leave no empty folders behind
                 _rmdir_if_empty(folder)
@@ -600,8 +552,9 @@ def evaluate_checkpoint(
     run_dir: Union[str, Path],
     step: int,
     dataset: str,
-    settings: EvalSettings = EvalSettings(),
+    cfg: EvalConfig = EvalConfig(),
     *,
+    seed: int = 0,
     engine: Union[str, object] = "hf",
     out: Optional[Union[str, Path]] = None,
     progress: Optional[Progress] = None,
@@ -609,8 +562,8 @@ def evaluate_checkpoint(
 ) -> pd.DataFrame:
     """Evaluate an in-memory model as step ``step`` of ``run_dir``; same files as ``evaluate``.
 
-    For the trainer's periodic evaluation (``settings`` from
-    ``EvalSettings.from_config``). ``engine`` is an engine name or a
+    For the trainer's periodic evaluation (``cfg`` the run's ``eval`` section,
+    ``seed`` its ``train.seed``). ``engine`` is an engine name or a
     ready ``RolloutEngine`` (e.g. the trainer's vLLM engine after
     ``sync_weights``). The global torch RNG state is restored afterwards, so a
     run's training draws are the same with and without evaluation. The files
@@ -622,12 +575,12 @@ def evaluate_checkpoint(
     from clipctl.rollout import make_engine
 
     log = log or (lambda msg: None)
-    s = settings.validated()
+    _check_settings(cfg, seed)
     if isinstance(engine, str):
         _check_engine(engine)
     if step < 0:
         raise ConfigError(f"step ({step}) must be >= 0")
-    eval_set = _eval_set(dataset, s)
+    eval_set = _eval_set(dataset, cfg)
     run_dir = Path(run_dir)
     root = Path(out) if out is not None else run_dir / "eval"
     plan = Target([(int(step), "", f"step-{int(step)}")], root, run_dir)
@@ -637,4 +590,4 @@ def evaluate_checkpoint(
 
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
-        return _run_steps(plan, eval_set, s, engine_for, progress, log)
+        return _run_steps(plan, eval_set, cfg, seed, engine_for, progress, log)

@@ -179,12 +179,12 @@ def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
 
 def evaluate_during_training(trainer: Trainer, run_dir: Path, step: int, log) -> None:
     """pass@k of the in-memory policy as step ``step`` of the run (same files as eval-passk)."""
-    from clipctl.eval.driver import EvalSettings, evaluate_checkpoint
+    from clipctl.eval.driver import evaluate_checkpoint
 
-    settings = EvalSettings.from_config(trainer.cfg.eval, seed=trainer.cfg.train.seed)
     for dataset in trainer.cfg.eval.datasets:
         evaluate_checkpoint(
-            trainer.model, trainer.tokenizer, run_dir, step, dataset, settings, engine=trainer.rollout_engine, log=log
+            trainer.model, trainer.tokenizer, run_dir, step, dataset, trainer.cfg.eval, seed=trainer.cfg.train.seed,
+            engine=trainer.rollout_engine, log=log,
         )
 
 
