@@ -404,21 +404,23 @@ class Trainer:
         probe_seconds = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0
 
-        metrics = {
-            "step": step,
-            **self._batch_metrics(sb, pre, post),
-            **totals.metrics(),
-            **self.control.columns(knobs),
-            **attributed,
-            "lr": self.scheduler.get_last_lr()[0],
-            "n_updates": len(updates),
-            "update_tokens": self.comm.sum(sum(sb.prompt_lengths) + sum(sb.response_lengths)) * cfg.train.ppo_epochs,
-            "probe_seconds": probe_seconds,
-            "rollout_seconds": t_rollout,
-            "update_seconds": t_update,
-            "step_seconds": step_seconds,
-        }
-        metrics["tokens_per_second"] = metrics["n_tokens"] / step_seconds if step_seconds > 0 else math.nan
+        batch = self._batch_metrics(sb)
+        metrics = schema.steps_row(
+            step,
+            entropy=schema.entropy_columns(
+                pre["entropy"], pre["entropy_token_mean"], post["entropy"], post["entropy_token_mean"]
+            ),
+            totals=totals,
+            probe=attributed,
+            batch=batch,
+            lr=self.scheduler.get_last_lr()[0],
+            n_updates=len(updates),
+            knobs=self.control.columns(knobs),
+            update_tokens=self.comm.sum(sum(sb.prompt_lengths) + sum(sb.response_lengths)) * cfg.train.ppo_epochs,
+            timing=schema.timing_columns(
+                rollout=t_rollout, update=t_update, probe=probe_seconds, step=step_seconds, n_tokens=batch["n_tokens"]
+            ),
+        )
         return self._step_output(step, prompts, sb, metrics, updates)
 
     def _check_finite(self, step: int, t: torch.Tensor, what: str) -> None:
@@ -446,16 +448,13 @@ class Trainer:
             "entropy_token_mean": algo.token_mean_entropy(ent, mask).item(),
         }
 
-    def _batch_metrics(self, sb: StepBatch, pre: dict, post: dict) -> dict:
-        """Entropy, reward and length metrics of the step's global batch (from the view gathered once)."""
+    def _batch_metrics(self, sb: StepBatch) -> dict:
+        """Reward, length and engine metrics (``schema.BATCH_KEYS``) of the step's global batch (the view gathered once)."""
         v, G = sb.view, self.cfg.rollout.n
         rewards, adv = v.rewards, v.advantages
         lengths = v.mask.sum(-1).float()
         verifiable = is_verifiable(self.cfg.reward.kind)
         return {
-            **pre,
-            "entropy_post": post["entropy"],
-            "entropy_post_token_mean": post["entropy_token_mean"],
             **self._engine_logprob_gap(v.rollout, v.old_logp),
             "reward_mean": rewards.mean().item(),
             "reward_std": rewards.std(unbiased=False).item(),
