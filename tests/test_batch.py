@@ -13,8 +13,8 @@ from clipctl.config import load_config
 from clipctl.runlog import read_run
 from clipctl import schema
 from clipctl.trainer import build_trainer, train
-from clipctl.schema import StepTotals
-from clipctl.trainer.batch import StepBatch, UpdateStats, k3_kl_sum, plan_micro_batches
+from clipctl.schema import Totals
+from clipctl.trainer.batch import StepBatch, k3_kl_sum, plan_micro_batches, to_host
 
 
 # ---------------------------------------------------------------- plans
@@ -82,27 +82,26 @@ def test_k3_kl_sum_by_hand():
     assert k3_kl_sum(logp, old, mask).item() == pytest.approx(expected, rel=1e-6)
 
 
-def test_update_stats_and_step_totals_add_up():
-    stats = UpdateStats()
+def test_device_totals_and_step_totals_add_up():
+    """One accumulator (schema.Totals) on the device for micro-batches and on the host for optimizer steps."""
+    stats = Totals()
     a = {"n_tokens": torch.tensor(3.0, dtype=torch.float64), "n_below": torch.tensor(1.0, dtype=torch.float64)}
     b = {"n_tokens": torch.tensor(2.0, dtype=torch.float64), "n_below": torch.tensor(0.0, dtype=torch.float64)}
-    from clipctl import algo
-
     full_a = {k: a.get(k, torch.tensor(0.0, dtype=torch.float64)) for k in schema.SUM_KEYS}
     full_b = {k: b.get(k, torch.tensor(0.0, dtype=torch.float64)) for k in schema.SUM_KEYS}
-    stats.add(torch.tensor(0.5), torch.tensor(0.25, dtype=torch.float64), full_a)
-    stats.add(torch.tensor(1.5), torch.tensor(0.75, dtype=torch.float64), full_b)
-    loss, kl, sums, norm = stats.to_host(torch.tensor(4.0))
+    stats.add(torch.tensor(0.5, dtype=torch.float64), torch.tensor(0.25, dtype=torch.float64), full_a)
+    stats.add(torch.tensor(1.5, dtype=torch.float64), torch.tensor(0.75, dtype=torch.float64), full_b)
+    loss, kl, sums, norm = to_host(stats, torch.tensor(4.0))
     assert (loss, kl, sums["n_tokens"], sums["n_below"], norm) == (2.0, 1.0, 5.0, 1.0, 4.0)
-    totals = StepTotals([], 0.0, [])
-    totals.add(loss, kl, 3.0, sums)
-    totals.add(1.0, 1.0, 1.0, sums)
+    totals = Totals()
+    totals.add(loss, kl, sums, 3.0)
+    totals.add(1.0, 1.0, sums, 1.0)
     m = totals.metrics()
     assert m["loss"] == 1.5 and m["grad_norm"] == 2.0 and m["approx_kl"] == pytest.approx(2.0 / 10.0)
-    assert totals.sums["n_tokens"] == 10.0 and totals.sums["n_below"] == 2.0
+    assert totals.sums["n_tokens"] == 10.0 and totals.sums["n_below"] == 2.0 and totals.count == 2
     assert m["skipped_updates"] == 0
     # Nothing measured (every update skipped): NaN, never 0.
-    none = StepTotals([], 0.0, [], skipped=2).metrics()
+    none = Totals(skipped=2).metrics()
     assert math.isnan(none["loss"]) and math.isnan(none["clip_low_frac"]) and math.isnan(none["approx_kl"])
     assert none["skipped_updates"] == 2
 

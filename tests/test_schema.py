@@ -81,13 +81,13 @@ def test_update_rows_and_step_totals_by_hand():
     skipped = schema.skipped_update_row(0, 0, 0, 1e-3)
     assert skipped["skipped"] is True and math.isnan(skipped["loss"]) and math.isnan(skipped["clip_low_frac"])
     assert set(skipped) == set(row) - {"x_exact"}
-    totals = schema.StepTotals()
-    totals.add(0.5, 0.2, 3.0, sums)
-    totals.add(1.5, 0.6, 1.0, {**sums, "n_clip_low": 0.0})
+    totals = schema.Totals()
+    totals.add(0.5, 0.2, sums, 3.0)
+    totals.add(1.5, 0.6, {**sums, "n_clip_low": 0.0}, 1.0)
     m = totals.metrics()
     # loss and grad norm: means over optimizer steps; KL and fractions: over the step's 8 tokens.
     assert (m["loss"], m["grad_norm"], m["approx_kl"], m["clip_low_frac"]) == (1.0, 2.0, 0.1, 0.125)
-    assert math.isnan(schema.StepTotals(skipped=2).metrics()["loss"])
+    assert math.isnan(schema.Totals(skipped=2).metrics()["loss"])
 
 
 def _valid_row(table: str, extra: tuple[str, ...] = ()) -> dict:
@@ -146,7 +146,7 @@ def test_steps_row_by_hand_and_a_wrong_group_fails():
 
     batch = dict.fromkeys(schema.BATCH_KEYS, 0.0)
     kw = dict(
-        entropy=schema.entropy_columns(2.0, 1.5, 1.9, 1.4), batch=batch, totals=schema.StepTotals(skipped=1),
+        entropy=schema.entropy_columns(2.0, 1.5, 1.9, 1.4), batch=batch, totals=schema.Totals(skipped=1),
         knobs=schema.knob_columns(0.2, math.inf, 0.0), probe=schema.unprobed_columns(), lr=1e-3, n_updates=1,
         update_tokens=40.0, timing=schema.timing_columns(rollout=1.0, update=2.0, probe=0.0, step=4.0, n_tokens=20.0),
     )

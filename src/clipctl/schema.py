@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -118,14 +118,14 @@ def _group(name: str, values: Mapping, keys: tuple[str, ...]) -> Mapping:
 
 
 def steps_row(
-    step: int, *, entropy: Mapping[str, float], batch: Mapping[str, float], totals: "StepTotals",
+    step: int, *, entropy: Mapping[str, float], batch: Mapping[str, float], totals: Totals,
     knobs: Mapping[str, float], probe: Mapping[str, float], lr: float, n_updates: int, update_tokens: float,
     timing: Mapping[str, float], extra: Mapping[str, float] | None = None,
 ) -> dict:
     """The one builder of a steps-table row, for trainer and simulator alike.
 
     Each argument is one group of columns (``entropy_columns``, ``BATCH_KEYS``,
-    ``StepTotals.metrics``, ``knob_columns``, the probe's ``PROBE_KEYS`` or
+    ``Totals.metrics``, ``knob_columns``, the probe's ``PROBE_KEYS`` or
     ``unprobed_columns``, ``timing_columns``); a group with a missing or
     unknown column raises ``RowError`` here. ``extra``: the simulator's
     ``*_exact`` columns.
@@ -175,30 +175,39 @@ def skipped_update_row(epoch: int, minibatch: int, update: int, lr: float) -> di
 
 
 @dataclass
-class StepTotals:
-    """What a step's optimizer steps add up to (host floats), for the steps row."""
+class Totals:
+    """The one accumulator of update quantities: loss, k3 KL sum, gradient norm and the statistic sums.
 
-    losses: list[float] = field(default_factory=list)
-    kl_sum: float = 0.0
-    grad_norms: list[float] = field(default_factory=list)
-    sums: dict[str, float] | None = None
+    Only ``+`` touches the values, so the same class adds a minibatch's
+    micro-batches on the device (0-d tensors; ``trainer.batch.to_host`` reads
+    them back in one copy) and a step's optimizer steps on the host (floats).
+    ``count`` is how many pieces were added (optimizer steps, for a step).
+    """
+
+    loss: Any = 0.0
+    kl_sum: Any = 0.0
+    grad_norm: Any = 0.0
+    sums: dict | None = None
+    count: int = 0
     skipped: int = 0  # optimizer steps dropped for a non-finite loss or gradient (train.on_nonfinite=skip)
 
-    def add(self, loss: float, kl_sum: float, grad_norm: float, sums: Mapping[str, float]) -> None:
-        self.losses.append(loss)
-        self.kl_sum += kl_sum
-        self.grad_norms.append(grad_norm)
+    def add(self, loss, kl_sum, sums: Mapping, grad_norm=0.0) -> None:
+        self.loss = self.loss + loss
+        self.kl_sum = self.kl_sum + kl_sum
+        self.grad_norm = self.grad_norm + grad_norm
         self.sums = dict(sums) if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
+        self.count += 1
 
     def metrics(self) -> dict:
-        """Step metrics; NaN where nothing was measured (every update skipped)."""
+        """Step metrics: loss and gradient norm averaged over optimizer steps, KL and fractions over
+        tokens; NaN where nothing was measured (every update skipped)."""
         sums = self.sums if self.sums is not None else empty_sums()
-        n_tok = sums["n_tokens"]
+        n_tok, n = sums["n_tokens"], self.count
         return {
             **finalize_clip_stats(sums),
-            "loss": sum(self.losses) / len(self.losses) if self.losses else math.nan,
+            "loss": self.loss / n if n else math.nan,
             "approx_kl": self.kl_sum / n_tok if n_tok else math.nan,
-            "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else math.nan,
+            "grad_norm": self.grad_norm / n if n else math.nan,
             "skipped_updates": self.skipped,
         }
 

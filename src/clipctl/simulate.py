@@ -461,7 +461,7 @@ def _update_epochs(
     """
     n = actions.shape[0]
     bounds = np.linspace(0, n, cfg.minibatches + 1).round().astype(int)
-    rows, totals, step_exact = [], schema.StepTotals(), None
+    rows, totals, step_exact = [], schema.Totals(), None
     for epoch in range(cfg.epochs):
         for mb in range(cfg.minibatches):
             lo, hi = int(bounds[mb]), int(bounds[mb + 1])

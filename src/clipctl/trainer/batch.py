@@ -5,7 +5,7 @@ once: the rollout's token ids and masks, rewards, advantages and the old
 log-probs / entropies. ``plan_micro_batches`` cuts a minibatch's rows into
 forward/backward passes, either a fixed number of rows or a token budget
 (padding included); each pass is trimmed to its own longest prompt and
-response, so padding costs only what the pass needs. ``UpdateStats`` adds up
+response, so padding costs only what the pass needs. ``schema.Totals`` adds up
 one optimizer step's loss, clip-statistic sums and KL on the device; they are
 read back to the host once per optimizer step.
 """
@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from clipctl import algo
+from clipctl import algo, schema
 from clipctl.rollout import RolloutBatch
 
 
@@ -154,27 +154,13 @@ def plan_micro_batches(
     return plans
 
 
-class UpdateStats:
-    """Sums of one optimizer step, kept on the device until ``to_host``."""
-
-    def __init__(self):
-        self.loss: Optional[torch.Tensor] = None
-        self.kl_sum: Optional[torch.Tensor] = None
-        self.sums: Optional[dict[str, torch.Tensor]] = None
-
-    def add(self, loss: torch.Tensor, kl_sum: torch.Tensor, sums: dict[str, torch.Tensor]) -> None:
-        loss = loss.detach().double()
-        self.loss = loss if self.loss is None else self.loss + loss
-        self.kl_sum = kl_sum if self.kl_sum is None else self.kl_sum + kl_sum
-        self.sums = sums if self.sums is None else algo.add_sums(self.sums, sums)
-
-    def to_host(self, grad_norm: torch.Tensor) -> tuple[float, float, dict[str, float], float]:
-        """``(loss, kl_sum, sums, grad_norm)`` as Python floats: one device-to-host copy."""
-        keys = list(self.sums)
-        parts = [self.loss, self.kl_sum, *(self.sums[k].double() for k in keys)]
-        # The gradient norm joins the sums where they are (DeepSpeed reports it on the host).
-        values = torch.stack([*parts, grad_norm.to(self.loss.device, torch.float64)]).cpu().tolist()
-        return values[0], values[1], dict(zip(keys, values[2:-1])), values[-1]
+def to_host(totals: schema.Totals, grad_norm: torch.Tensor) -> tuple[float, float, dict[str, float], float]:
+    """``(loss, kl_sum, sums, grad_norm)`` of a minibatch's device-side ``totals`` as Python floats: one copy."""
+    keys = list(totals.sums)
+    parts = [totals.loss, totals.kl_sum, *(totals.sums[k].double() for k in keys)]
+    # The gradient norm joins the sums where they are (DeepSpeed reports it on the host).
+    values = torch.stack([*parts, grad_norm.to(totals.loss.device, torch.float64)]).cpu().tolist()
+    return values[0], values[1], dict(zip(keys, values[2:-1])), values[-1]
 
 
 def k3_kl_sum(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -61,7 +61,7 @@ from clipctl.trainer.batch import (
     GlobalView,
     MicroBatch,
     StepBatch,
-    UpdateStats,
+    to_host,
     k3_kl_sum,
 )
 from clipctl.trainer.checkpoint import (
@@ -257,7 +257,7 @@ class Trainer:
         n_tokens = self.comm.sum(sb.n_tokens(lo, hi))
         clip = algo.ClipSpec(eps_low, eps_high, dual_clip_c)
         self.engine.zero_grad()
-        stats = UpdateStats()
+        stats = schema.Totals()  # on the device until to_host
         for mb in self._micro_batches(sb, lo, hi):
             logp, ent, expected_q = self._micro_logp_entropy(
                 sb, mb, with_expected_q=True, entropy_grad=entropy_coef > 0
@@ -271,8 +271,8 @@ class Trainer:
                 loss = loss - entropy_coef * algo.agg_loss(ent, mask, a.loss_agg, **norms)
             self.engine.backward(loss)
             sums = algo.clip_stat_sums(out, mask, ent, expected_q)
-            stats.add(loss, k3_kl_sum(logp, old, mask), sums)
-        loss, kl_sum, sums, grad_norm = stats.to_host(self.engine.grad_norm())
+            stats.add(loss.detach().double(), k3_kl_sum(logp, old, mask), sums)
+        loss, kl_sum, sums, grad_norm = to_host(stats, self.engine.grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
         loss, kl_sum = self.comm.sum(loss), self.comm.sum(kl_sum)
         sums = {k: float(v) for k, v in self.comm.sums(sums).items()}
@@ -286,7 +286,7 @@ class Trainer:
 
     def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
-        updates, totals = [], schema.StepTotals()
+        updates, totals = [], schema.Totals()
         for epoch in range(self.cfg.train.ppo_epochs):
             for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
                 where = (epoch, mb, len(updates), self.scheduler.get_last_lr()[0])
@@ -304,7 +304,7 @@ class Trainer:
                     updates.append({"step": step, **schema.skipped_update_row(*where)})
                     continue
                 self.engine.step()
-                totals.add(loss, kl_sum, grad_norm, sums)
+                totals.add(loss, kl_sum, sums, grad_norm)
                 updates.append(
                     {"step": step, **schema.update_row(*where, loss=loss, kl_sum=kl_sum, grad_norm=grad_norm, sums=sums)}
                 )
