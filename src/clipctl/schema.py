@@ -299,7 +299,7 @@ their additive sums (see the `updates` table) are added, then divided, so a
 conditional mean is weighted by the size of its region, not averaged as a mean
 of means. Read any table with `clipctl.runlog.read_run(path)`.
 The files behind each table (per-step parts merged into segments at each
-checkpoint) are described in [architecture.md](architecture.md), "The run log";
+checkpoint) are described in [run-directory.md](run-directory.md), "The run log";
 `log.trackers` mirrors every numeric `steps` column to TensorBoard or W&B
 ("Live trackers" there).
 """
