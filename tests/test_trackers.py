@@ -143,3 +143,18 @@ def test_a_failing_tracker_never_loses_parquet_rows(tmp_path, fast_overrides, mo
     run_dir = train(cfg, out=tmp_path, name="r", log=messages.append).run_dir
     assert list(read_run(run_dir).steps["step"]) == [1, 2]
     assert sum("tracker tensorboard failed" in m for m in messages) == 1
+
+
+@needs_tb
+def test_toml_list_override_from_the_command_line(tmp_path, fast_overrides):
+    """`--set 'log.trackers=["tensorboard"]'`, as written in a preset file, works on the command line."""
+    from typer.testing import CliRunner
+
+    from clipctl.cli import app
+
+    sets = [a for o in [*fast_overrides, "train.steps=1", 'log.trackers=["tensorboard"]'] for a in ("--set", o)]
+    result = CliRunner().invoke(app, ["train", "-q", *sets, "--out", str(tmp_path), "--name", "tb"])
+    assert result.exit_code == 0, result.output
+    run = read_run(tmp_path / "tb")
+    assert run.config["log"]["trackers"] == ["tensorboard"]
+    assert tensorboard_scalars(tmp_path / "tb" / "tensorboard")["entropy"].keys() == {1}
