@@ -40,3 +40,29 @@ def quick_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def fast_overrides(quick_model_dir) -> list[str]:
     return [f"model.path={quick_model_dir}", *FAST_OVERRIDES]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random 1-layer Qwen2 (hidden 64, 2 heads of 32) with builtin:tiny's tokenizer files, built once."""
+    import shutil
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from clipctl.models import load_tokenizer, resolve_model_path
+
+    src = Path(resolve_model_path("builtin:tiny"))  # a cache hit unless the tests are marked slow
+    folder = tmp_path_factory.mktemp("tiny") / "tiny-random"
+    folder.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(src / name, folder / name)
+    tok = load_tokenizer(str(folder))
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(folder)
+    return folder

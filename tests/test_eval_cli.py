@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from clipctl.cli import app
@@ -24,29 +22,6 @@ needs_tiny = (lambda test: test) if TINY_CACHED else pytest.mark.slow
 TABLE_HEADERS = ("step", "dataset", "k", "pass@k", "mean@n", "95% CI (pass@k)")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A random 1-layer Qwen2 (hidden 64, 2 heads of 32) with the builtin tokenizer's files."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from clipctl.models import load_tokenizer, resolve_model_path
-
-    src = Path(resolve_model_path("builtin:tiny"))  # a cache hit unless the tests are marked slow
-    folder = tmp_path_factory.mktemp("tiny") / "tiny-random"
-    folder.mkdir()
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(src / name, folder / name)
-    tok = load_tokenizer(str(folder))
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    return folder
 
 
 def _fake_run(root: Path, steps=(1, 2)) -> Path:

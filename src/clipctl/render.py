@@ -9,7 +9,6 @@ without splitting a metric name or a number across lines.
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from pathlib import Path

@@ -40,39 +40,12 @@ from clipctl.rollout.hf import HFEngine
 
 TINY_CACHED = (cache_dir() / TinySpec().key() / "tokenizer.json").is_file()
 needs_tiny = (lambda test: test) if TINY_CACHED else pytest.mark.slow
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 FAST = dict(n=2, k=(1, 2), max_new_tokens=4, batch_prompts=2)
 
 
 def _fast(**kw) -> EvalConfig:
     """Small, quick evaluation settings; ``kw`` overrides ``FAST``."""
     return EvalConfig(**{**FAST, **kw})
-
-
-def _save_tiny_model(folder: Path) -> Path:
-    """A random 1-layer Qwen2 plus the builtin tokenizer's files, saved in ``folder``."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from clipctl.models import load_tokenizer, resolve_model_path
-
-    src = Path(resolve_model_path("builtin:tiny"))  # a cache hit unless marked slow
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(src / name, folder / name)
-    tok = load_tokenizer(str(folder))
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
-    )
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return _save_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-random")
 
 
 def _make_run_dir(root: Path, model_dir: Path, steps=(1, 2)) -> Path:

@@ -8,7 +8,6 @@ recomputes each chunk's softmax from the logits instead of saving it.
 
 from __future__ import annotations
 
-from typing import Optional
 
 import torch
 

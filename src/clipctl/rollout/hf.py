@@ -25,7 +25,6 @@ forces one. vLLM stays the engine for GPU clusters (docs/vllm.md).
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Optional, Sequence
 
 import numpy as np
