@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -43,8 +44,31 @@ SWEEPS = {
 }
 
 
+def _jsonl(*rows) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+# Dataset files with one bad row after a good one (columns question/answer, training's defaults).
+OK_ROW = {"question": "1+1?", "answer": "2"}
+DATA = {
+    "missing-question.jsonl": _jsonl(OK_ROW, {"answer": "2"}),
+    "null-question.jsonl": _jsonl(OK_ROW, {"question": None, "answer": "2"}),
+    "empty-question.jsonl": _jsonl(OK_ROW, {"question": "", "answer": "2"}),
+    "list-question.jsonl": _jsonl(OK_ROW, {"question": ["1+1?"], "answer": "2"}),
+    "number-question.jsonl": _jsonl(OK_ROW, {"question": 7, "answer": "2"}),
+    "null-answer.jsonl": _jsonl(OK_ROW, {"question": "2+2?", "answer": None}),
+    "missing-answer.jsonl": _jsonl(OK_ROW, {"question": "2+2?"}),
+}
+
+
 def make_world(root: Path) -> Path:
     """Pre-existing things the bad commands must leave alone."""
+    data = root / "data"
+    data.mkdir()
+    for name, text in DATA.items():
+        (data / name).write_text(text)
+    (data / "latin1.jsonl").write_bytes(_jsonl(OK_ROW).encode() + '{"question": "café?", "answer": "2"}\n'.encode("latin-1"))
+    pd.DataFrame({"question": ["1+1?", None], "answer": ["2", "4"]}).to_parquet(data / "null-question.parquet")
     good = root / "runs" / "good"
     atomic_write_json(good / "run.json", {"name": "good", "config": CONFIG})
     for s in (1, 2, 3):
@@ -83,8 +107,36 @@ def world(tmp_path_factory) -> Path:
 
 T = ["train", "-q"]
 E = ["eval-passk"]
+TD = T + ["--set", "data.name={world}/data/"]  # + a file name: training on a dataset file
+ED = E + ["builtin:tiny", "--problem-col", "question", "-d", "{world}/data/"]  # + a file name: evaluating one
 SIM_D = ["simulate", "dynamics", "--steps", "2", "--seeds", "1", "--out", "{world}/simout"]
 PLOT = ["plot", "{world}/runs/good", "--kind", "entropy", "--out", "{world}/p.png"]
+
+
+def _data(args: list[str], name: str, *sets: str) -> list[str]:
+    """``args`` (ending in a ``{world}/data/`` prefix) with the file ``name`` appended, then ``--set`` each of ``sets``."""
+    out = [*args[:-1], args[-1] + name]
+    for s in sets:
+        out += ["--set", s]
+    return out
+
+
+# Dataset files, checked row by row by train and eval-passk alike (JSON lines: 1-based line; Parquet:
+# 0-based row): (file, the Error: line after the file's path, then training's fix or eval-passk's).
+PROBLEM_FIX = ("set data.prompt_col to one of them", "choose another with --problem-col")
+ANSWER_FIX = ("set data.answer_col to one of them", "choose another with --answer-col")
+DATA_BAD = [
+    ("latin1.jsonl", ":2 is not UTF-8 (byte 0xe9 at byte offset 53); re-save the file as UTF-8", ("", "")),
+    ("missing-question.jsonl", ":2 has no column 'question' (columns: answer); ", PROBLEM_FIX),
+    ("null-question.jsonl", ":2: the problem (column 'question') is null; fill it in or remove that row, or ", PROBLEM_FIX),
+    ("empty-question.jsonl", ":2: the problem (column 'question') is empty; fill it in or remove that row, or ", PROBLEM_FIX),
+    ("list-question.jsonl", ":2: the problem (column 'question') is a list, not a string; write it as text, or ", PROBLEM_FIX),
+    ("number-question.jsonl", ":2: the problem (column 'question') is a number, not a string; write it as text, or ", PROBLEM_FIX),
+    ("null-question.parquet", " row 1 (0-based): the problem (column 'question') is null; fill it in or remove that row, or ", PROBLEM_FIX),
+    ("null-answer.jsonl", ":2: the answer (column 'answer') is null; fill it in or remove that row, or ", ANSWER_FIX),
+    ("missing-answer.jsonl", ":2 has no column 'answer' (columns: question); ", ANSWER_FIX),
+]
+
 
 # (args, fragment of the one Error: line). {world}, {file}: paths in the world folder.
 BAD = [
@@ -194,6 +246,12 @@ BAD = [
     (T + ["--resume", "{world}/noconfig"], "has no config"),
     (T + ["--nproc", "2"], "--nproc 2 needs --deepspeed"),
     (T + ["--nproc", "2", "--set", "algo.eps_low=0"], "--nproc 2 needs --deepspeed"),
+    # ---- train and eval-passk: dataset files (DATA_BAD); training needs the answer for verifiable rewards only
+    *[
+        (_data(TD, name, *(["reward.kind=gsm8k"] if "answer" in name else [])), "{world}/data/" + name + text + fix[0])
+        for name, text, fix in DATA_BAD
+    ],
+    *[(_data(ED, name), "{world}/data/" + name + text + fix[1]) for name, text, fix in DATA_BAD],
     # ---- eval-passk: the flags become an EvalConfig, whose messages name config keys
     (E + ["builtin:tiny", "-d", "gsm8k", "--n", "0", "--k", "1"], "eval.n=0 must be >= 1"),
     (E + ["builtin:tiny", "-d", "gsm8k", "--k", "0"], "eval.k=[0] must lie in [1, eval.n=32]"),

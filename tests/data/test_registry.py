@@ -155,7 +155,7 @@ def test_missing_column_lists_available_columns(tmp_path):
         load_benchmark(str(path))
     msg = str(info.value)
     assert "column 'problem' not found" in msg
-    assert "available columns: question, gold" in msg
+    assert "d.jsonl:1 has no column 'problem' (columns: question, gold)" in msg
     assert "--problem-col" in msg
     assert "\n" not in msg
     with pytest.raises(DataError, match=r"column 'answer' not found.*--answer-col"):

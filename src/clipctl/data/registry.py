@@ -23,7 +23,9 @@ from typing import Optional
 import numpy as np
 
 from clipctl.data.prompts import format_prompt
-from clipctl.data.sources import LOCAL_KINDS, has_local_suffix, read_hf, read_local, read_shipped
+from clipctl.data.sources import (
+    LOCAL_KINDS, Column, Rows, check_rows, has_local_suffix, read_hf, read_local, read_shipped,
+)
 from clipctl.errors import DataError
 
 GSM8K_TEMPLATE = "{prompt}\nLet's think step by step and output the final answer after \"####\"."
@@ -81,7 +83,7 @@ DATASETS: dict[str, Dataset] = {
 BENCHMARKS: dict[str, Dataset] = {name: d for name, d in DATASETS.items() if d.eval_split is not None}
 
 
-def read_table(name: str, split: str = "train") -> list[dict]:
+def read_table(name: str, split: str = "train") -> Rows:
     """Rows of a registered dataset, a local file or an HF dataset id."""
     if name in DATASETS:
         splits = DATASETS[name].splits
@@ -114,25 +116,20 @@ def load_examples(data_cfg, tokenizer, *, need_gold: bool) -> list[Example]:
     rows = read_table(data_cfg.name, data_cfg.split)
     if not rows:
         raise DataError(f"dataset '{data_cfg.name}' is empty; point data.name at a file with rows")
-    columns = list(rows[0].keys())
-    wanted = [("prompt_col", data_cfg.prompt_col)] + ([("answer_col", data_cfg.answer_col)] if need_gold else [])
-    for key, col in wanted:
-        if col not in rows[0]:
-            raise DataError(
-                f"dataset '{data_cfg.name}' has no column '{col}' (columns: {', '.join(columns)}); "
-                f"set data.{key} to one of them"
-            )
+    # The answer is read only where rewards need it; random rewards train on a file without one.
+    texts_of = check_rows(rows, [
+        Column(data_cfg.prompt_col, "problem", "set data.prompt_col to one of them", numbers=False),
+        Column(data_cfg.answer_col, "answer", "set data.answer_col to one of them", required=need_gold),
+    ])
     texts = [
-        format_prompt(str(r[data_cfg.prompt_col]), data_cfg.prompt_template, tokenizer, data_cfg.chat_template)
-        for r in rows
+        format_prompt(prompt, data_cfg.prompt_template, tokenizer, data_cfg.chat_template) for prompt, _ in texts_of
     ]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     examples = []
-    for i, (row, text, row_ids) in enumerate(zip(rows, texts, ids)):
+    for i, ((_, gold), text, row_ids) in enumerate(zip(texts_of, texts, ids)):
         if len(row_ids) > data_cfg.max_prompt_tokens:
             continue
-        gold = row.get(data_cfg.answer_col)
-        examples.append(Example(i, text, tuple(row_ids), None if gold is None else str(gold)))
+        examples.append(Example(i, text, tuple(row_ids), gold))
     if not examples:
         raise DataError(
             f"every prompt of '{data_cfg.name}' is longer than data.max_prompt_tokens={data_cfg.max_prompt_tokens}; raise it"
@@ -170,11 +167,11 @@ class Problem:
     answer: str
 
 
-def _rows_of(name_or_path: str) -> tuple[list[dict], Optional[Dataset], str]:
-    """Raw rows, the registry entry (or None for a local file) and a display name."""
+def _rows_of(name_or_path: str) -> tuple[Rows, Optional[Dataset]]:
+    """Raw rows and the registry entry (or None for a local file)."""
     bench = BENCHMARKS.get(name_or_path)
     if bench is not None:
-        return read_shipped(bench.name, bench.eval_split), bench, f"packaged dataset {bench.name!r}"
+        return read_shipped(bench.name, bench.eval_split), bench
 
     path = Path(name_or_path)
     if not has_local_suffix(path):
@@ -186,11 +183,7 @@ def _rows_of(name_or_path: str) -> tuple[list[dict], Optional[Dataset], str]:
         )
     if not path.is_file():
         raise DataError(f"dataset file not found: {str(path)!r}; check the path")
-    return read_local(path), None, str(path)
-
-
-def _as_text(value: object) -> str:
-    return value if isinstance(value, str) else str(value)
+    return read_local(path), None
 
 
 def load_benchmark(
@@ -214,14 +207,15 @@ def load_benchmark(
         limit: keep only the first ``limit`` problems.
 
     Raises:
-        DataError: unknown name, missing file, missing column, empty dataset,
-            or ``limit < 1``.
+        DataError: unknown name, missing file, empty dataset, ``limit < 1``,
+            or a row that ``sources.check_rows`` refuses (bad encoding, a
+            missing, null, empty or wrongly typed value).
     """
     if limit is not None and limit < 1:
         raise DataError(f"limit ({limit}) must be >= 1; leave it unset to use every problem")
-    rows, bench, source = _rows_of(str(name_or_path))
+    rows, bench = _rows_of(str(name_or_path))
     if not rows:
-        raise DataError(f"{source} has no rows; give a dataset with at least one problem")
+        raise DataError(f"{rows.source} has no rows; give a dataset with at least one problem")
 
     p_col = problem_col or (bench.problem_col if bench else "problem")
     a_col = answer_col or (bench.answer_col if bench else "answer")
@@ -234,22 +228,15 @@ def load_benchmark(
     # The gold rule belongs to the registered answer column, not to one the caller chose.
     gold = bench.gold if bench is not None and answer_col is None else (lambda answer: answer)
 
-    available = ", ".join(rows[0])
-    for col, flag in ((p_col, "--problem-col"), (a_col, "--answer-col"), (i_col, "--id-col")):
-        if col is None:
-            continue
-        for rowno, row in enumerate(rows):
-            if col not in row:
-                where = "" if rowno == 0 else f" (row {rowno})"
-                raise DataError(
-                    f"column {col!r} not found in {source}{where}; available columns: {available}; "
-                    f"choose another with {flag}"
-                )
-
+    columns = [
+        Column(p_col, "problem", "choose another with --problem-col", numbers=False),
+        Column(a_col, "answer", "choose another with --answer-col"),
+    ] + ([Column(i_col, "id", "choose another with --id-col", nonempty=False)] if i_col is not None else [])
+    # Every row is checked, also those past ``limit``: a broken file fails the same whatever the limit.
+    texts = check_rows(rows, columns)
     if limit is not None:
-        rows = rows[:limit]
-    problems = []
-    for rowno, row in enumerate(rows):
-        pid = _as_text(row[i_col]) if i_col is not None else str(rowno)
-        problems.append(Problem(id=pid, problem=_as_text(row[p_col]), answer=gold(_as_text(row[a_col]))))
-    return problems
+        texts = texts[:limit]
+    return [
+        Problem(id=row[2] if i_col is not None else str(rowno), problem=row[0], answer=gold(row[1]))
+        for rowno, row in enumerate(texts)
+    ]
