@@ -79,6 +79,8 @@ def make_world(root: Path) -> Path:
     write_part(broken, "steps", 1, [{"step": 1, "entropy": 1.0}])
     (broken / "steps" / "step-000002.parquet").write_bytes(b"PAR1 truncated")
     atomic_write_json(root / "noconfig" / "run.json", {"name": "noconfig"})
+    # A training run named like a simulated one: simulate dynamics must not replace it.
+    atomic_write_json(root / "trained" / "el0.2-eh0.2-s0" / "run.json", {"name": "x", "preset": "tiny-cpu", "config": CONFIG})
     (root / "file.txt").write_text("not a folder\n")
     (root / "bad.toml").write_text("this is [not toml\n")
     for name, extra in SWEEPS.items():
@@ -234,6 +236,8 @@ BAD = [
     (T + ["--out", "{world}/runs", "--name", ".."], "--name '..'"),
     (T + ["--out", "{world}/runs", "--name", ".hidden"], "--name '.hidden'"),
     (T + ["--out", "{world}/runs", "--name", "x" * 300], "at most 200 bytes"),
+    (T + ["--out", "{world}/runs", "--name", "a\nb"], "--name 'a\\nb' must be a plain folder name (not empty, no '/', '\\' or control character"),
+    (T + ["--out", "{world}/runs", "--name", "a\tb"], "control character such as a newline"),
     (T + ["--out", "{world}/runs", "--name", "good"], "already exists; continue it with --resume"),
     (T + ["--out", "{world}/file.txt", "--name", "r"], "is a file, not a folder"),
     (T + ["--out", "{world}/file.txt/sub", "--name", "r"], "is a file"),
@@ -333,6 +337,8 @@ BAD = [
     (SIM_D + ["--steps", "0"], "steps=0"),
     (SIM_D + ["--grid", "bogus"], "bogus"),
     (SIM_D + ["--grid", ","], "the grid is empty"),
+    (SIM_D + ["--grid", "0.2/0.2,0.2/0.2"], "grid has 0.2/0.2 more than once"),
+    (SIM_D + ["--grid", "0.2/0.2", "--out", "{world}/trained"], "is not a simulated run"),
     (SIM_D + ["--seed", BIG], f"seed={BIG} must be in [0, 2**63 - 1]"),
     (["simulate", "dynamics", "--steps", "2", "--seeds", "0", "--out", "{world}/simout"], "seeds=0"),
     (["simulate", "dynamics", "--steps", "2", "--seeds", "1", "--out", "{world}/file.txt"], "is a file"),

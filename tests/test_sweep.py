@@ -421,7 +421,7 @@ def test_busy_sweep_folder_is_refused(tmp_path, monkeypatch):
     with open(out / "g" / ".lock", "a") as held:  # as another sweep holds it
         fcntl.flock(held, fcntl.LOCK_EX)
         result = runner.invoke(app, ["sweep", str(path), "--out", str(out), "--retry-failed"])
-    assert_one_line_error(result, "is in use by another clipctl sweep")
+    assert_one_line_error(result, "is in use by another clipctl process")
     assert fake.calls == []
 
 

@@ -163,12 +163,13 @@ def valid_group_keys(runs: Sequence[Run]) -> list[str]:
 
 
 def parse_keys(text: Optional[str | Sequence[str]]) -> Optional[list[str]]:
-    """``'algo.eps_low,optim.lr'`` (or a list of such strings) -> list of keys; None stays None."""
+    """``'algo.eps_low,optim.lr'`` (or a list of such strings) -> list of keys, each once; None stays None."""
     if text is None:
         return None
     items = [text] if isinstance(text, str) else list(text)
-    keys = [k.strip() for item in items for k in item.split(",") if k.strip()]
-    return keys or None
+    # A repeated key would make a duplicate column, which pandas groups with a warning.
+    keys = dict.fromkeys(k.strip() for item in items for k in item.split(",") if k.strip())
+    return list(keys) or None
 
 
 def default_group_keys(runs: Sequence[Run]) -> list[str]:
@@ -540,7 +541,7 @@ def curves(
     if smooth < 1:
         raise AnalysisError(f"--smooth must be at least 1, got {smooth}")
     check_metric(runs, metric)
-    keys = list(group_by or default_group_keys(runs))
+    keys = parse_keys(group_by) or default_group_keys(runs)
     frames = []
     for run in runs:
         steps = run.steps.sort_values("step", kind="stable")
@@ -584,7 +585,7 @@ def aggregate_curves(long: pd.DataFrame) -> pd.DataFrame:
 
 def eval_curves(runs: Sequence[Run], *, group_by: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """Long table of the eval summaries: ``group, run, step, dataset, k, pass_at_k, mean_at_n``."""
-    keys = list(group_by or default_group_keys(runs))
+    keys = parse_keys(group_by) or default_group_keys(runs)
     frames = []
     for run in runs:
         ev = read_eval_summary(run)

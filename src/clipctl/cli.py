@@ -66,10 +66,15 @@ simulate_app = typer.Typer(
 )
 app.add_typer(simulate_app, name="simulate")
 
-RESUME_HINT = "Interrupted; resume with --resume RUN_DIR"
+def _resume_hint(kwargs: dict) -> str:
+    """``train``'s Ctrl-C line: the run directory it announced (or was given with --resume)."""
+    run_dir = render.TrainBar.announced or kwargs.get("resume")
+    if run_dir is None:
+        return "Interrupted before the first step; run the same command again"
+    return f"Interrupted; resume with clipctl train --resume {run_dir}"
 
 
-def _one_line_errors(fn: Callable, interrupted: str) -> Callable:
+def _one_line_errors(fn: Callable, interrupted: Callable[[dict], str]) -> Callable:
     """``ClipctlError`` (and a full disk) as ``Error: <message>`` and exit 1; tracebacks with --debug."""
 
     @functools.wraps(fn)
@@ -83,7 +88,7 @@ def _one_line_errors(fn: Callable, interrupted: str) -> Callable:
             say(f"Error: {e}", err=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
-            say(interrupted, err=True)
+            say(interrupted(kwargs), err=True)
             raise typer.Exit(130)
         except Exception as e:  # a full disk outside the run writers (eval-passk, plot, analysis...)
             from clipctl.rundir import is_disk_full
@@ -97,9 +102,11 @@ def _one_line_errors(fn: Callable, interrupted: str) -> Callable:
     return wrapper
 
 
-def command(parent: typer.Typer = app, name: Optional[str] = None, *, interrupted: str = RESUME_HINT):
-    """Register a command whose library errors print as one line; ``interrupted`` is said on Ctrl-C."""
-    return lambda fn: parent.command(name)(_one_line_errors(fn, interrupted))
+def command(parent: typer.Typer = app, name: Optional[str] = None, *, interrupted: str | Callable[[dict], str] = "Interrupted"):
+    """Register a command whose library errors print as one line; ``interrupted`` is said on Ctrl-C
+    (a str, or a function of the command's arguments)."""
+    said = interrupted if callable(interrupted) else lambda kwargs: interrupted
+    return lambda fn: parent.command(name)(_one_line_errors(fn, said))
 
 
 class _Registry(enum.EnumMeta):
@@ -162,7 +169,7 @@ def seed_option(help: str):
 # ---------------------------------------------------------------- train and presets
 
 
-@command()
+@command(interrupted=_resume_hint)
 def train(
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `clipctl presets`) or a .toml path.")] = "tiny-cpu",
     set_: Overrides = [],
@@ -281,6 +288,9 @@ def eval_passk(
     batch_prompts: Annotated[int, typer.Option("--batch-prompts", help="Problems per generate call.")] = 8,
     grader_processes: Annotated[int, typer.Option("--grader-processes", help="Grading worker processes; 0 grades inline.")] = 0,
     dtype: Annotated[Dtype, typer.Option("--dtype", help="Model weights' dtype.")] = "float32",
+    lock_wait: Annotated[float, typer.Option(
+        "--lock-wait", min=0, help="Seconds to wait while another eval-passk writes the same output (0: fail at once).",
+    )] = 3600.0,
     quiet: Quiet = False,
     debug: Debug = False,
 ):
@@ -302,7 +312,7 @@ def eval_passk(
     with render.EvalBar(quiet) as bar:
         results = evaluate(
             target, dataset, cfg, seed=seed, engine=engine, checkpoints=checkpoints, out=out, dtype=dtype,
-            progress=bar.on_progress, log=bar.log,
+            lock_wait=lock_wait, progress=bar.on_progress, log=bar.log,
         )
     console.print(render.passk_table(results, target, n, temperature))
 

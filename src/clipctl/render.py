@@ -94,7 +94,10 @@ class _Bar:
 class TrainBar(_Bar):
     """``train``'s bar: steps done, and the last step's reward, entropy and clip fractions."""
 
+    announced: Optional[Path] = None  # the run directory of the last start, for the Ctrl-C line
+
     def __init__(self, quiet: bool):
+        TrainBar.announced = None
         super().__init__(Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("{task.fields[stats]}"), console=console, disable=quiet, transient=False,
@@ -103,6 +106,7 @@ class TrainBar(_Bar):
 
     def on_start(self, run_dir: Path, first: int, total: int) -> None:
         say(f"run directory: {run_dir}")
+        TrainBar.announced = run_dir
         self.task = self.progress.add_task("train", total=total, completed=first - 1, stats="")
         self.progress.start()  # only now: an error before this point prints its one line alone
 

@@ -1,10 +1,12 @@
 """Guards around writing a run directory: one writer at a time, usable output places, disk full.
 
-- ``RunLock``: an exclusive ``flock`` on ``<run>/.lock``, held by whoever writes
-  the run (``clipctl train``, ``train --resume``, ``eval-passk`` into the run;
-  under DeepSpeed rank 0 alone). A second writer gets one ``Error:`` line that
-  names the holder. The lock dies with its process, so a killed run never leaves
-  a stale lock; a clean exit also removes the file (a waiter that opened the
+- ``RunLock``: an exclusive ``flock`` on ``<dir>/.lock``, held by whoever writes
+  the folder (``clipctl train``, ``train --resume``, ``eval-passk`` into its
+  output, ``sweep`` on its sweep folder, ``simulate dynamics`` on each run it
+  writes; under DeepSpeed rank 0 alone). A second writer gets one ``Error:``
+  line that names the holder, or, with ``wait``, waits while the holder is the
+  same command. The lock dies with its process, so a killed run never leaves a
+  stale lock; a clean exit also removes the file (a waiter that opened the
   removed file notices and locks the new one).
 - ``check_name`` / ``ensure_output_dir``: a run name is one plain folder name,
   and an output folder is created and probed with a temp file before any work
@@ -22,22 +24,25 @@ import os
 import re
 import socket
 import tempfile
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from clipctl.errors import RunDirError
 
 LOCK_NAME = ".lock"
-BAD_NAME_RE = re.compile(r"[/\\\x00]")
+# Control characters too: a newline in a folder name breaks every line-based listing and log of it.
+BAD_NAME_RE = re.compile(r"[/\\\x00-\x1f\x7f]")
+LOCK_POLL_SECONDS = 0.2
 _DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "unexpected pos")
 
 
 def check_name(name: str, flag: str = "--name") -> None:
-    """A run name is one plain folder name: not empty, no '/', not hidden, not '.' or '..'."""
+    """A run name is one plain folder name: not empty, no '/' or control character, not hidden, not '.' or '..'."""
     if not name or BAD_NAME_RE.search(name) or name.startswith(".") or len(name.encode()) > 200:
         raise RunDirError(
-            f"{flag} {name!r} must be a plain folder name (not empty, no '/', not starting with '.', "
-            "at most 200 bytes), e.g. --name eps-high-inf"
+            f"{flag} {name!r} must be a plain folder name (not empty, no '/', '\\' or control character such as "
+            "a newline, not starting with '.', at most 200 bytes), e.g. --name eps-high-inf"
         )
 
 
@@ -92,16 +97,38 @@ def check_output_dir(path: Path, flag: str = "--out") -> None:
 
 
 class RunLock:
-    """Exclusive ``flock`` on ``<run_dir>/.lock``; a context manager. ``what`` says who holds it."""
+    """Exclusive ``flock`` on ``<run_dir>/.lock``; a context manager. ``what`` says who holds it.
 
-    def __init__(self, run_dir: Path, what: str):
+    ``wait`` (seconds): while the holder is another ``clipctl <what>``, wait up to
+    that long for it (``log`` says so once) instead of refusing at once; any other
+    holder (a training run holds its folder for hours) is refused at once.
+    ``elsewhere`` ends the refusal: how to write somewhere else instead.
+    """
+
+    def __init__(
+        self, run_dir: Path, what: str, wait: float = 0.0, log: Optional[Callable[[str], None]] = None,
+        elsewhere: str = "pick another --name",
+    ):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self.what = what
+        self.elsewhere = elsewhere
+        self.wait = wait
+        self.log = log
         self.fd = -1
 
+    def _busy(self, holder: str, waited: float) -> RunDirError:
+        after = f" (waited {waited:.0f} s)" if waited else ""
+        return RunDirError(
+            f"run directory {self.run_dir} is in use by another clipctl process ({holder}){after}; "
+            f"wait for it to finish or stop it, then run this again (or {self.elsewhere})"
+        )
+
     def acquire(self) -> "RunLock":
-        for _ in range(20):
+        start = time.monotonic()
+        replaced = 0
+        said = False
+        while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as e:
@@ -113,10 +140,16 @@ class RunLock:
             except BlockingIOError:
                 holder = self._holder()
                 os.close(fd)
-                raise RunDirError(
-                    f"run directory {self.run_dir} is in use by another clipctl process ({holder}); "
-                    "wait for it to finish or stop it, then run this again (or pick another --name)"
-                ) from None
+                waited = time.monotonic() - start
+                # An empty note is a holder that has just locked and not yet written it.
+                same_kind = f"clipctl {self.what}," in holder or holder == "holder unknown"
+                if not same_kind or waited >= self.wait:
+                    raise self._busy(holder, waited) from None
+                if not said and self.log is not None:
+                    self.log(f"waiting up to {self.wait:g} s for {self.run_dir}: in use by {holder}")
+                    said = True
+                time.sleep(LOCK_POLL_SECONDS)
+                continue
             try:  # the file may have been removed (and re-made) between open and flock: lock the current one
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -124,8 +157,9 @@ class RunLock:
             if same:
                 break
             os.close(fd)
-        else:  # pragma: no cover - someone keeps replacing the file
-            raise RunDirError(f"cannot lock {self.path}: it keeps being replaced; run this again")
+            replaced += 1
+            if replaced >= 20:  # pragma: no cover - someone keeps replacing the file
+                raise RunDirError(f"cannot lock {self.path}: it keeps being replaced; run this again")
         self.fd = fd
         stamp = dt.datetime.now().isoformat(timespec="seconds")
         try:

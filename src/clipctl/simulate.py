@@ -53,8 +53,10 @@ Run it::
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import copy
+import datetime as dt
+import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -68,6 +70,7 @@ import torch
 from clipctl import algo, schema
 from clipctl.clip import ClipSpec
 from clipctl.errors import ClipctlError
+from clipctl.rundir import LOCK_NAME, RunLock, ensure_output_dir
 from clipctl.runlog import RunWriter
 
 REWARD_KINDS = {"bernoulli": "random_bernoulli", "gaussian": "random_gaussian"}
@@ -615,6 +618,31 @@ def write_run(run_dir: Path, cfg: DynamicsConfig, steps: pd.DataFrame, updates: 
     return run_dir
 
 
+def _check_ours(run_dir: Path) -> None:
+    """``run_dir`` is new or a run this simulator wrote: never overwrite a training run's run.json."""
+    meta_path = run_dir / "run.json"
+    if not run_dir.exists():
+        return
+    if (run_dir / "checkpoints").exists():
+        made_by = "has checkpoints/"
+    elif meta_path.is_file():
+        try:
+            preset = json.loads(meta_path.read_text()).get("preset")
+        except (OSError, ValueError, AttributeError):
+            preset = "unreadable"
+        if preset == "simulate":
+            return
+        made_by = f"its run.json says preset {preset!r}"
+    elif any(f.name != LOCK_NAME for f in run_dir.iterdir()):  # a killed simulation may leave its .lock
+        made_by = "it holds files but no run.json"
+    else:
+        return
+    raise SimulateError(
+        f"{run_dir} is not a simulated run ({made_by}), and simulate would replace it; "
+        "choose another out folder (--out) or move that run away"
+    )
+
+
 def run_dynamics(
     out: Path,
     *,
@@ -623,7 +651,12 @@ def run_dynamics(
     base: Optional[DynamicsConfig] = None,
     on_run: Optional[Callable[[Path], None]] = None,
 ) -> list[Path]:
-    """Simulate every (clip setting, seed) and write one run directory each under ``out``."""
+    """Simulate every (clip setting, seed) and write one run directory each under ``out``.
+
+    Each run directory is locked (``rundir.RunLock``) from before the first simulation to
+    the last write, and one that a training run (or anything but this simulator) made is
+    refused before anything is written.
+    """
     base = base or DynamicsConfig()
     if seeds < 1:
         raise SimulateError(f"seeds={seeds} must be at least 1")
@@ -634,17 +667,40 @@ def run_dynamics(
     ]
     for cfg in configs:
         validate(cfg)
-    from clipctl.rundir import ensure_output_dir
+    run_dirs = [Path(out) / run_name(cfg) for cfg in configs]
+    seen: set[Path] = set()
+    for cfg, run_dir in zip(configs, run_dirs):
+        if run_dir in seen:  # one folder, two runs: the second would replace the first
+            raise SimulateError(
+                f"grid has {_num(cfg.eps_low)}/{_num(cfg.eps_high)} more than once (runs named {run_dir.name}); "
+                "give each eps_low/eps_high setting once"
+            )
+        seen.add(run_dir)
 
     try:  # a file or a read-only place fails before any simulation
         ensure_output_dir(out, "--out")
     except ClipctlError as e:
         raise SimulateError(f"cannot write run directory: {e}") from None
-    paths = []
-    for cfg in configs:
-        steps, updates = simulate_run(cfg)
-        path = write_run(Path(out) / run_name(cfg), cfg, steps, updates)
-        paths.append(path)
-        if on_run:
-            on_run(path)
+    for run_dir in run_dirs:  # all before the first lock file is made in any of them
+        _check_ours(run_dir)
+    created: list[Path] = []
+    try:
+        with contextlib.ExitStack() as held:
+            for run_dir in run_dirs:
+                created += ensure_output_dir(run_dir, "--out")
+                held.enter_context(RunLock(run_dir, "simulate dynamics"))
+                _check_ours(run_dir)  # again under the lock: a training run may have started meanwhile
+            paths = []
+            for cfg, run_dir in zip(configs, run_dirs):
+                steps, updates = simulate_run(cfg)
+                paths.append(write_run(run_dir, cfg, steps, updates))
+                if on_run:
+                    on_run(run_dir)
+    except BaseException:
+        for folder in reversed(created):  # after the lock files are gone: only still-empty folders go
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        raise
     return paths

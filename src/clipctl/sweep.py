@@ -17,15 +17,14 @@ How this departs from a plain loop over ``train()``:
    command again.
 3. Runs are subprocesses, not calls: a crash, OOM or CUDA error fails one run,
    and the printed command of a run is exactly what the sweep launches.
-4. A lock on ``<sweep>/.lock`` is held by the sweep and inherited by its
-   training processes, so a second sweep cannot write the same runs, not even
+4. A lock on ``<sweep>/.lock`` (``rundir.RunLock``) is held by the sweep and
+   inherited by its training processes, so a second sweep cannot write the same runs, not even
    while trainers orphaned by a killed sweep still run.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import itertools
 import json
 import math
@@ -59,7 +58,7 @@ from clipctl.config import (
     toml_names,
 )
 from clipctl.errors import ClipctlError, ConfigError, RunDirError
-from clipctl.rundir import check_output_dir, ensure_output_dir
+from clipctl.rundir import RunLock, check_output_dir, ensure_output_dir
 from clipctl.runlog import atomic_write_bytes, atomic_write_json, latest_checkpoint, logged_steps, read_meta, write_parquet_atomic
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
@@ -559,32 +558,6 @@ def _gpu_slots(gpus: Optional[str | Sequence], gpus_per_run: int, jobs: Optional
     return jobs, [",".join(ids[i * gpus_per_run:(i + 1) * gpus_per_run]) for i in range(jobs)]
 
 
-class _SweepLock:
-    """An exclusive ``flock`` on ``<sweep>/.lock``; children inherit the descriptor (see the module docstring)."""
-
-    def __init__(self, sweep_dir: Path):
-        self.path = sweep_dir / ".lock"
-        self.fd = -1
-
-    def __enter__(self) -> "_SweepLock":
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.path.read_text().strip() or "?"
-            os.close(self.fd)
-            raise SweepError(
-                f"sweep folder {self.path.parent} is in use by another clipctl sweep (pid {holder}) or by training "
-                "processes it started; wait for them to finish or stop them, then run this again"
-            ) from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        os.close(self.fd)
-
-
 def _launch(cmd: list[str], log_path: Path, env: dict, pass_fds: tuple[int, ...]) -> subprocess.Popen:
     """Start one training process, appending its output to ``log_path`` (tests replace this)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -632,7 +605,9 @@ def run_sweep(
         return df
     sd = prepared.sweep_dir
     ensure_output_dir(sd, "--out")  # a file, a read-only place or /proc fails here, before any run starts
-    with _SweepLock(sd) as lock:
+    # The lock's descriptor is inherited by the trainers (_launch's pass_fds), so trainers
+    # orphaned by a killed sweep still hold it.
+    with RunLock(sd, "sweep", elsewhere="pass another --out") as lock:
         _check_sweep_dir(prepared)  # again: another sweep may have claimed the folder meanwhile
         if not (sd / "sweep.json").is_file():
             atomic_write_bytes(sd / "sweep.toml", prepared.spec.path.read_bytes())

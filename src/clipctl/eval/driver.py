@@ -20,7 +20,11 @@ this module adds the model, the files and resume.
    appears only when every batch is done (then ``parts/`` is removed). A call
    whose settings match a finished step loads no model and generates nothing;
    it only recomputes the scores, so new k values are free.
-4. Scores: per-problem unbiased pass@k and mean@n averaged over problems, with
+4. One writer: the whole call holds ``rundir.RunLock`` on the output root (on
+   the run directory when the root is inside one). Another evaluation of the
+   same root waits for it (up to ``lock_wait`` seconds) and then reuses its
+   samples, so concurrent calls with different k both keep every row.
+5. Scores: per-problem unbiased pass@k and mean@n averaged over problems, with
    a percentile bootstrap over problems (``passk.bootstrap_ci``, seeded by
    ``seed``, so every k sees the same resamples).
 
@@ -476,6 +480,7 @@ def evaluate(
     out: Optional[Union[str, Path]] = None,
     dtype: str = "float32",
     device: Optional[str] = None,
+    lock_wait: float = 3600.0,
     progress: Optional[Progress] = None,
     log: Optional[Log] = None,
 ) -> pd.DataFrame:
@@ -492,6 +497,8 @@ def evaluate(
         checkpoints: ``all``, ``last`` or ``step-N,...`` (run directories only).
         out: output root instead of ``runs/<name>/eval`` or ``runs/eval/<model>``.
         dtype, device: how to load the model (device: cuda when available).
+        lock_wait: seconds to wait while another ``eval-passk`` writes the same output
+            (a training run holding it is refused at once); 0 refuses at once.
         progress: called with (samples done, samples in total) over all steps.
         log: receives one-line messages.
 
@@ -532,16 +539,24 @@ def evaluate(
 
         return get
 
-    with contextlib.ExitStack() as held:
-        if plan.run_dir is not None and _inside(plan.root, plan.run_dir):
-            held.enter_context(RunLock(plan.run_dir, "eval-passk"))  # one writer per run directory
-        created = ensure_output_dir(plan.root, "--out")  # before any sampling: a bad place fails at once
-        try:
+    # The whole evaluation holds one lock: two evaluations into one root would otherwise share step
+    # folders and read-modify-write summary.parquet at once, losing rows. Inside a run directory it is
+    # the run's lock, so a training run and an evaluation never write the run at once.
+    in_run = plan.run_dir is not None and _inside(plan.root, plan.run_dir)
+    lock = RunLock(plan.run_dir if in_run else plan.root, "eval-passk", wait=lock_wait, log=log, elsewhere="pass another --out")
+    created: list[Path] = []
+    try:
+        with contextlib.ExitStack() as held:
+            if in_run:
+                held.enter_context(lock)
+            created = ensure_output_dir(plan.root, "--out")  # before any sampling: a bad place fails at once
+            if not in_run:  # the root's lock file needs the root
+                held.enter_context(lock)
             results = _run_steps(plan, eval_set, cfg, seed, engine_for, progress, log)
-        except BaseException:
-            for folder in reversed(created):  # nothing was written: leave no empty folders behind
-                _rmdir_if_empty(folder)
-            raise
+    except BaseException:
+        for folder in reversed(created):  # after the lock file is gone: leave no empty folders behind
+            _rmdir_if_empty(folder)
+        raise
     log(f"eval directory: {plan.root}")
     return results
 
