@@ -4,11 +4,14 @@
 
 1. An uninterrupted reference run (``clipctl train``, builtin:tiny, small batch,
    a checkpoint every step) gives the expected steps table and its wall time T.
-2. A second run with the same config is started and SIGKILLed after a delay
-   drawn uniformly from [0, T / 4] (so kills land in start-up, rollouts,
-   updates, Parquet writes, checkpoint saves and compaction, and each attempt
-   gets only part of the way); then ``--resume`` is started and killed the
-   same way, ``--kills`` times in all; then one last resume runs to the end.
+2. ``--kills`` kill times are drawn uniformly over [0, T] and sorted; a second
+   run with the same config is started and SIGKILLed at the first, then
+   ``--resume`` is started and killed after the gap to the next, and so on
+   (kills land in start-up, rollouts, updates, Parquet writes, checkpoint
+   saves and compaction). The attempts together run at most T and each
+   resume repeats its start-up and the steps after its checkpoint, so the run
+   cannot finish before the last kill: every kill fires. Then one last resume
+   runs to the end.
 3. The final steps table must equal the reference's (every step once; the
    math columns to 1e-6) and every checkpoint must load.
 
@@ -62,8 +65,10 @@ def main() -> int:
         wall = time.perf_counter() - t0
         print(f"reference run: {wall:.1f} s", flush=True)
         resume = False
-        for k in range(args.kills):
-            delay = rng.uniform(0.0, wall / 4)
+        times = sorted(rng.uniform(0.0, wall) for _ in range(args.kills))
+        fired = 0
+        for k, (delay, before) in enumerate(zip(times, [0.0, *times])):
+            delay -= before
             proc = subprocess.Popen(command(out, "cut", resume), env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, start_new_session=True)
             try:
@@ -73,6 +78,7 @@ def main() -> int:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 ended = "killed"
+                fired += 1
             resume = resume or (out / "cut" / "run.json").exists()
             try:
                 logged = list(read_run(out / "cut").steps["step"]) if resume else []
@@ -88,6 +94,7 @@ def main() -> int:
         b = cut.steps.drop(columns=[c for c in TIMING if c in cut.steps])
         same_steps = list(b["step"]) == list(a["step"])
         close = same_steps and np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-6, equal_nan=True)
+        print(f"kills fired: {fired} of {args.kills}")
         print(f"final: steps {list(b['step'])}, equal to the uninterrupted run: {close}; checkpoints {cut.checkpoints}")
         return 0 if close else 1
 

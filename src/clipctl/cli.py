@@ -171,9 +171,9 @@ def seed_option(help: str):
 
 @command(interrupted=_resume_hint)
 def train(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset name (see `clipctl presets`) or a .toml path.")] = "tiny-cpu",
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Preset name (see `clipctl presets`) or a .toml path [default: tiny-cpu].")] = None,
     set_: Overrides = [],
-    out: Annotated[Path, out_option("Folder that holds run directories.")] = Path("runs"),
+    out: Annotated[Optional[Path], out_option("Folder that holds run directories [default: runs].")] = None,
     name: Annotated[Optional[str], typer.Option("--name", "-n", help="Run directory name (default: PRESET-TIMESTAMP).")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue this run directory from its last checkpoint.")] = None,
     quiet: Quiet = False,
@@ -205,7 +205,7 @@ def train(
     bar = render.TrainBar(quiet)
     try:
         result = run_training(
-            None if resume else load_config(preset, set_), out=out, name=name, preset=preset, resume=resume,
+            None if resume else load_config(preset or "tiny-cpu", set_), out=out, name=name, preset=preset, resume=resume,
             overrides=tuple(set_), command_line=["clipctl", *sys.argv[1:]], log=bar.log, on_start=bar.on_start,
             on_step=bar.on_step, parallel=parallel,
         )
@@ -225,8 +225,9 @@ def _relaunch(nproc, preset, set_, out, name, resume, quiet, deepspeed, debug) -
     if deepspeed is None:
         raise ConfigError(f"--nproc {nproc} needs --deepspeed {DEEPSPEED_CHOICES}")
     if not resume:  # fail here with one line, not once per process
-        check_launch(load_config(preset, set_), nproc, deepspeed)
-    args = ["train", "--preset", preset, "--out", str(out), "--deepspeed", deepspeed]
+        check_launch(load_config(preset or "tiny-cpu", set_), nproc, deepspeed)
+    # Only the flags given are passed on: --resume refuses a --preset or --out of another run.
+    args = ["train", "--deepspeed", deepspeed] + (["--preset", preset] if preset else []) + (["--out", str(out)] if out else [])
     args += [a for text in set_ for a in ("--set", text)]
     args += (["--name", name] if name else []) + (["--resume", str(resume)] if resume else [])
     args += (["--quiet"] if quiet else []) + (["--debug"] if debug else [])

@@ -43,6 +43,7 @@ Departures from the textbook, each deliberate:
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 
 from clipctl import algo, schema
-from clipctl.config import Config, is_on_policy
+from clipctl.config import Config, config_to_dict, is_on_policy
 from clipctl.data import RewardBatch, compute_rewards, is_verifiable, load_examples, step_prompt_indices
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.rollout.base import pad_to
@@ -351,8 +352,14 @@ class Trainer:
         if not self.engine.weights_finite():  # never write a checkpoint a resume could not use
             raise NonFiniteError(step, "the weights are not finite", self._nonfinite_hint())
         tmp = Path(self.comm.on_main(new_checkpoint_folder, run_dir, step))
-        state = {"step": step, **self.engine.save(tmp), "control": self.control.state_dict(), "rng": rng_states()}
-        return Path(self.comm.on_main(finish_checkpoint, run_dir, step, tmp, self.tokenizer, state, keep_last))
+        try:
+            state = {"step": step, **self.engine.save(tmp), "control": self.control.state_dict(), "rng": rng_states()}
+            config = config_to_dict(self.cfg)
+            return Path(self.comm.on_main(finish_checkpoint, run_dir, step, tmp, self.tokenizer, state, config, keep_last))
+        except BaseException:  # Ctrl-C or a failed write: no half-made folder waits for the next resume
+            if self.comm.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def load_checkpoint(self, ckpt_dir: Path) -> None:
         """Engine state (optimizer, schedule, master weights), control and RNG states (the model was loaded from it)."""

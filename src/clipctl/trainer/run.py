@@ -24,8 +24,25 @@ from clipctl.config import Config, config_from_dict, config_to_dict
 from clipctl.errors import ConfigError, NonFiniteError, RunDirError
 from clipctl.models import load_tokenizer, resolve_device, resolve_model_path
 from clipctl.rundir import RunLock, check_name, disk_full_error, ensure_output_dir, forget_unstarted, is_disk_full
-from clipctl.runlog import NullWriter, RunWriter, checkpoints, damaged_parts, latest_checkpoint, read_meta, read_table
-from clipctl.trainer.checkpoint import discard_partial
+from clipctl.runlog import (
+    CKPT_RE,
+    NullWriter,
+    RunWriter,
+    checkpoints,
+    damaged_parts,
+    latest_checkpoint,
+    logged_steps,
+    read_meta,
+    read_table,
+)
+from clipctl.trainer.checkpoint import (
+    MANIFEST,
+    RESUMABLE_KEYS,
+    checkpoint_config,
+    config_drift,
+    discard_partial,
+    valid_checkpoints,
+)
 from clipctl.trackers import Trackers, check_available as check_trackers
 from clipctl.trainer.deepspeed import DeepSpeedEngine, check_launch
 from clipctl.trainer.engine import TorchEngine
@@ -126,55 +143,116 @@ def _describe_damage(damaged: list[tuple[int, Path, str]]) -> str:
     return f"{path} is {why}{more}"
 
 
-def prepare_resume(run_dir: Path, log) -> Optional[tuple[int, Path]]:
-    """The checkpoint to resume from, after checking the parts it vouches for (rank 0, under the run lock).
+def _skipped_line(skipped: list[tuple[int, str]]) -> str:
+    return "; ".join(f"skipped checkpoint step-{step}: {why}" for step, why in skipped)
 
-    Leftover temp folders of killed saves go. A part of a step up to the
-    checkpoint that cannot be read (or a missing steps part) is rebuilt: the
-    run goes back to the newest checkpoint before the first damaged step, and
-    the later checkpoints go (the resumed run re-makes them). Without such a
-    checkpoint nothing is changed and the error says how to rebuild
-    (docs/architecture.md, "Resume").
+
+def _check_config(run_dir: Path, cfg: Config, ckpt: tuple[int, Path], log) -> None:
+    """Refuse a run.json whose config is not the one checkpoint ``ckpt`` was trained with (train.steps aside)."""
+    recorded = checkpoint_config(ckpt[1])
+    if recorded is None:
+        log(f"warning: checkpoint step-{ckpt[0]} has no {MANIFEST} (written by an older clipctl); "
+            "resuming from it without checking its files or config")
+        return
+    drift = config_drift(config_to_dict(cfg), recorded)
+    if drift:
+        raise RunDirError(
+            f"run.json of {run_dir} no longer matches checkpoint step-{ckpt[0]}: {'; '.join(drift)}; "
+            f"put the checkpoint's values back (a resume may change only {', '.join(RESUMABLE_KEYS)}) "
+            "or start a new run with --set"
+        )
+
+
+def prepare_resume(run_dir: Path, cfg: Config, log) -> Optional[tuple[int, Path]]:
+    """The checkpoint to resume from, after checking it and the parts it vouches for (rank 0, under the run lock).
+
+    Leftover temp folders of killed saves go. Checkpoints whose files do not
+    match their manifest are skipped (one log line says which and why); the
+    newest valid one must have been trained with ``cfg``, else nothing is
+    changed and the error names the differing keys. A part of a step up to
+    the checkpoint that cannot be read (or a missing steps part) is rebuilt:
+    the run goes back to the newest valid checkpoint before the first damaged
+    step. Checkpoints after the one resumed from go (the resumed run re-makes
+    them). Without a usable checkpoint nothing is changed and the error says
+    how to rebuild (docs/run-directory.md, "Damaged parts on resume").
     """
     folder = Path(run_dir) / "checkpoints"
     discard_partial(run_dir)
-    found = checkpoints(run_dir)
+    found, skipped = valid_checkpoints(run_dir)
+    rebuild = f"To rebuild every step from the start: rm -r {folder} && clipctl train --resume {run_dir}"
+    if not found and skipped:
+        raise RunDirError(f"no checkpoint of {run_dir} can be resumed ({_skipped_line(skipped)}); nothing was changed. {rebuild}")
     if not found:
         return None
+    _check_config(run_dir, cfg, found[-1], log)
     damaged = damaged_parts(run_dir, found[-1][0])
-    if not damaged:
-        return found[-1]
-    first = damaged[0][0]
-    earlier = [c for c in found if c[0] < first]
-    if not earlier:
-        kept = ", ".join(f"step-{s}" for s, _ in found)
-        raise RunDirError(
-            f"{_describe_damage(damaged)} and no checkpoint before step {first} is left to rebuild it from "
-            f"(kept: {kept}); nothing was changed. To rebuild every step from the start: "
-            f"rm -r {folder} && clipctl train --resume {run_dir}"
-        )
-    for step, path in found:
-        if step > earlier[-1][0]:
-            shutil.rmtree(path)
-    log(
-        f"{_describe_damage(damaged)}; rebuilding steps {earlier[-1][0] + 1}-{found[-1][0]} "
-        f"from checkpoint step {earlier[-1][0]}"
+    if damaged:
+        first = damaged[0][0]
+        earlier = [c for c in found if c[0] < first]
+        if not earlier:
+            kept = ", ".join(f"step-{s}" for s, _ in found)
+            raise RunDirError(
+                f"{_describe_damage(damaged)} and no checkpoint before step {first} is left to rebuild it from "
+                f"(kept: {kept}); nothing was changed. {rebuild}"
+            )
+        chosen = earlier[-1]
+    else:
+        chosen = found[-1]
+    later = sorted(
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.match(p.name)) and int(m.group(1)) > chosen[0]
     )
-    return earlier[-1]
+    said = ([_describe_damage(damaged)] if damaged else []) + ([_skipped_line(skipped)] if skipped else [])
+    if later:
+        said.append(f"rebuilding steps {chosen[0] + 1}-{later[-1][0]} from checkpoint step {chosen[0]}")
+    if said:
+        log("; ".join(said))
+    for _, path in later:
+        shutil.rmtree(path)
+    return chosen
 
 
-def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict]:
-    """The stored config of ``run_dir``; only ``train.steps`` may be changed (to extend a run)."""
+def check_resume_flags(run_dir: Path, meta: dict, preset: Optional[str], name: Optional[str], out: Optional[Path]) -> None:
+    """``--preset``, ``--name`` and ``--out`` given with ``--resume`` must name the run's own (a resume reads them from it)."""
+    theirs = {"--preset": meta.get("preset"), "--name": run_dir.name, "--out": str(run_dir.resolve().parent)}
+    given = {"--preset": preset, "--name": name, "--out": str(Path(out).resolve()) if out is not None else None}
+    wrong = [f"{flag} {given[flag]} (the run's is {theirs[flag]})" for flag in given
+             if given[flag] is not None and given[flag] != theirs[flag]]
+    if wrong:
+        raise ConfigError(
+            f"--resume {run_dir} continues the run with its own preset, name and folder; drop {', '.join(wrong)}"
+        )
+
+
+def steps_done(run_dir: Path) -> int:
+    """The last step with a steps part or a checkpoint folder (0 for none)."""
+    return max([0, *logged_steps(run_dir), *(s for s, _ in checkpoints(run_dir))])
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> tuple[Config, dict, dict]:
+    """The stored config of ``run_dir`` and what ``overrides`` change in it (``{key: [old, new]}``).
+
+    Only ``train.steps`` may be given, and not below the steps already done:
+    a resume extends a run, it never shortens what was trained.
+    """
     meta = read_meta(run_dir)
     raw = meta.get("config")
     if not isinstance(raw, dict):
         raise RunDirError(f"{run_dir}/run.json has no config; it was not written by clipctl train")
     raw = {section: dict(values) for section, values in raw.items()}
+    stored = config_from_dict(raw, source=f"{run_dir}/run.json")
     for text in overrides:
         if not text.startswith("train.steps="):
             raise ConfigError(f"--set {text} cannot change a resumed run; only train.steps=N may be given with --resume")
         raw["train"]["steps"] = text.split("=", 1)[1]
-    return config_from_dict(raw, source=f"{run_dir}/run.json"), meta
+    cfg = config_from_dict(raw, source=f"{run_dir}/run.json")
+    done = steps_done(run_dir)
+    if cfg.train.steps < done:
+        raise ConfigError(
+            f"--set train.steps={cfg.train.steps} is below the {done} steps {run_dir} has done; "
+            f"a resume can only extend a run (train.steps >= {done})"
+        )
+    changes = {"train.steps": [stored.train.steps, cfg.train.steps]} if cfg.train.steps != stored.train.steps else {}
+    return cfg, meta, changes
 
 
 def evaluate_during_training(trainer: Trainer, run_dir: Path, step: int, log) -> None:
@@ -217,9 +295,9 @@ def _train(
     *,
     held: contextlib.ExitStack,
     where: dict,
-    out: Path = Path("runs"),
+    out: Optional[Path] = None,
     name: Optional[str] = None,
-    preset: str = "tiny-cpu",
+    preset: Optional[str] = None,
     resume: Optional[Path] = None,
     overrides: tuple[str, ...] = (),
     command_line: Optional[list[str]] = None,
@@ -243,17 +321,19 @@ def _train(
     writer = RunWriter() if comm.is_main else NullWriter()
     if resume is not None:
         run_dir = Path(resume)
-        read_meta(run_dir)  # a missing or foreign folder fails here, before a lock file is made in it
+        meta = read_meta(run_dir)  # a missing or foreign folder fails here, before a lock file is made in it
         comm.on_main(lock_run_dir, run_dir, held, "train --resume")
         where["run_dir"] = run_dir
-        cfg, meta = resume_config(run_dir, list(overrides))
+        check_resume_flags(run_dir, meta, preset, name, out)
+        cfg, meta, changes = resume_config(run_dir, list(overrides))
         check_trackers(cfg.log.trackers)
         par.check_resume(meta, run_dir)
+        ckpt = comm.on_main(prepare_resume, run_dir, cfg, log)
         meta["config"] = config_to_dict(cfg)
-        meta.setdefault("resumed", []).append(
-            {"time": dt.datetime.now().isoformat(timespec="seconds"), "command": command_line or sys.argv}
-        )
-        ckpt = comm.on_main(prepare_resume, run_dir, log)
+        meta.setdefault("resumed", []).append({
+            "time": dt.datetime.now().isoformat(timespec="seconds"), "command": command_line or sys.argv,
+            "changes": changes, "from_checkpoint": ckpt[0] if ckpt else None,
+        })
         start = ckpt[0] + 1 if ckpt else 1
         # Steps after the checkpoint were (maybe partly) logged by the killed
         # process; they are recomputed, so their parts go first.
@@ -269,7 +349,8 @@ def _train(
         if cfg is None:
             raise ValueError("train() needs a config or a run to resume")
         check_trackers(cfg.log.trackers)  # a missing extra fails before the run folder is made
-        run_dir = comm.on_main(new_run_dir, out, name, preset, held)
+        preset = preset or "tiny-cpu"
+        run_dir = comm.on_main(new_run_dir, out or Path("runs"), name, preset, held)
         where["run_dir"] = run_dir
         trainer = build_trainer(cfg, par, log=log)
         meta = {
