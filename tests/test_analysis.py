@@ -62,12 +62,17 @@ def default_steps(**over) -> pd.DataFrame:
 
 
 def probe_cols(steps: pd.DataFrame) -> pd.DataFrame:
+    """Four replays on steps 1, 3, 4 (step 2 not probed), dyadic so that every difference is exact.
+
+    Logged attributions are planted wrong: analysis recomputes them from the replays.
+    """
     steps = steps.copy()
-    steps["clip_low_attributed_dH"] = [0.02, NAN, 0.04, -0.01]
-    steps["clip_high_attributed_dH"] = [-0.03, NAN, 0.0, -0.01]
-    steps["clip_attributed_dH"] = [-0.01, NAN, 0.04, -0.02]
-    for c in ("entropy_post_noclip", "entropy_post_lowonly", "entropy_post_highonly"):
-        steps[c] = [1.9, NAN, 1.7, 1.5]
+    steps["entropy_post_replay"] = [1.75, NAN, 1.5, 1.5]
+    steps["entropy_post_noclip"] = [1.5, NAN, 1.75, 1.25]
+    steps["entropy_post_lowonly"] = [1.625, NAN, 1.5, 1.25]
+    steps["entropy_post_highonly"] = [1.5625, NAN, 1.75, 1.5]
+    for c in ("clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH"):
+        steps[c] = [9.0, NAN, 9.0, 9.0]
     return steps
 
 
@@ -130,17 +135,24 @@ def test_attributed_statistics(tmp_path):
     make_run(tmp_path, "r0", steps=probe_cols(default_steps()))
     row = analysis.analyze_runs([tmp_path / "r0"])[0].iloc[0]
     assert row["n_probed"] == 3
-    low = np.array([0.02, 0.04, -0.01])
+    # By hand from the replays (R, N, L, H) of steps 1, 3, 4:
+    # total R - N = (0.25, -0.25, 0.25); low 1/2[(L - N) + (R - H)] = (0.15625, -0.25, 0);
+    # high 1/2[(H - N) + (R - L)] = (0.09375, 0, 0.25); alone L - N = (0.125, -0.25, 0), H - N = (0.0625, 0, 0.25).
+    low = np.array([0.15625, -0.25, 0.0])
     assert row["clip_low_attributed_dH_avg"] == pytest.approx(low.mean())
     assert row["clip_low_attributed_dH_se"] == pytest.approx(low.std(ddof=1) / math.sqrt(3))
-    assert row["clip_attributed_dH_avg"] == pytest.approx(np.mean([-0.01, 0.04, -0.02]))
-    # Shares among probed steps where that clip acted (non-zero change).
-    assert row["clip_low_raises_share"] == pytest.approx(2 / 3)
-    assert row["clip_high_lowers_share"] == pytest.approx(1.0)  # -0.03, -0.01; the 0.0 step had no clip-high
-    assert row["n_clip_steps"] == 3
-    # drift on probed steps (1, 2, 3) vs attributed (-0.01, 0.04, -0.02): one agreement in three.
-    assert row["thm2_vs_attr_sign_agree"] == pytest.approx(1 / 3)
-    assert row["thm2_vs_attr_pearson"] == pytest.approx(np.corrcoef([1.0, 2.0, 3.0], [-0.01, 0.04, -0.02])[0, 1])
+    assert row["clip_high_attributed_dH_avg"] == pytest.approx(0.34375 / 3)
+    assert row["clip_attributed_dH_avg"] == pytest.approx(0.25 / 3)
+    assert row["clip_low_alone_dH_avg"] == pytest.approx(-0.125 / 3)
+    assert row["clip_interaction_dH_avg"] == pytest.approx(0.0625 / 3)  # R - L - H + N = (0.0625, 0, 0)
+    assert row["noclip_dH_avg"] == pytest.approx((-0.5 - 0.05 - 0.45) / 3)
+    # "Acted" from the events: clip-low on steps 1, 3, 4; clip-high (clip_high_frac > 0) on steps 3, 4 only.
+    assert row["n_clip_steps"] == 3 and row["n_clip_low_steps"] == 3 and row["n_clip_high_steps"] == 2
+    assert row["clip_low_raises_share"] == pytest.approx(1 / 3)
+    assert row["clip_high_lowers_share"] == 0.0  # (0, 0.25) on steps 3, 4
+    # drift on probed steps (1, 2, 3) vs total (0.25, -0.25, 0.25): two agreements in three.
+    assert row["thm2_vs_attr_sign_agree"] == pytest.approx(2 / 3)
+    assert row["thm2_vs_attr_pearson"] == pytest.approx(np.corrcoef([1.0, 2.0, 3.0], [0.25, -0.25, 0.25])[0, 1])
 
 
 def test_eval_summary_first_and_last(tmp_path):
@@ -342,23 +354,23 @@ def test_unknown_step_metric_lists_valid_ones(tmp_path):
         analysis.curves(runs, "nope")
 
 
-def test_attributed_changes_within_the_probe_noise_are_flagged():
-    from clipctl.analysis import _attribution_summary
+def test_acted_comes_from_clip_events_not_from_attributed_changes():
+    from clipctl.analysis import Columns, _attribution_summary, attribution_columns
 
-    def frame(attr: float, noise: float) -> pd.DataFrame:
-        return pd.DataFrame({
-            "clip_attributed_dH": [attr, -attr, attr], "clip_low_attributed_dH": [attr, attr, attr],
-            "clip_high_attributed_dH": [0.0, 0.0, 0.0], "probe_noise": [noise, -noise, noise],
-            "thm1_drift": [1.0, 1.0, 1.0], "thm2_drift": [1.0, 1.0, 1.0],
-        })
-
-    # |mean attributed| = 0.01 (low) vs 3 x mean |noise| = 0.03: within the noise.
-    noisy = _attribution_summary(frame(0.01, 0.01))
-    assert noisy["attributed_within_noise"] is True and noisy["probe_noise_abs_max"] == 0.01
-    clear = _attribution_summary(frame(0.1, 0.01))
-    assert clear["attributed_within_noise"] is False
-    # On a CPU the noise is exactly 0: nothing is flagged.
-    assert _attribution_summary(frame(1e-9, 0.0))["attributed_within_noise"] is False
+    # Replay noise makes every attributed change non-zero; only step 2 had clip events.
+    arrays = {
+        "step": np.array([1.0, 2.0, 3.0]), "entropy": np.full(3, 2.0), "entropy_post": np.full(3, 1.5),
+        "entropy_post_replay": np.array([1.5 + 1e-7, 1.4, 1.5 - 1e-7]), "entropy_post_noclip": np.full(3, 1.5),
+        "entropy_post_lowonly": np.array([1.5, 1.4, 1.5]), "entropy_post_highonly": np.full(3, 1.5),
+        "n_clip_low": np.array([0.0, 3.0, 0.0]), "clip_low_frac": np.array([0.5, 0.5, 0.5]),  # counts win
+        "probe_noise": np.array([-1e-7, 0.0, 1e-7]),
+    }
+    out = _attribution_summary(Columns({**arrays, **attribution_columns(arrays)}))
+    assert out["n_clip_steps"] == 1 and out["n_clip_low_steps"] == 1 and out["n_clip_high_steps"] == 0
+    assert out["clip_low_raises_share"] == 0.0  # step 2: low = 1/2[(1.4 - 1.5) + (1.4 - 1.5)] < 0
+    assert math.isnan(out["clip_high_lowers_share"])
+    assert out["probe_noise_abs_max"] == 1e-7 and out["probe_noise_abs_mean"] == pytest.approx(2e-7 / 3)
+    assert "attributed_within_noise" not in out
 
 
 def test_correlations_by_hand_and_against_a_naive_loop():

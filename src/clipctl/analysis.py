@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
@@ -33,10 +34,15 @@ import pandas as pd
 from clipctl.errors import ClipctlError, RunDirError
 from clipctl.runlog import Run, logged_steps, read_columns, read_run
 
-DEFAULT_GROUP_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind")
-# Added to the default grouping when any run has an entropy controller, so
-# controlled and fixed runs of the same start bounds are told apart.
-CONTROL_GROUP_KEYS = ("algo.entropy_target", "algo.entropy_controller")
+# Always in the default grouping (so every label names the clip setting); the
+# other default keys are those whose values differ between the runs.
+CLIP_GROUP_KEYS = ("algo.eps_low", "algo.eps_high")
+# Config keys by their last name: the clip knobs a setting comparison changes,
+# and the seeds that tell the runs of one setting apart.
+CLIP_KNOB_NAMES = ("eps_low", "eps_high", "dual_clip_c")
+SEED_NAMES = ("seed",)
+# How long a run is does not change any of its steps (no schedule depends on it).
+RUN_LENGTH_KEYS = ("train.steps", "simulate.steps")
 # A run collapsed when its final entropy is under this share of its first
 # step's entropy, exploded when over EXPLODE_RATIO times it (docs/analysis.md).
 COLLAPSE_RATIO, EXPLODE_RATIO = 0.25, 1.5
@@ -44,9 +50,16 @@ COLLAPSE_RATIO, EXPLODE_RATIO = 0.25, 1.5
 CONFIG_KEYS = ("algo.eps_low", "algo.eps_high", "reward.kind", "train.seed", "optim.lr")
 FRACTION_COLUMNS = ("clip_low_frac", "clip_high_frac", "ratio_below_frac", "ratio_above_frac")
 BRACKET_COLUMNS = ("thm1_low", "thm1_high", "thm2_low", "thm2_high")
-ATTRIBUTED_COLUMNS = ("clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH")
-# A run's attributed changes are flagged as noise when none exceeds this many mean |probe_noise|.
-NOISE_FACTOR = 3.0
+# The probe's replays (docs/definitions.md section 8) and what analysis derives from them for every run.
+REPLAY_COLUMNS = ("entropy_post_replay", "entropy_post_noclip", "entropy_post_lowonly", "entropy_post_highonly")
+ATTRIBUTED_COLUMNS = (
+    "clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH",
+    "clip_low_alone_dH", "clip_high_alone_dH", "clip_interaction_dH",
+)
+# The regressor of the attribution regression: what the step would have done to entropy without clipping.
+NOCLIP_CHANGE = "noclip_dH"
+# Regressed on NOCLIP_CHANGE per group: the total and its additive split.
+REGRESSED_COLUMNS = ATTRIBUTED_COLUMNS[:3]
 ID_COLUMNS = ("run", "path")
 X_AXES = ("step", "tokens")
 
@@ -172,14 +185,34 @@ def parse_keys(text: Optional[str | Sequence[str]]) -> Optional[list[str]]:
     return list(keys) or None
 
 
+def _key_name(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
 def default_group_keys(runs: Sequence[Run]) -> list[str]:
-    """The clip settings and reward kind; plus the entropy controller's keys when any run has one."""
-    controlled = any(_is_number(config_value(r, "algo.entropy_target")) for r in runs)
-    return [*DEFAULT_GROUP_KEYS, *(CONTROL_GROUP_KEYS if controlled else ())]
+    """``algo.eps_low``, ``algo.eps_high`` and every other config key whose value differs between the runs.
+
+    Seeds are left out (they tell a group's runs apart), and so are keys that
+    restate a key already chosen: equal values on every run (``simulate.lr`` and
+    ``optim.lr``), or for the ``simulate`` section, which restates the
+    simulator's parameters, the same split of the runs (``simulate.reward``
+    and ``reward.kind``).
+    """
+    values = {k: [format_value(config_value(r, k)) for r in runs] for k in valid_group_keys(runs)}
+    chosen = [k for k in CLIP_GROUP_KEYS if k in values]
+    for key in sorted(values, key=lambda k: (k.startswith("simulate."), k)):
+        v = values[key]
+        if key in chosen or _key_name(key) in SEED_NAMES or len(set(v)) < 2:
+            continue
+        if any(v == values[c] or (key.startswith("simulate.") and _same_split(v, values[c])) for c in chosen):
+            continue
+        chosen.append(key)
+    return chosen
 
 
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _same_split(a: Sequence[str], b: Sequence[str]) -> bool:
+    """Whether two value lists split the runs into the same groups."""
+    return len(set(a)) == len(set(b)) == len(set(zip(a, b)))
 
 
 def check_group_keys(runs: Sequence[Run], keys: Sequence[str]) -> None:
@@ -273,16 +306,56 @@ def _positive_share(v: np.ndarray) -> float:
     return float((v > 0).mean()) if len(v) else math.nan
 
 
+# Clip events per step: the counts where the steps table has them, else the
+# fractions (a count over a positive token count: > 0 exactly when a clip acted).
+EVENT_COLUMNS = ("n_clip_low", "n_clip_high", "n_dual_clip", "clip_low_frac", "clip_high_frac", "dual_clip_frac")
 # Every steps column the per-run summary reads (read_columns reads only these).
 SUMMARY_COLUMNS = (
-    "step", "entropy", "entropy_post", "entropy_target", "eps_low", "entropy_coef", "reward_mean",
-    *FRACTION_COLUMNS, *BRACKET_COLUMNS, "thm1_drift", "thm2_drift", *ATTRIBUTED_COLUMNS, "probe_noise",
-    "ratio_below_frac_exact", "ratio_above_frac_exact", "thm1_drift_exact", "thm2_drift_exact",
+    "step", "entropy", "entropy_post", "entropy_target", "eps_low", "eps_high", "entropy_coef", "reward_mean",
+    *FRACTION_COLUMNS, *BRACKET_COLUMNS, "thm1_drift", "thm2_drift", *REPLAY_COLUMNS, "probe_noise",
+    *EVENT_COLUMNS, "ratio_below_frac_exact", "ratio_above_frac_exact", "thm1_drift_exact", "thm2_drift_exact",
 )
 
 
+def attribution_columns(steps) -> dict[str, np.ndarray]:
+    """The clip attributions of every step, recomputed from the logged replay entropies.
+
+    ``steps``: a mapping of column name -> array (a steps DataFrame or
+    ``Columns.arrays``) with ``entropy``, ``entropy_post`` and the
+    ``entropy_post_*`` replay columns. Returns ``ATTRIBUTED_COLUMNS``
+    (``clipctl.effects.attribution_split``) and ``noclip_dH = entropy_post_noclip
+    - entropy``, NaN on steps not probed. Analysis reads every run through this
+    function, so runs logged before the Shapley split (whose
+    ``clip_low/high_attributed_dH`` hold the one-sided values) and after it
+    agree. Runs from before the fourth replay have no ``entropy_post_replay``:
+    their real step stands in for it (``probe_noise`` is 0 on a CPU).
+    """
+    from clipctl.effects import attribution_split
+
+    def col(name: str) -> np.ndarray:
+        return np.asarray(steps[name], dtype=float) if name in steps else np.full(n, math.nan)
+
+    n = len(steps["step"]) if "step" in steps else len(next(iter(steps.values()), []))
+    replay = col("entropy_post_replay") if "entropy_post_replay" in steps else col("entropy_post")
+    noclip = col("entropy_post_noclip")
+    out = attribution_split(replay, noclip, col("entropy_post_lowonly"), col("entropy_post_highonly"))
+    out[NOCLIP_CHANGE] = noclip - col("entropy")
+    return out
+
+
+def clip_events(c: "Columns") -> dict[str, np.ndarray]:
+    """Per step, whether clip-low, clip-high and any clip (dual clip too) acted, from the event counts."""
+    def acted(count: str, frac: str) -> np.ndarray:
+        v = c[count] if count in c else c[frac]
+        return np.nan_to_num(v, nan=0.0) > 0
+
+    low, high = acted("n_clip_low", "clip_low_frac"), acted("n_clip_high", "clip_high_frac")
+    return {"low": low, "high": high, "any": low | high | acted("n_dual_clip", "dual_clip_frac")}
+
+
 class Columns:
-    """A run's steps columns as float arrays in step order; a column the run lacks reads as NaNs."""
+    """A run's steps columns as float arrays in step order, with the attributions recomputed
+    (``attribution_columns``); a column the run lacks reads as NaNs."""
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.arrays = arrays
@@ -290,7 +363,8 @@ class Columns:
 
     @classmethod
     def of_run(cls, run: Run) -> "Columns":
-        return cls(read_columns(run.path, "steps", SUMMARY_COLUMNS))
+        arrays = read_columns(run.path, "steps", SUMMARY_COLUMNS)
+        return cls({**arrays, **attribution_columns(arrays)})
 
     def __contains__(self, name: str) -> bool:
         return name in self.arrays
@@ -382,29 +456,28 @@ def _attribution_summary(c: Columns) -> dict:
     attr = c["clip_attributed_dH"]
     probed = np.isfinite(attr)
     out: dict = {"n_probed": int(probed.sum())}
-    for name in ATTRIBUTED_COLUMNS:
+    for name in (*ATTRIBUTED_COLUMNS, NOCLIP_CHANGE):
         mean, se, _ = mean_se(c[name][probed])
         out[f"{name}_avg"], out[f"{name}_se"] = mean, se
-    # Steps where a clip acted at all (attributed change non-zero): a step with
-    # no clip event leaves the replay identical, and its sign says nothing.
+    # "A clip acted" is read from its event counts, never from a non-zero
+    # attributed change (any replay noise makes that non-zero on a GPU).
+    events = clip_events(c)
     low, high = c["clip_low_attributed_dH"], c["clip_high_attributed_dH"]
-    acted_low, acted_high = probed & (low != 0) & np.isfinite(low), probed & (high != 0) & np.isfinite(high)
-    out["n_clip_steps"] = int((probed & (attr != 0)).sum())
+    acted_low, acted_high = probed & events["low"], probed & events["high"]
+    out["n_clip_steps"] = int((probed & events["any"]).sum())
+    out["n_clip_low_steps"], out["n_clip_high_steps"] = int(acted_low.sum()), int(acted_high.sum())
+    # Sign shares: description only (they mostly follow the sign of the unclipped step, see the regression).
     out["clip_low_raises_share"] = float((low[acted_low] > 0).mean()) if acted_low.any() else math.nan
     out["clip_high_lowers_share"] = float((high[acted_high] < 0).mean()) if acted_high.any() else math.nan
     for thm in ("thm1", "thm2"):
         drift = c[f"{thm}_drift"]
         out[f"{thm}_vs_attr_sign_agree"] = sign_agreement(drift[probed], attr[probed])
         out[f"{thm}_vs_attr_pearson"] = pearson(drift[probed], attr[probed])
-    # The noise floor: a replay of the real step lands probe_noise away from it
-    # (0 on a CPU). Attributed changes no larger than NOISE_FACTOR times the
-    # typical noise cannot be told from it.
+    # The noise floor, as description: a replay of the real step lands probe_noise away from it (0 on a CPU).
     noise = np.abs(c["probe_noise"][probed])
     noise = noise[np.isfinite(noise)]
     out["probe_noise_abs_max"] = float(noise.max()) if len(noise) else math.nan
-    floor = NOISE_FACTOR * float(noise.mean()) if len(noise) else math.nan
-    sizes = [abs(out[f"{name}_avg"]) for name in ATTRIBUTED_COLUMNS if np.isfinite(out[f"{name}_avg"])]
-    out["attributed_within_noise"] = bool(sizes and floor > 0 and max(sizes) <= floor) if len(noise) else False
+    out["probe_noise_abs_mean"] = float(noise.mean()) if len(noise) else math.nan
     return out
 
 
@@ -448,9 +521,9 @@ def _eval_summary(run: Run) -> dict:
     return out
 
 
-def summarize_run(run: Run, extra_keys: Sequence[str] = ()) -> dict:
-    """One per-run row (see ``docs/analysis.md`` for every column)."""
-    c = Columns.of_run(run)
+def summarize_run(run: Run, extra_keys: Sequence[str] = (), c: Optional[Columns] = None) -> dict:
+    """One per-run row (see ``docs/analysis.md`` for every column); ``c``: its columns, if already read."""
+    c = c if c is not None else Columns.of_run(run)
     row: dict = {"run": run.name, "path": str(run.path)}
     for key in dict.fromkeys((*CONFIG_KEYS, *extra_keys)):
         row[key] = config_value(run, key)
@@ -489,27 +562,337 @@ def analyze_runs(
     group_by: Optional[Sequence[str] | str] = None,
     note: Optional[Callable[[str], None]] = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(per_run, per_group)`` tables for the runs named by paths or globs.
+    """``(per_run, per_group)`` tables for the runs named by paths or globs (``clip_report``'s tables).
 
     ``group_by``: dotted config keys (``section.key``); default
-    ``algo.eps_low, algo.eps_high, reward.kind``. The group table has the group
-    keys, ``group`` (a label), ``n_runs`` and ``<col>_mean`` / ``<col>_std``
-    across runs of every numeric per-run column (std needs two runs).
+    ``default_group_keys``. The group table has the group keys, ``group`` (a
+    label), ``n_runs`` and ``<col>_mean`` / ``<col>_std`` across runs of every
+    numeric per-run column (std needs two runs).
     """
+    report = clip_report(paths_or_globs, group_by, note)
+    return report.per_run, report.per_group
+
+
+@dataclass
+class ClipReport:
+    """What ``analyze-clip-stats`` reports on a set of runs.
+
+    ``steps``: one row per run and logged step: ``group``, ``run`` (its path),
+    ``family`` (the run's config apart from clip knobs and run length: runs of
+    one family share their random numbers), ``step``, ``entropy``,
+    ``entropy_post``, ``noclip_dH``, ``ATTRIBUTED_COLUMNS``, ``low_on``,
+    ``high_on``, ``any_on`` (that clip is enabled), ``acted_low``,
+    ``acted_high``, ``acted_any`` (it had events), ``unit`` (rows identical by
+    construction share it: step 1 of one family) and ``shared``.
+    """
+
+    runs: list[Run]
+    keys: list[str]
+    per_run: pd.DataFrame
+    per_group: pd.DataFrame
+    steps: pd.DataFrame
+
+    def regression(self) -> pd.DataFrame:
+        return attribution_regression(self.steps, self.per_group, self.keys)
+
+    def paired(self, baseline: Optional[str] = None) -> pd.DataFrame:
+        return paired_effects(self, baseline)
+
+
+def clip_report(
+    paths_or_globs: Iterable[str | os.PathLike],
+    group_by: Optional[Sequence[str] | str] = None,
+    note: Optional[Callable[[str], None]] = None,
+) -> ClipReport:
+    """Read the runs once and build the per-run, per-group and per-step tables."""
     runs = load_runs(paths_or_globs, note)
     keys = parse_keys(group_by) or default_group_keys(runs)
     check_group_keys(runs, keys)
-    per_run = pd.DataFrame([summarize_run(r, keys) for r in runs])
-    return per_run, _group_table(per_run, keys)
+    return build_report(runs, keys)
+
+
+def build_report(runs: Sequence[Run], keys: Sequence[str]) -> ClipReport:
+    """``clip_report`` on runs already loaded, grouped by ``keys`` (checked by the caller)."""
+    keys = list(keys)
+    cols = [Columns.of_run(r) for r in runs]
+    labels = [group_label({k: config_value(r, k) for k in keys}, keys) for r in runs]
+    steps = step_frame(runs, cols, labels)
+    shared = steps[steps["shared"] & np.isfinite(steps["clip_attributed_dH"])].groupby("run").size()
+    rows = []
+    for run, c in zip(runs, cols):
+        row = summarize_run(run, keys, c)
+        row["n_shared_steps"] = int(shared.get(str(run.path), 0))
+        rows.append(row)
+    per_run = pd.DataFrame(rows)
+    return ClipReport(list(runs), keys, per_run, _group_table(per_run, keys), steps)
+
+
+# ---------------------------------------------------------------- families, shared steps, regression
+
+
+def family_key(run: Run, keys: Sequence[str]) -> str:
+    """The run's config values on ``keys`` apart from the clip knobs and the run length, seed included.
+
+    Runs of one family differ only in their clip settings: they start from the
+    same weights and draw the same prompts, samples and rewards where the
+    policy is the same, so their step 1 is identical up to the clip knobs.
+    """
+    kept = [k for k in keys if _key_name(k) not in CLIP_KNOB_NAMES and k not in RUN_LENGTH_KEYS]
+    return "\x00".join(f"{k}={format_value(config_value(run, k))}" for k in kept)
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def step_frame(runs: Sequence[Run], cols: Sequence[Columns], labels: Sequence[str]) -> pd.DataFrame:
+    """The long per-step table of ``ClipReport.steps``.
+
+    Step 1 of runs of one family (``family_key``) is the same step by
+    construction in every clip setting: the same start, samples and rewards,
+    so the no-clip replay (and any replay whose clip knobs agree) is
+    bit-identical. Those rows share ``unit`` and are ``shared``; a pooled
+    estimate counts each unit once.
+    """
+    all_keys = valid_group_keys(runs)
+    frames = []
+    for run, c, label in zip(runs, cols, labels):
+        family = family_key(run, all_keys)
+        # A clip is on at a step when its bound binds anything: the step's logged bound, else the config's.
+        eps_low = np.where(np.isfinite(c["eps_low"]), c["eps_low"], _as_float(config_value(run, "algo.eps_low")))
+        eps_high = np.where(np.isfinite(c["eps_high"]), c["eps_high"], _as_float(config_value(run, "algo.eps_high")))
+        dual = run.config.get("algo", {}).get("dual_clip_c") not in (None, "none")
+        events = clip_events(c)
+        step = c["step"].astype(int)
+        frame = {
+            "group": label, "run": str(run.path), "family": family, "step": step,
+            "entropy": c["entropy"], "entropy_post": c["entropy_post"], NOCLIP_CHANGE: c[NOCLIP_CHANGE],
+            **{name: c[name] for name in ATTRIBUTED_COLUMNS},
+            "low_on": eps_low < 1, "high_on": np.isfinite(eps_high), "acted_low": events["low"],
+            "acted_high": events["high"], "acted_any": events["any"],
+            "unit": [f"{family}\x00step=1" if s == 1 else f"{run.path}\x00step={s}" for s in step],
+        }
+        frame["any_on"] = frame["low_on"] | frame["high_on"] | dual
+        frames.append(pd.DataFrame(frame))
+    out = pd.concat(frames, ignore_index=True)
+    out["shared"] = out.groupby("unit")["unit"].transform("size") > 1
+    return out
+
+
+# Which steps enter each attribution's regression: those where that clip was on.
+_ON = {"clip_attributed_dH": "any_on", "clip_low_attributed_dH": "low_on", "clip_high_attributed_dH": "high_on"}
+_ACTED = {"clip_attributed_dH": "acted_any", "clip_low_attributed_dH": "acted_low", "clip_high_attributed_dH": "acted_high"}
+POOLED_LABEL = "all groups (shared steps once)"
+REGRESSION_TITLE = (
+    "clip-attributed change = intercept + slope x unclipped change (noclip_dH), per step; "
+    "SE clustered by run (CR1), 95% CI with clusters - 1 df"
+)
+PAIRED_TITLE = "paired effect on entropy (nats): setting minus baseline, seed by seed; 95% t CI"
+
+
+def regress_attribution(rows: pd.DataFrame, name: str) -> dict:
+    """One attribution regressed on ``noclip_dH`` over ``rows`` (a slice of ``ClipReport.steps``).
+
+    Rows where the clip is off or the step was not probed are left out; rows
+    of one ``unit`` (identical by construction) are merged into one, their
+    mean. Clusters are families (``family_key``): within one clip setting, a
+    run; across settings, the runs that share their random numbers. Returns
+    ``clipctl.effects.ols_clustered``'s fields, the plain mean with its
+    clustered SE, the share of positive steps, ``n_shared`` (rows shared with
+    another run, before merging) and ``n_acted`` (merged rows with events).
+    """
+    from clipctl.effects import mean_clustered, ols_clustered, reading
+
+    rows = rows[rows[_ON[name]] & np.isfinite(rows[name]) & np.isfinite(rows[NOCLIP_CHANGE])]
+    merged = rows.groupby("unit", sort=False).agg(
+        x=(NOCLIP_CHANGE, "mean"), y=(name, "mean"), cluster=("family", "first"), acted=(_ACTED[name], "max")
+    )
+    fit = ols_clustered(merged["x"], merged["y"], merged["cluster"])
+    mean, mean_se = mean_clustered(merged["y"], merged["cluster"])
+    y = merged["y"].to_numpy(dtype=float)
+    return {
+        "attribution": name, "n_steps": fit["n"], "n_clusters": fit["n_clusters"],
+        "n_shared": int(rows["shared"].sum()), "n_acted": int(merged["acted"].sum()),
+        **{k: fit[k] for k in fit if k.startswith("intercept")},
+        "intercept_reading": reading(fit["intercept"], fit["intercept_se"], fit["n_clusters"] - 1),
+        **{k: fit[k] for k in fit if k.startswith("slope")},
+        "mean": mean, "mean_se": mean_se, "pos_share": float((y > 0).mean()) if len(y) else math.nan,
+    }
+
+
+def attribution_regression(steps: pd.DataFrame, per_group: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Per group and pooled over all groups, each of ``REGRESSED_COLUMNS`` regressed on the unclipped change.
+
+    The intercept is the attribution at zero unclipped change (the direction
+    the theory predicts), the slope the share of the unclipped change that
+    clipping removes or adds (damping when negative). One row per (group,
+    attribution): the group keys, ``group``, then ``regress_attribution``'s
+    fields; the pooled rows (``group`` = ``POOLED_LABEL``, keys NaN) count each
+    step shared by construction once.
+    """
+    out = []
+    for _, g in per_group.iterrows():
+        rows = steps[steps["group"] == group_label(g.to_dict(), keys)]
+        out += [{**{k: g[k] for k in keys}, "group": g["group"], **regress_attribution(rows, a)} for a in REGRESSED_COLUMNS]
+    if len(per_group) > 1:
+        out += [{**{k: math.nan for k in keys}, "group": POOLED_LABEL, **regress_attribution(steps, a)} for a in REGRESSED_COLUMNS]
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------- paired setting effects
+
+# The default baseline of paired effects: the symmetric PPO/GRPO clip, when a group has it.
+DEFAULT_BASELINE = "algo.eps_low=0.2,algo.eps_high=0.2"
+PAIRED_QUANTITIES = ("entropy_end", "entropy_last_half", "entropy_step")
+
+
+def parse_setting(text: str) -> dict[str, str]:
+    """``'algo.eps_low=0.2,algo.eps_high=inf'`` -> ``{key: formatted value}`` (values compared as
+    ``format_value`` prints them: ``1.0`` and ``1`` agree, ``inf`` is infinity, ``true``/``false`` booleans)."""
+    out = {}
+    for item in [i.strip() for i in text.split(",") if i.strip()]:
+        key, eq, value = (p.strip() for p in item.partition("="))
+        if not eq or not key or not value:
+            raise AnalysisError(f"--baseline item '{item}' is not KEY=VALUE; write e.g. --baseline {DEFAULT_BASELINE}")
+        if value.lower() in ("true", "false"):
+            out[key] = str(value.lower() == "true")
+        else:
+            out[key] = format_value(_as_float(value)) if math.isfinite(_as_float(value)) or value.lower() in (
+                "inf", "+inf", "-inf") else value
+    if not out:
+        raise AnalysisError(f"--baseline is empty; write e.g. --baseline {DEFAULT_BASELINE}")
+    return out
+
+
+def _baseline_spec(report: ClipReport, baseline: Optional[str]) -> dict[str, str]:
+    spec = parse_setting(baseline or DEFAULT_BASELINE)
+    valid = valid_group_keys(report.runs)
+    for key in spec:
+        if key not in valid:
+            raise AnalysisError(f"unknown baseline key '{key}'; use section.key from the runs' config, one of: {', '.join(valid)}")
+        if key not in report.keys:
+            raise AnalysisError(
+                f"baseline key '{key}' is not a group key (groups by {', '.join(report.keys)}); add it to --group-by"
+            )
+    groups = report.per_group.to_dict(orient="records")
+    if not any(all(format_value(g[k]) == v for k, v in spec.items()) for g in groups):
+        text = ",".join(f"{k}={v}" for k, v in spec.items())
+        how = "no --baseline given and no group has the default" if baseline is None else "no group has"
+        raise AnalysisError(
+            f"unknown baseline '{text}': {how} these values; groups: {'; '.join(g['group'] for g in groups)}; "
+            "pass --baseline KEY=VALUE,... naming one of them"
+        )
+    return spec
+
+
+def pairing_keys(report: ClipReport) -> list[str]:
+    """Config keys two runs must agree on to be paired: the seeds, and every key that varies within a group
+    (the rest is constant within each group: part of the setting being compared)."""
+    by_group: dict[str, list[Run]] = {}
+    for run, label in zip(report.runs, _run_labels(report)):
+        by_group.setdefault(label, []).append(run)
+    keys = []
+    for key in valid_group_keys(report.runs):
+        varies = any(len({format_value(config_value(r, key)) for r in runs}) > 1 for runs in by_group.values())
+        if _key_name(key) in SEED_NAMES or varies:
+            keys.append(key)
+    return keys
+
+
+def _run_labels(report: ClipReport) -> list[str]:
+    return [group_label({k: config_value(r, k) for k in report.keys}, report.keys) for r in report.runs]
+
+
+def _pairs(report: ClipReport, spec: dict[str, str]) -> list[tuple[dict, dict, list[tuple[str, str]]]]:
+    """``(group, baseline group, [(run path, baseline run path), ...])`` for every group with a baseline group:
+    the group with the baseline's values on its keys and the group's own on the other group keys."""
+    groups = report.per_group.to_dict(orient="records")
+    labels, keys = _run_labels(report), pairing_keys(report)
+    members: dict[str, dict[str, str]] = {}
+    for run, label in zip(report.runs, labels):
+        pair_key = "\x00".join(format_value(config_value(run, k)) for k in keys)
+        seen = members.setdefault(label, {})
+        if pair_key in seen:
+            raise AnalysisError(
+                f"runs {seen[pair_key]} and {run.path} have the same seed and config; leave one out of the list"
+            )
+        seen[pair_key] = str(run.path)
+    full = {group_label(g, report.keys): g for g in groups}
+    out = []
+    for label, g in full.items():
+        if all(format_value(g[k]) == v for k, v in spec.items()):
+            continue  # a baseline group itself
+        wanted = [spec[k] if k in spec else format_value(g[k]) for k in report.keys]
+        base = next((b for bl, b in full.items() if [format_value(b[k]) for k in report.keys] == wanted), None)
+        if base is None:
+            continue
+        mine, theirs = members.get(label, {}), members.get(group_label(base, report.keys), {})
+        pairs = [(mine[k], theirs[k]) for k in mine if k in theirs]
+        if pairs:
+            out.append((g, base, pairs))
+    return out
+
+
+def paired_effects(report: ClipReport, baseline: Optional[str] = None) -> pd.DataFrame:
+    """Per-seed differences of each setting from its baseline: end-of-run entropy, its last-half mean, per step.
+
+    ``baseline``: ``KEY=VALUE,...`` over group keys (default
+    ``DEFAULT_BASELINE``); each group is compared with the group that has
+    those values and its own on the other group keys, run by run over runs
+    that agree on ``pairing_keys`` (same seed). Per pair: ``entropy_end``
+    (the per-run column) of the run minus the baseline run's;
+    ``entropy_last_half``: the mean of the per-step difference of ``entropy``
+    over the last half of the steps both logged; ``entropy_step``: that
+    difference at each step. Each is summarised over pairs by
+    ``clipctl.effects.paired_summary`` (mean, SE, t-based 95 % CI, signs).
+    Rows: group keys, ``group``, ``baseline`` (labels), ``quantity``, ``step``
+    (NaN except for ``entropy_step``), ``n_pairs``, ``mean``, ``se``,
+    ``ci_low``, ``ci_high``, ``n_pos``, ``n_neg``, ``reading``.
+    """
+    from clipctl.effects import paired_summary, reading
+
+    spec = _baseline_spec(report, baseline)
+    found = _pairs(report, spec)
+    if not found:
+        text = ",".join(f"{k}={v}" for k, v in spec.items())
+        raise AnalysisError(
+            f"no paired runs: no group has runs with the same seed (and the rest of its config) as the baseline "
+            f"'{text}'; paired effects need runs of the same seeds in both settings"
+        )
+    end = dict(zip(report.per_run["path"], report.per_run["entropy_end"]))
+    series = {path: rows.set_index("step")["entropy"] for path, rows in report.steps.groupby("run", sort=False)}
+    out = []
+    for g, base, pairs in found:
+        head = {**{k: g[k] for k in report.keys}, "group": g["group"], "baseline": base["group"]}
+        per_step: dict[int, list[float]] = {}
+        window = []
+        for mine, theirs in pairs:
+            d = (series[mine] - series[theirs]).dropna().sort_index()  # steps both logged
+            window.append(float(d.iloc[len(d) // 2:].mean()) if len(d) else math.nan)
+            for step, v in d.items():
+                per_step.setdefault(int(step), []).append(float(v))
+        diffs = [("entropy_end", math.nan, [end[m] - end[t] for m, t in pairs]), ("entropy_last_half", math.nan, window)]
+        diffs += [("entropy_step", float(step), v) for step, v in sorted(per_step.items())]
+        for quantity, step, values in diffs:
+            summary = paired_summary(values)
+            out.append({**head, "quantity": quantity, "step": step, **summary,
+                        "reading": reading(summary["mean"], summary["se"], summary["n_pairs"] - 1, "higher", "lower")})
+    return pd.DataFrame(out)
 
 
 # ---------------------------------------------------------------- per-step curves (for plots)
 
 
 def step_metrics(runs: Sequence[Run]) -> list[str]:
+    """Numeric steps columns of the runs, and the attributions derived from the replays where logged."""
     cols = set()
     for run in runs:
         cols.update(c for c in run.steps.columns if pd.api.types.is_numeric_dtype(run.steps[c]))
+        if "entropy_post_noclip" in run.steps:
+            cols.update((*ATTRIBUTED_COLUMNS, NOCLIP_CHANGE))
     return sorted(cols)
 
 
@@ -545,7 +928,10 @@ def curves(
     frames = []
     for run in runs:
         steps = run.steps.sort_values("step", kind="stable")
-        value = _col(steps, metric)
+        if metric in (*ATTRIBUTED_COLUMNS, NOCLIP_CHANGE):  # recomputed from the replays, as everywhere
+            value = pd.Series(attribution_columns(steps)[metric], index=steps.index)
+        else:
+            value = _col(steps, metric)
         if normalize:
             first = value[np.isfinite(value)]
             value = value / float(first.iloc[0]) if len(first) and first.iloc[0] != 0 else value * math.nan

@@ -328,32 +328,61 @@ def analyze_clip_stats(
     fmt: Annotated[TableFormat, typer.Option("--format", "-f", help="Output format.")] = "table",
     out: Annotated[Optional[Path], out_option("Write here instead of stdout (required for parquet).")] = None,
     per_run: Annotated[bool, typer.Option("--per-run", help="Results per run instead of per group.")] = False,
+    regression: Annotated[bool, typer.Option(
+        "--regression", help="Only the attribution regression on the unclipped change (intercept, slope, clustered SEs).",
+    )] = False,
+    paired: Annotated[bool, typer.Option(
+        "--paired", help="Paired effects of each setting against --baseline, seed by seed.",
+    )] = False,
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="Baseline of --paired as KEY=VALUE,... over group keys (default algo.eps_low=0.2,algo.eps_high=0.2).",
+    )] = None,
     metrics: Annotated[Optional[str], typer.Option(
         "--metrics", "-m", help="Comma-separated per-run columns to keep (default: all; the table shows a summary set).",
     )] = None,
     debug: Debug = False,
 ):
-    """Entropy change, clip fractions and the theory-vs-measurement statistics per run and per clip setting.
+    """Entropy change, clip fractions, the theory-vs-measurement statistics and the clip attribution per group.
+
+    The table view also shows each group's attribution regression; --paired
+    compares settings seed by seed.
 
     Example:
 
-        clipctl analyze-clip-stats 'runs/*' --group-by algo.eps_low,algo.eps_high --format csv
+        clipctl analyze-clip-stats 'runs/*' --paired --baseline algo.eps_low=0.2,algo.eps_high=0.2
     """
     from clipctl import analysis
 
     if fmt == "parquet" and out is None:
         raise analysis.AnalysisError("--format parquet writes a binary file: add --out FILE.parquet")
+    paired = paired or baseline is not None
+    if per_run + regression + paired > 1:
+        raise analysis.AnalysisError("--per-run, --regression and --paired each choose the table; pass one of them")
     chosen = analysis.parse_keys(metrics)
-    per_run_df, per_group_df = analysis.analyze_runs(runs, group_by=group_by, note=note)
-    frame = analysis.summary_frame(per_run_df, per_group_df, per_run_rows=per_run, metrics=chosen)
-    if fmt == "table":
+    if chosen and (regression or paired):
+        raise analysis.AnalysisError("--metrics picks per-run or per-group columns; leave it out with --regression or --paired")
+    report = analysis.clip_report(runs, group_by=group_by, note=note)
+    per_run_df, per_group_df = report.per_run, report.per_group
+    counts = f"{len(per_run_df)} run(s) in {len(per_group_df)} group(s)"
+    regression_title = f"{counts}: {analysis.REGRESSION_TITLE}"
+    if paired:
+        frame = report.paired(baseline)
+        items = lambda width: render.paired_tables(frame, f"{counts}: {analysis.PAIRED_TITLE}")  # noqa: E731
+    elif regression:
+        frame = report.regression()
+        items = lambda width: render.regression_tables(frame, regression_title)  # noqa: E731
+    else:
+        frame = analysis.summary_frame(per_run_df, per_group_df, per_run_rows=per_run, metrics=chosen)
         shown = chosen or [m for m in analysis.TABLE_METRICS if m in per_run_df]
         title = f"{len(per_run_df)} run(s)" + ("" if per_run else f" in {len(per_group_df)} group(s); mean±sd across runs")
-        tables = functools.partial(render.analysis_tables, frame, per_run=per_run, metrics=shown, title=title)
+        below = [] if per_run or chosen or fmt != "table" else render.regression_tables(report.regression(), regression_title)
+        items = lambda width: [  # noqa: E731
+            *render.analysis_tables(frame, per_run=per_run, metrics=shown, title=title, width=width), *below]
+    if fmt == "table":
         if out is None:
-            render.print_all(console, tables(width=console.width))
+            render.print_all(console, items(console.width))
             return
-        analysis.write_text(out, render.as_text(tables(width=200), width=200))
+        analysis.write_text(out, render.as_text(items(200), width=200))
     elif out is None:
         sys.stdout.write(analysis.to_text(frame, fmt))
         return
@@ -372,9 +401,12 @@ def plot(
     smooth: Annotated[int, typer.Option("--smooth", help="Trailing rolling mean over N steps, per run, before averaging.")] = 1,
     x: Annotated[XAxis, typer.Option("--x", help="x axis: tokens is cumulative tokens trained on.")] = "step",
     band: Annotated[Band, typer.Option("--band", help="Band across runs of a group: min-max or ±1 sd.")] = "minmax",
+    baseline: Annotated[Optional[str], typer.Option(
+        "--baseline", help="--kind paired: baseline setting as KEY=VALUE,... (default algo.eps_low=0.2,algo.eps_high=0.2).",
+    )] = None,
     debug: Debug = False,
 ):
-    """Plot runs grouped by clip setting: mean line across seeds with a band.
+    """Plot runs grouped by every config key that differs (seeds aside): mean line across seeds with a band.
 
     Example:
 
@@ -383,7 +415,7 @@ def plot(
     from clipctl import plotting
 
     path = plotting.plot_to_file(
-        runs, kind, out, group_by=group_by, normalize=normalize, smooth=smooth, x=x, band=band, note=note
+        runs, kind, out, group_by=group_by, normalize=normalize, smooth=smooth, x=x, band=band, baseline=baseline, note=note
     )
     say(f"wrote {path}")
 

@@ -20,7 +20,7 @@ from clipctl import analysis
 from clipctl.errors import ClipctlError
 from clipctl.runlog import Run, atomic_write_bytes
 
-KINDS = ("entropy", "clip", "theory", "reward", "passk", "attribution", "dashboard", "control")
+KINDS = ("entropy", "clip", "theory", "reward", "passk", "attribution", "dashboard", "control", "paired")
 SUFFIXES = (".png", ".svg", ".pdf")
 BANDS = ("minmax", "sd")
 
@@ -33,6 +33,7 @@ UNITS = {
     "dH": "entropy change per step (nats)",
     "dH_cum": "cumulative entropy change (nats)",
     "score": "score (fraction of problems)",
+    "paired": "entropy, setting minus baseline (nats)",
 }
 
 
@@ -70,13 +71,14 @@ class _Style:
 
 
 class _Plotter:
-    def __init__(self, runs, keys, *, x="step", smooth=1, normalize=False, band="minmax"):
+    def __init__(self, runs, keys, *, x="step", smooth=1, normalize=False, band="minmax", baseline=None):
         if band not in BANDS:
             raise PlotError(f"unknown band '{band}'; valid: {', '.join(BANDS)}")
         if x not in analysis.X_AXES:
             raise PlotError(f"unknown x axis '{x}'; valid: {', '.join(analysis.X_AXES)}")
         self.runs, self.keys = runs, list(keys)
         self.x, self.smooth, self.normalize, self.band = x, smooth, normalize, band
+        self.baseline = baseline
         self.style = _Style(runs, self.keys)
 
     @property
@@ -159,15 +161,17 @@ def plot_runs(
     smooth: int = 1,
     x: str = "step",
     band: str = "minmax",
+    baseline: Optional[str] = None,
     note: Optional[Callable[[str], None]] = None,
 ) -> Figure:
-    """Draw one ``kind`` of figure for the runs named by paths or globs (``note``: runs skipped)."""
+    """Draw one ``kind`` of figure for the runs named by paths or globs (``note``: runs skipped);
+    ``baseline``: the ``paired`` kind's baseline setting (``analysis.paired_effects``)."""
     check_kind(kind)
     if not 1 <= smooth <= MAX_SMOOTH:
         raise PlotError(f"--smooth must be at least 1 and at most {MAX_SMOOTH} steps, got {smooth}")
     runs = analysis.load_runs(paths_or_globs, note)
     keys = _keys(runs, group_by)
-    p = _Plotter(runs, keys, x=x, smooth=smooth, normalize=normalize, band=band)
+    p = _Plotter(runs, keys, x=x, smooth=smooth, normalize=normalize, band=band, baseline=baseline)
     n_runs, n_groups = len(runs), len(p.style.color)
     caption = f"{n_runs} run(s) in {n_groups} group(s); line: mean across runs, band: " + (
         "min-max" if band == "minmax" else "±1 sd"
@@ -312,6 +316,36 @@ def _draw_control(p: _Plotter, caption: str) -> Figure:
     return fig
 
 
+def _draw_paired(p: _Plotter, caption: str) -> Figure:
+    """Per step, each setting's paired entropy difference from its baseline with the 95 % t band;
+    beside it the end-of-run and last-half differences with their intervals."""
+    frame = analysis.build_report(p.runs, p.keys).paired(p.baseline)
+    fig, axes = _figure(1, 2, 6.0, 4.2)
+    ax_step, ax_end = axes[0]
+    summary = frame[frame["quantity"] != "entropy_step"]
+    for i, ((group, baseline), rows) in enumerate(frame[frame["quantity"] == "entropy_step"].groupby(["group", "baseline"], sort=False)):
+        color = p.style.color.get(group, f"C{i % 10}")
+        label = f"{p.style.label.get(group, group)} minus {p.style.label.get(baseline, baseline)}"
+        xs = rows["step"].to_numpy(dtype=float)
+        ax_step.plot(xs, rows["mean"].to_numpy(), color=color, label=label, marker="." if len(xs) < 3 else None)
+        ax_step.fill_between(xs, rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy(), color=color, alpha=0.15, linewidth=0)
+        mine = summary[(summary["group"] == group) & (summary["baseline"] == baseline)]
+        pos = i + np.array([-0.12, 0.12])[: len(mine)]
+        mean = mine["mean"].to_numpy()
+        err = np.vstack([mean - mine["ci_low"].to_numpy(), mine["ci_high"].to_numpy() - mean])
+        ax_end.errorbar(pos, mean, yerr=np.nan_to_num(err), fmt="o", color=color, capsize=3, label=label)
+    p.x = "step"  # paired differences are taken step by step
+    p.finish(ax_step, "Paired entropy difference per step (line: mean over seeds; band: 95% t CI)", UNITS["paired"], zero_line=True)
+    settings = list(dict.fromkeys(summary["group"]))
+    ax_end.set_xticks(range(len(settings)))
+    ax_end.set_xticklabels([p.style.label.get(g, g).replace(", ", "\n") for g in settings], fontsize=7)
+    p.finish(ax_end, "End of run (left point) and last-half mean (right point), 95% t CI", UNITS["paired"], zero_line=True)
+    ax_end.set_xlabel("setting")
+    caption = caption.split(";")[0] + "; line: mean over seeds of the paired difference, band: 95% t CI"
+    fig.suptitle(f"Paired setting effects (same seeds; docs/analysis.md)\n{caption}", fontsize=9)
+    return fig
+
+
 _DRAW = {
     "entropy": _draw_entropy,
     "clip": _draw_clip,
@@ -321,6 +355,7 @@ _DRAW = {
     "attribution": _draw_attribution,
     "dashboard": _draw_dashboard,
     "control": _draw_control,
+    "paired": _draw_paired,
 }
 
 

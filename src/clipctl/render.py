@@ -355,3 +355,67 @@ def analysis_tables(frame, *, per_run: bool, metrics, title: str, width: int) ->
     if row_names is short_names:
         out.extend(Text(f"{short}: {name}") for short, name in zip(short_names, names))
     return out
+
+
+# ---------------------------------------------------------------- attribution regression and paired effects
+
+
+def _pm(value, se) -> str:
+    """``value±se``: 3 significant digits for the estimate, 2 for its error."""
+    return f"{cell(value)}±{cell(se, '.2g')}"
+
+
+def _ci(low, high) -> str:
+    return f"[{cell(low, '.2g')},{cell(high, '.2g')}]"
+
+
+_SHORT_ATTRIBUTION = {"clip_attributed_dH": "total", "clip_low_attributed_dH": "low", "clip_high_attributed_dH": "high"}
+_SHORT_QUANTITY = {"entropy_end": "end", "entropy_last_half": "last half"}
+
+
+def _numeric_table(title: str, columns: tuple[str, ...], left: int = 1) -> Table:
+    """A table whose first ``left`` columns are left-aligned, the others right-aligned; no cell split across lines."""
+    table = Table(title=escape(title))
+    for j, col in enumerate(columns):
+        table.add_column(col, justify="left" if j < left else "right", no_wrap=True)
+    return table
+
+
+def regression_tables(frame, title: str) -> list:
+    """``analysis.attribution_regression`` as one small table per group (a title line first).
+
+    A row per clip that is on in the group: steps (after merging those shared
+    by construction), clusters (runs), steps shared, steps with clip events;
+    intercept±SE, its 95 % CI and reading; slope±SE; the plain mean±SE.
+    """
+    out: list = [Text(title)]
+    for group, rows in frame.groupby("group", sort=False):
+        rows = rows[rows["n_steps"] > 0]  # a clip that is off in this group has no row
+        if rows.empty:
+            continue
+        table = _numeric_table(str(group), ("clip", "steps", "intercept±SE\n[95% CI]\nreading", "slope±SE", "plain\nmean±SE"), 0)
+        for row in rows.itertuples(index=False):
+            table.add_row(
+                _SHORT_ATTRIBUTION.get(row.attribution, row.attribution),
+                f"n={row.n_steps}\nruns={row.n_clusters}\nshared={row.n_shared}\nacted={row.n_acted}",
+                f"{_pm(row.intercept, row.intercept_se)}\n{_ci(row.intercept_ci_low, row.intercept_ci_high)}\n"
+                f"{row.intercept_reading}", _pm(row.slope, row.slope_se), _pm(row.mean, row.mean_se),
+            )
+        out.append(table)
+    return out
+
+
+def paired_tables(frame, title: str) -> list:
+    """``analysis.paired_effects``: a title line, then per setting its end-of-run and last-half rows
+    (the per-step rows go to csv/json/parquet and ``clipctl plot --kind paired``)."""
+    out: list = [Text(title)]
+    rows = frame[frame["quantity"] != "entropy_step"]
+    for (group, baseline), sub in rows.groupby(["group", "baseline"], sort=False):
+        table = _numeric_table(f"{group}  minus  {baseline}", ("entropy", "pairs", "mean±SE", "95% CI", "signs +/-", "reading"), 1)
+        for row in sub.itertuples(index=False):
+            table.add_row(
+                _SHORT_QUANTITY.get(row.quantity, row.quantity), cell(row.n_pairs), _pm(row.mean, row.se),
+                _ci(row.ci_low, row.ci_high), f"{row.n_pos}/{row.n_neg}", row.reading,
+            )
+        out.append(table)
+    return out
