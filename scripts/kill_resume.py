@@ -4,14 +4,15 @@
 
 1. An uninterrupted reference run (``clipctl train``, builtin:tiny, small batch,
    a checkpoint every step) gives the expected steps table and its wall time T.
-2. ``--kills`` kill times are drawn uniformly over [0, T] and sorted; a second
-   run with the same config is started and SIGKILLed at the first, then
-   ``--resume`` is started and killed after the gap to the next, and so on
-   (kills land in start-up, rollouts, updates, Parquet writes, checkpoint
-   saves and compaction). The attempts together run at most T and each
-   resume repeats its start-up and the steps after its checkpoint, so the run
-   cannot finish before the last kill: every kill fires. Then one last resume
-   runs to the end.
+2. Each of the ``--kills`` attempts (the first a fresh run, then
+   ``--resume``) is SIGKILLed either in start-up (with probability 1/2: at a
+   uniform moment between launch and the mean time attempts took to write
+   their first new checkpoint, so in loading, the resume checks or the first
+   step) or in the steps after it (uniformly within 3 step times after the
+   attempt's first new checkpoint: rollouts, updates, the probe, Parquet
+   writes, checkpoint saves, compaction). The line of each kill says which
+   and how many steps it added. The verdict requires every kill to fire.
+   Then one last resume runs to the end.
 3. The final steps table must equal the reference's (every step once; the
    math columns to 1e-6) and every checkpoint must load.
 
@@ -30,8 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
+STEPS = 80  # long enough that every kill fires before the run could finish
 OVERRIDES = [
-    "train.steps=40", "train.save_every=1", "train.keep_last=2", "train.rollout_batch_prompts=4",
+    f"train.steps={STEPS}", "train.save_every=1", "train.keep_last=2", "train.rollout_batch_prompts=4",
     "train.minibatch_prompts=2", "rollout.n=4", "rollout.max_new_tokens=12", "log.samples_every=1",
     "log.clip_probe_every=2",
 ]
@@ -44,6 +46,22 @@ def command(out: Path, name: str, resume: bool) -> list[str]:
         return [*base, "--resume", str(out / name)]
     sets = [a for o in OVERRIDES for a in ("--set", o)]
     return [*base, *sets, "--out", str(out), "--name", name]
+
+
+def steps_logged(run_dir: Path) -> list[int] | str:
+    """The steps a reader sees in ``run_dir`` now (a half-written run must still read)."""
+    from clipctl.runlog import read_run
+
+    try:
+        return [int(s) for s in read_run(run_dir).steps["step"]]
+    except Exception as e:
+        return f"unreadable now ({type(e).__name__})"
+
+
+def newest_checkpoint(run_dir: Path) -> int:
+    """The newest ``checkpoints/step-N`` folder's N (0 if none); a cheap directory listing."""
+    steps = [int(p.name[5:]) for p in (run_dir / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
+    return max(steps, default=0)
 
 
 def main() -> int:
@@ -61,30 +79,52 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         t0 = time.perf_counter()
-        subprocess.run(command(out, "ref", False), env=env, check=True, stdout=subprocess.DEVNULL)
+        ref = subprocess.Popen(command(out, "ref", False), env=env, stdout=subprocess.DEVNULL)
+        first_checkpoint = None
+        while ref.poll() is None:
+            if first_checkpoint is None and (out / "ref" / "checkpoints" / "step-1").exists():
+                first_checkpoint = time.perf_counter() - t0
+            time.sleep(0.02)
         wall = time.perf_counter() - t0
-        print(f"reference run: {wall:.1f} s", flush=True)
+        if ref.returncode != 0 or first_checkpoint is None:
+            print(f"reference run failed (exit {ref.returncode})")
+            return 1
+        per_step = (wall - first_checkpoint) / (STEPS - 1)
+        print(f"reference run: {wall:.1f} s ({first_checkpoint:.1f} s to its first checkpoint, "
+              f"{per_step:.2f} s per step)", flush=True)
         resume = False
-        times = sorted(rng.uniform(0.0, wall) for _ in range(args.kills))
         fired = 0
-        for k, (delay, before) in enumerate(zip(times, [0.0, *times])):
-            delay -= before
+        startups = [first_checkpoint]  # time from launch to an attempt's first new checkpoint
+        for k in range(args.kills):
+            in_startup = rng.random() < 0.5
+            delay = rng.uniform(0.0, sum(startups) / len(startups)) if in_startup else rng.uniform(0.0, 3 * per_step)
+            before = steps_logged(out / "cut") if resume else []
+            start_ckpt = newest_checkpoint(out / "cut")
             proc = subprocess.Popen(command(out, "cut", resume), env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE, start_new_session=True)
-            try:
-                proc.wait(timeout=delay)
-                ended = f"ended by itself (exit {proc.returncode})"
-            except subprocess.TimeoutExpired:
+            t_start, t_new = time.perf_counter(), None
+            # Start-up kills fire `delay` after launch; step kills `delay` after the attempt's first new checkpoint.
+            while proc.poll() is None:
+                now = time.perf_counter()
+                if t_new is None and newest_checkpoint(out / "cut") > start_ckpt:
+                    t_new = now
+                    startups.append(now - t_start)
+                if (in_startup and now - t_start >= delay) or (t_new is not None and now - t_new >= delay):
+                    break
+                time.sleep(0.01)
+            if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 ended = "killed"
                 fired += 1
+            else:
+                ended = f"ended by itself (exit {proc.returncode})"
+            where = (f"{delay:4.1f} s after launch" if in_startup else f"{delay:4.1f} s after its first new checkpoint")
             resume = resume or (out / "cut" / "run.json").exists()
-            try:
-                logged = list(read_run(out / "cut").steps["step"]) if resume else []
-            except Exception as e:  # a half-written run must still resume; report what a reader sees
-                logged = f"unreadable now ({type(e).__name__})"
-            print(f"kill {k + 1:2d}: after {delay:5.1f} s, {ended}; steps logged: {logged}", flush=True)
+            logged = steps_logged(out / "cut") if resume else []
+            span = f"steps {logged[0]}-{logged[-1]}" if isinstance(logged, list) and logged else str(logged or "none")
+            new = len(logged) - len(before) if isinstance(logged, list) and isinstance(before, list) else "?"
+            print(f"kill {k + 1:2d}: {where}, {ended}; logged {span} ({new} new)", flush=True)
             if proc.returncode not in (0, -signal.SIGKILL) and ended != "killed":
                 print(proc.stderr.read().decode()[-2000:])
                 return 1
@@ -96,7 +136,7 @@ def main() -> int:
         close = same_steps and np.allclose(a.to_numpy(float), b.to_numpy(float), rtol=0, atol=1e-6, equal_nan=True)
         print(f"kills fired: {fired} of {args.kills}")
         print(f"final: steps {list(b['step'])}, equal to the uninterrupted run: {close}; checkpoints {cut.checkpoints}")
-        return 0 if close else 1
+        return 0 if close and fired == args.kills else 1
 
 
 if __name__ == "__main__":
