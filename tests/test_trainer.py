@@ -124,7 +124,15 @@ def test_probe_is_exact_and_changes_nothing(tmp_path, fast_overrides):
     )
 
 
-@pytest.mark.parametrize("knobs", [["algo.eps_high=0.1", "optim.lr=1e-2"], ["algo.eps_low=0.1", "algo.eps_high=inf", "train.ppo_epochs=2"]])
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        ["algo.eps_high=0.1", "optim.lr=1e-2"],
+        ["algo.eps_low=0.1", "algo.eps_high=inf", "train.ppo_epochs=2"],
+        # bf16 weights through float32 masters (precision.py): the snapshot holds the masters too.
+        ["model.dtype=bfloat16", "algo.eps_high=0.1", "algo.dual_clip_c=3.0", "optim.lr=1e-2"],
+    ],
+)
 def test_probe_columns_unchanged_by_the_shared_prefix(tmp_path, fast_overrides, monkeypatch, knobs):
     # The shortcuts (start every replay after the shared on-policy first update, share
     # replays that retrace the real step) against full replays from the step's start.

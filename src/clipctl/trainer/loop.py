@@ -245,7 +245,8 @@ class Trainer:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def minibatch_gradient(
-        self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0, record=None
+        self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0, record=None,
+        with_stats: bool = True,
     ):
         """The gradient of rows ``lo:hi``'s loss; returns (loss, kl sum, grad norm, stat sums) as host floats.
 
@@ -254,6 +255,9 @@ class Trainer:
         caller applies the gradient, or drops it when it is not finite.
         ``record``: ``(logp, entropy)`` ``[N, Tr]`` buffers that receive the
         minibatch's ``log pi_k`` and ``H_t`` as the loss saw them (the tokens table).
+        ``with_stats=False`` (a probe replay, whose statistics nobody reads) skips
+        the entropy and ``E[Q|s]`` pass over the vocabulary unless the entropy
+        bonus needs it; the statistic sums are then 0. The gradient is the same.
         """
         a = self.cfg.algo
         # Normalisers of the whole minibatch (over all processes), so that neither
@@ -263,10 +267,17 @@ class Trainer:
         clip = algo.ClipSpec(eps_low, eps_high, dual_clip_c)
         self.engine.zero_grad()
         stats = schema.Totals()  # on the device until to_host
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        no_sums = None if with_stats else dict.fromkeys(schema.SUM_KEYS, zero)
         for mb in self._micro_batches(sb, lo, hi):
-            logp, ent, expected_q = self._micro_logp_entropy(
-                sb, mb, with_expected_q=True, entropy_grad=entropy_coef > 0
-            )
+            if with_stats:
+                logp, ent, expected_q = self._micro_logp_entropy(
+                    sb, mb, with_expected_q=True, entropy_grad=entropy_coef > 0
+                )
+            else:
+                logp, ent = self._micro_logp_entropy(
+                    sb, mb, with_entropy=entropy_coef > 0, entropy_grad=entropy_coef > 0
+                )[:2]
             old, adv, mask = sb.take(sb.old_logp, mb), sb.take(sb.advantages, mb), sb.take(sb.response_mask, mb)
             norms = dict(max_new_tokens=self.cfg.rollout.max_new_tokens, num_seqs=n_seqs, num_tokens=n_tokens)
             loss, out = algo.policy_loss(
@@ -278,7 +289,7 @@ class Trainer:
             if record is not None:
                 record[0][mb.rows, : mb.response_width] = out.logp.float()
                 record[1][mb.rows, : mb.response_width] = ent.detach().float()
-            sums = algo.clip_stat_sums(out, mask, ent, expected_q)
+            sums = algo.clip_stat_sums(out, mask, ent, expected_q) if with_stats else no_sums
             stats.add(loss.detach().double(), k3_kl_sum(logp, old, mask), sums)
         loss, kl_sum, sums, grad_norm = to_host(stats, self.engine.grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
@@ -295,13 +306,15 @@ class Trainer:
     def update_epochs(
         self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0,
         first_update: int = 0, after_first: Optional[Callable[[], None]] = None, record=None,
+        with_stats: bool = True,
     ):
         """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order.
 
         ``first_update = k`` starts at the ``k``-th optimizer step (a probe replay
         from the shared state after the first, ``clip_probe``); ``after_first``
         runs right after the first optimizer step; ``record``: per epoch, the
-        ``(logp, entropy, update)`` buffers of ``_update_record``.
+        ``(logp, entropy, update)`` buffers of ``_update_record``; ``with_stats``:
+        see ``minibatch_gradient`` (rows and totals of a replay without them are not meaningful).
         """
         updates, totals = [], schema.Totals()
         bounds = self._minibatch_bounds(len(sb))
@@ -315,7 +328,7 @@ class Trainer:
                     record[2][epoch, lo:hi] = k
                 loss, kl_sum, grad_norm, sums = self.minibatch_gradient(
                     sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef,
-                    record=None if record is None else (record[0][epoch], record[1][epoch]),
+                    record=None if record is None else (record[0][epoch], record[1][epoch]), with_stats=with_stats,
                 )
                 # A non-finite loss or gradient is never applied (train.on_nonfinite): stop, or skip it.
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -338,8 +351,9 @@ class Trainer:
 
     # ------------------------------------------------------------ clip probe (docs/definitions.md section 8)
 
-    # The probe's shortcuts (shared first update, replays that retrace the real step); the
-    # tests and bench/probe_cost.py turn them off to compare with full replays from the start.
+    # The probe's shortcuts (shared first update, replays that retrace the real step, no
+    # statistics in replays); the tests and bench/probe_cost.py turn them off to compare
+    # with full replays from the start.
     _share_probe_prefix = True
 
     def clip_probe(
@@ -368,7 +382,7 @@ class Trainer:
             self.engine.restore(start_state)
             self.update_epochs(
                 step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=knobs.entropy_coef,
-                first_update=first_update,
+                first_update=first_update, with_stats=not self._share_probe_prefix,
             )
             return self._eq4_entropy(sb)
 
