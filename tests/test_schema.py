@@ -156,3 +156,45 @@ def test_steps_row_by_hand_and_a_wrong_group_fails():
     assert math.isnan(row["entropy_target"]) and math.isnan(row["loss"]) and math.isinf(row["eps_high"])
     with pytest.raises(schema.RowError, match="the batch columns are"):
         schema.steps_row(3, **{**kw, "batch": {**batch, "reward_mean_typo": 0.0}})
+
+
+def _sums(**values) -> dict:
+    return {**schema.empty_sums(), "n_tokens": 1.0, **values}
+
+
+def test_off_policy_fractions_by_hand():
+    totals = schema.Totals()
+    totals.add(0.0, 0.0, _sums(n_tokens=4.0, w_sum=4.0))  # the on-policy first update: r = 1, X and Y empty
+    totals.add(0.0, 0.0, _sums(n_tokens=2.0, w_sum=2.0, w_sum_below=0.5, w_sum_above=0.25, n_below=1.0, n_above=1.0),
+               on_policy=False)
+    m = totals.metrics()
+    assert m["ratio_below_frac_offpolicy"] == 0.25 and m["ratio_above_frac_offpolicy"] == 0.125  # 0.5 / 2, 0.25 / 2
+    assert m["ratio_below_frac"] == 0.5 / 6 and m["ratio_above_frac"] == 0.25 / 6
+    only_first = schema.Totals()
+    only_first.add(0.0, 0.0, _sums(n_tokens=4.0, w_sum=4.0))
+    assert math.isnan(only_first.metrics()["ratio_below_frac_offpolicy"])  # no off-policy update
+
+
+def test_off_policy_fractions_match_a_naive_loop():
+    import random
+
+    rng = random.Random(3)
+    for _ in range(20):
+        pieces = [
+            (k > 0, _sums(n_tokens=5.0, w_sum=w, w_sum_below=w * rng.random() / 2, w_sum_above=w * rng.random() / 2,
+                          n_below=1.0, n_above=1.0))
+            for k, w in enumerate(rng.uniform(1, 5) for _ in range(rng.randint(1, 6)))
+        ]
+        totals = schema.Totals()
+        for off, s in pieces:
+            totals.add(0.0, 0.0, s, on_policy=not off)
+        num_b = num_a = den = 0.0
+        for off, s in pieces:
+            if off:
+                num_b, num_a, den = num_b + s["w_sum_below"], num_a + s["w_sum_above"], den + s["w_sum"]
+        m = totals.metrics()
+        if den == 0:
+            assert math.isnan(m["ratio_below_frac_offpolicy"])
+        else:
+            assert math.isclose(m["ratio_below_frac_offpolicy"], num_b / den, rel_tol=1e-12)
+            assert math.isclose(m["ratio_above_frac_offpolicy"], num_a / den, rel_tol=1e-12)

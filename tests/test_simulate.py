@@ -239,6 +239,37 @@ def test_probe_replays_are_consistent(tmp_path):
     assert (high["clip_high_frac"] > 0).any() and (low["clip_low_frac"] > 0).any()
 
 
+@pytest.mark.parametrize(
+    "knobs",
+    [dict(eps_low=0.2, eps_high=0.2), dict(eps_low=0.1, eps_high=math.inf, epochs=2, optimizer="sgd", lr=0.5)],
+)
+def test_probe_columns_unchanged_by_the_shared_prefix(monkeypatch, knobs):
+    # Replays from the state after the shared on-policy first update (and replays that
+    # retrace the real step taken from the identity replay) against full replays from the start.
+    cfg = sim.DynamicsConfig(**{"steps": 12, "actions": 12, "samples": 32, "minibatches": 3, "lr": 8.0, **knobs})
+    fast = sim.simulate_run(cfg)[0]
+    monkeypatch.setattr(sim, "_SHARE_PROBE_PREFIX", False)
+    full = sim.simulate_run(cfg)[0]
+    assert (fast["clip_attributed_dH"] != 0).any()  # the clips acted: the replays differ
+    if "optimizer" in knobs:  # and some steps had no clip-low event: noclip retraced the real step
+        assert ((fast["clip_low_frac"] == 0) & (fast["clip_attributed_dH"] == 0)).any()
+    timing = [c for c in fast.columns if c.endswith("seconds") or c == "tokens_per_second"]
+    pd.testing.assert_frame_equal(fast.drop(columns=timing), full.drop(columns=timing))
+
+
+def test_off_policy_fractions_leave_out_the_first_update():
+    cfg = sim.DynamicsConfig(steps=3, actions=12, samples=32, minibatches=4, lr=8.0)
+    steps, updates = sim.simulate_run(cfg)
+    first = updates[updates["update"] == 0]
+    assert (first["n_below"] == 0).all() and (first["n_above"] == 0).all()  # ratio exactly 1
+    for step, rows in updates[updates["update"] > 0].groupby("step"):
+        row = steps[steps["step"] == step].iloc[0]
+        assert row["ratio_below_frac_offpolicy"] == pytest.approx(rows["w_sum_below"].sum() / rows["w_sum"].sum())
+        assert row["ratio_above_frac_offpolicy"] == pytest.approx(rows["w_sum_above"].sum() / rows["w_sum"].sum())
+        # The on-policy update only adds weight to W: p over all updates is smaller.
+        assert row["ratio_below_frac"] <= row["ratio_below_frac_offpolicy"]
+
+
 def test_same_seed_same_run():
     cfg = sim.DynamicsConfig(steps=5)
     a, b = sim.simulate_run(cfg)[0], sim.simulate_run(cfg)[0]

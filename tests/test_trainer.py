@@ -107,7 +107,8 @@ def test_probe_is_exact_and_changes_nothing(tmp_path, fast_overrides):
     cols = [c for c in math_columns(off).columns if c not in PROBE_COLUMNS]
     pd.testing.assert_frame_equal(on[cols], off[cols])
     assert off[list(PROBE_COLUMNS)].isna().all().all()
-    assert on[list(PROBE_COLUMNS)].notna().all().all()
+    measured = [c for c in PROBE_COLUMNS if c != "probe_noise_sd"]  # NaN with log.probe_repeats = 1
+    assert on[measured].notna().all().all() and on["probe_noise_sd"].isna().all()
     # On a CPU the replay with the run's own settings is the real step, bit for bit.
     assert (on["probe_noise"] == 0).all()
     np.testing.assert_array_equal(on["entropy_post_replay"], on["entropy_post"])
@@ -115,8 +116,75 @@ def test_probe_is_exact_and_changes_nothing(tmp_path, fast_overrides):
         on["clip_attributed_dH"], on["entropy_post_replay"] - on["entropy_post_noclip"], atol=1e-12
     )
     np.testing.assert_allclose(
-        on["clip_low_attributed_dH"], on["entropy_post_lowonly"] - on["entropy_post_noclip"], atol=1e-12
+        on["clip_low_alone_dH"], on["entropy_post_lowonly"] - on["entropy_post_noclip"], atol=1e-12
     )
+    # The Shapley split adds up to the total, on a real probed run.
+    np.testing.assert_allclose(
+        on["clip_low_attributed_dH"] + on["clip_high_attributed_dH"], on["clip_attributed_dH"], rtol=0, atol=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        ["algo.eps_high=0.1", "optim.lr=1e-2"],
+        ["algo.eps_low=0.1", "algo.eps_high=inf", "train.ppo_epochs=2"],
+        # bf16 weights through float32 masters (precision.py): the snapshot holds the masters too.
+        ["model.dtype=bfloat16", "algo.eps_high=0.1", "algo.dual_clip_c=3.0", "optim.lr=1e-2"],
+    ],
+)
+def test_probe_columns_unchanged_by_the_shared_prefix(tmp_path, fast_overrides, monkeypatch, knobs):
+    # The shortcuts (start every replay after the shared on-policy first update, share
+    # replays that retrace the real step) against full replays from the step's start.
+    over = [*fast_overrides, "train.steps=2", "log.clip_probe_every=1", *knobs]
+    fast = read_run(train(load_config("tiny-cpu", over), out=tmp_path, name="shared").run_dir).steps
+    monkeypatch.setattr(Trainer, "_share_probe_prefix", False)
+    full = read_run(train(load_config("tiny-cpu", over), out=tmp_path, name="full").run_dir).steps
+    assert (fast["clip_low_frac"] + fast["clip_high_frac"] > 0).any()  # the clips acted: the replays differ
+    pd.testing.assert_frame_equal(math_columns(fast), math_columns(full))
+
+
+def test_probe_repeats_log_a_noise_floor(tmp_path, fast_overrides, monkeypatch):
+    calls = []
+    real = Trainer.update_epochs
+
+    def counting(self, step, sb, **kw):
+        calls.append(kw.get("first_update", 0))
+        return real(self, step, sb, **kw)
+
+    monkeypatch.setattr(Trainer, "update_epochs", counting)
+    over = [*fast_overrides, "train.steps=1", "log.clip_probe_every=1", "log.probe_repeats=3"]
+    steps = read_run(train(load_config("tiny-cpu", over), out=tmp_path, name="r").run_dir).steps
+    assert steps["probe_noise_sd"].iloc[0] == 0.0  # a CPU replays exactly
+    assert calls[0] == 0 and set(calls[1:]) == {1}  # replays start after the shared first update
+    assert len(calls) >= 1 + 1 + 2  # the real step, the identity replay and its two repeats
+
+
+def test_tokens_table_recomputes_the_clip_statistics(tmp_path, fast_overrides):
+    # Every token logged (rate 1): the clip fractions and the Thm 2 clip-low sum of
+    # the steps and updates tables follow from the tokens table alone.
+    over = [*fast_overrides, "train.steps=2", "log.token_sample_rate=1.0", "train.ppo_epochs=2",
+            "algo.eps_high=0.1", "optim.lr=1e-2"]
+    run = read_run(train(load_config("tiny-cpu", over), out=tmp_path, name="t").run_dir)
+    tok, steps, upd = run.tokens, run.steps, run.updates
+    assert len(tok) == 2 * steps["n_tokens"].sum()  # one row per token and epoch
+    l32 = np.clip(tok["logp_update"].to_numpy(np.float32) - tok["logp_old"].to_numpy(np.float32), -20, 20)
+    ratio = np.exp(l32.astype(np.float32))
+    eps = steps.set_index("step").loc[tok["step"]]
+    lo = ratio < (np.float32(1) - eps["eps_low"].to_numpy(np.float32))
+    hi = ratio > (np.float32(1) + eps["eps_high"].to_numpy(np.float32))
+    adv = tok["advantage"].to_numpy()
+    tok = tok.assign(clip_low=lo & (adv < 0), clip_high=hi & (adv > 0), below=lo, r=ratio.astype(np.float64),
+                     gap=-tok["logp_update"] - tok["entropy_update"])
+    assert (tok["clip_low"].sum() + tok["clip_high"].sum()) > 0
+    by_step = tok.groupby("step")
+    np.testing.assert_array_equal(by_step["clip_low"].mean().to_numpy(), steps["clip_low_frac"].to_numpy())
+    np.testing.assert_array_equal(by_step["clip_high"].mean().to_numpy(), steps["clip_high_frac"].to_numpy())
+    by_update = tok.groupby(["step", "update"])
+    got = by_update.apply(lambda g: float((g["r"] * g["gap"])[g["below"]].sum()), include_groups=False)
+    want = upd.set_index(["step", "update"])["gap_wsum_below"].loc[got.index]
+    np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(by_update["clip_low"].sum().to_numpy(), upd["n_clip_low"].to_numpy())
 
 
 def test_probe_runs_identical_replays_once(tmp_path, fast_overrides, monkeypatch):
@@ -131,8 +199,10 @@ def test_probe_runs_identical_replays_once(tmp_path, fast_overrides, monkeypatch
     monkeypatch.setattr(Trainer, "update_epochs", counting)
     over = [*fast_overrides, "train.steps=1", "algo.eps_high=inf", "log.clip_probe_every=1"]
     steps = read_run(train(load_config("tiny-cpu", over), out=tmp_path, name="p").run_dir).steps
-    assert calls == [(0.2, math.inf), (0.2, math.inf), (1.0, math.inf)]  # the real step, then two replays
-    assert steps["clip_high_attributed_dH"].iloc[0] == 0
+    # The real step, then two replays, or one when no clip-low event happened (noclip retraces the step).
+    expected = [(0.2, math.inf), (0.2, math.inf)] + ([(1.0, math.inf)] if steps["clip_low_frac"].iloc[0] > 0 else [])
+    assert calls == expected
+    assert steps["clip_high_attributed_dH"].iloc[0] == 0 == steps["clip_high_alone_dH"].iloc[0]
     assert steps["entropy_post_replay"].iloc[0] == steps["entropy_post_lowonly"].iloc[0]
 
 
@@ -144,7 +214,7 @@ def test_probe_of_a_step_without_clip_events_attributes_zero(tmp_path, fast_over
     )
     steps = read_run(train(cfg, out=tmp_path, name="p").run_dir).steps
     assert steps["ratio_below_frac"].iloc[0] == 0 and steps["ratio_above_frac"].iloc[0] == 0
-    for col in ("clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH"):
+    for col in ("clip_attributed_dH", "clip_low_attributed_dH", "clip_high_attributed_dH", "clip_interaction_dH"):
         assert abs(steps[col].iloc[0]) < 1e-6
 
 

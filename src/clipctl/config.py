@@ -222,6 +222,10 @@ class LogConfig:
         0, "replay every Nth step without clipping to log clip-attributed entropy change (docs/definitions.md section 8; 0 = off)",
         Bounds(lo=0, fix=" (0 = off)"),
     )
+    probe_repeats: int = _f(
+        1, "runs of the probe's identity replay per probed step; more than 1 logs probe_noise_sd, the replays' "
+        "noise floor on non-deterministic (GPU) kernels (docs/definitions.md section 8)", AT_LEAST_1,
+    )
     trackers: tuple[Tracker, ...] = _f(
         (),
         "live mirrors of every steps row, on the writing process: tensorboard, wandb (default none; "

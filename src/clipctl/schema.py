@@ -63,7 +63,11 @@ PROBE_KEYS = (
     "clip_attributed_dH",
     "clip_low_attributed_dH",
     "clip_high_attributed_dH",
+    "clip_low_alone_dH",
+    "clip_high_alone_dH",
+    "clip_interaction_dH",
     "probe_noise",
+    "probe_noise_sd",
 )
 
 
@@ -91,7 +95,10 @@ BATCH_KEYS = (
     "rollout_logprob_diff_mean", "rollout_logprob_diff_max", "reward_mean", "reward_std", "accuracy",
     "zero_std_group_frac", "adv_abs_mean", "response_length_mean", "response_length_max", "truncated_frac", "n_tokens",
 )
-TOTALS_KEYS = (*STAT_KEYS, "loss", "approx_kl", "grad_norm", "skipped_updates")
+# p and q pooled over the step's off-policy updates only: every update but the first
+# minibatch of the first epoch, whose ratio is exactly 1 (its X and Y are empty).
+OFF_POLICY_KEYS = ("ratio_below_frac_offpolicy", "ratio_above_frac_offpolicy")
+TOTALS_KEYS = (*STAT_KEYS, *OFF_POLICY_KEYS, "loss", "approx_kl", "grad_norm", "skipped_updates")
 KNOB_KEYS = ("eps_low", "eps_high", "entropy_coef", "entropy_target")
 TIMING_KEYS = ("rollout_seconds", "update_seconds", "probe_seconds", "step_seconds", "tokens_per_second")
 
@@ -190,26 +197,37 @@ class Totals:
     sums: dict | None = None
     count: int = 0
     skipped: int = 0  # optimizer steps dropped for a non-finite loss or gradient (train.on_nonfinite=skip)
+    off_sums: dict | None = None  # the sums of the off-policy pieces only (``add(..., on_policy=False)``)
 
-    def add(self, loss, kl_sum, sums: Mapping, grad_norm=0.0) -> None:
+    def add(self, loss, kl_sum, sums: Mapping, grad_norm=0.0, *, on_policy: bool = True) -> None:
+        """Add one piece; ``on_policy=False`` (an update after the step's first) also adds its sums to ``off_sums``."""
         self.loss = self.loss + loss
         self.kl_sum = self.kl_sum + kl_sum
         self.grad_norm = self.grad_norm + grad_norm
-        self.sums = dict(sums) if self.sums is None else {k: self.sums[k] + sums[k] for k in sums}
+        self.sums = _add(self.sums, sums)
+        if not on_policy:
+            self.off_sums = _add(self.off_sums, sums)
         self.count += 1
 
     def metrics(self) -> dict:
         """Step metrics: loss and gradient norm averaged over optimizer steps, KL and fractions over
         tokens; NaN where nothing was measured (every update skipped)."""
         sums = self.sums if self.sums is not None else empty_sums()
+        off = finalize_clip_stats(self.off_sums if self.off_sums is not None else empty_sums())
         n_tok, n = sums["n_tokens"], self.count
         return {
             **finalize_clip_stats(sums),
+            "ratio_below_frac_offpolicy": off["ratio_below_frac"],
+            "ratio_above_frac_offpolicy": off["ratio_above_frac"],
             "loss": self.loss / n if n else math.nan,
             "approx_kl": self.kl_sum / n_tok if n_tok else math.nan,
             "grad_norm": self.grad_norm / n if n else math.nan,
             "skipped_updates": self.skipped,
         }
+
+
+def _add(total: dict | None, sums: Mapping) -> dict:
+    return dict(sums) if total is None else {k: total[k] + sums[k] for k in sums}
 
 
 def _div(num: float, den: float) -> float:
@@ -405,6 +423,16 @@ STEPS_COLUMNS = (
         "`ratio_below_frac * thm2_low - ratio_above_frac * thm2_high`, same convention [7]",
     ),
     Column(
+        "ratio_below_frac_offpolicy", "float64", "fraction",
+        "`ratio_below_frac` pooled over the step's off-policy updates only: all but minibatch 0 of epoch 0, "
+        "whose ratio is exactly 1 (X, Y empty there) and which would dilute `p` by its share of the weight; "
+        "NaN when the step has no off-policy update [6, 7]",
+    ),
+    Column(
+        "ratio_above_frac_offpolicy", "float64", "fraction",
+        "`ratio_above_frac` (`q`) pooled over the same off-policy updates [6, 7]",
+    ),
+    Column(
         "entropy_post_replay", "float64", "nats",
         "Eq. 4 after replaying the step's updates from the same start with the run's own clip settings (and "
         "dual clip): the real step again; NaN on steps not probed [8]",
@@ -425,15 +453,41 @@ STEPS_COLUMNS = (
     Column(
         "clip_attributed_dH", "float64", "nats",
         "`entropy_post_replay - entropy_post_noclip`: entropy change caused by clipping on this step (replay "
-        "minus replay, like the two below) [8]",
+        "minus replay, like all the changes below) [8]",
     ),
-    Column("clip_low_attributed_dH", "float64", "nats", "`entropy_post_lowonly - entropy_post_noclip` [8]"),
-    Column("clip_high_attributed_dH", "float64", "nats", "`entropy_post_highonly - entropy_post_noclip` [8]"),
+    Column(
+        "clip_low_attributed_dH", "float64", "nats",
+        "clip-low's additive (Shapley) share of `clip_attributed_dH`: `((lowonly - noclip) + (replay - "
+        "highonly)) / 2` of the `entropy_post_*` replays; with `clip_high_attributed_dH` it sums to "
+        "`clip_attributed_dH` exactly [8]",
+    ),
+    Column(
+        "clip_high_attributed_dH", "float64", "nats",
+        "clip-high's share: `((highonly - noclip) + (replay - lowonly)) / 2` [8]",
+    ),
+    Column(
+        "clip_low_alone_dH", "float64", "nats",
+        "`entropy_post_lowonly - entropy_post_noclip`: clip-low with clip-high off (before issue 27 this was "
+        "`clip_low_attributed_dH`) [8]",
+    ),
+    Column("clip_high_alone_dH", "float64", "nats", "`entropy_post_highonly - entropy_post_noclip` [8]"),
+    Column(
+        "clip_interaction_dH", "float64", "nats",
+        "`clip_attributed_dH - clip_low_alone_dH - clip_high_alone_dH`: what the two clips do together beyond "
+        "their one-sided effects [8]",
+    ),
     Column(
         "probe_noise", "float64", "nats",
         "`entropy_post - entropy_post_replay`: how far a replay of the same step lands from the real one "
-        "(non-deterministic kernels, e.g. GPU atomics); exactly 0 on a CPU. Attributed changes within a few "
-        "times this are noise [8]",
+        "(non-deterministic kernels, e.g. GPU atomics); exactly 0 on a CPU. The replays share the real "
+        "step's first update, so its noise is in neither [8]",
+    ),
+    Column(
+        "probe_noise_sd", "float64", "nats",
+        "sample standard deviation of `entropy_post_replay` over `log.probe_repeats` runs of the identity "
+        "replay (all from the same shared start): the noise floor of each replay, hence of every attributed "
+        "change (a difference of two replays: about `sqrt(2)` times it); NaN when `probe_repeats = 1`, 0 on "
+        "a CPU [8]",
     ),
     Column(
         "rollout_logprob_diff_mean", "float64", "nats",
@@ -499,7 +553,7 @@ STEPS_COLUMNS = (
     Column("update_seconds", "float64", "seconds", "wall time of the optimizer steps"),
     Column(
         "probe_seconds", "float64", "seconds",
-        "wall time of the clip probe's three replays (0 on steps not probed)",
+        "wall time of the clip probe: its replays and their entropy measurements (0 on steps not probed)",
     ),
     Column("step_seconds", "float64", "seconds", "wall time of the whole step, logging excluded"),
     Column("tokens_per_second", "float64", "tokens/s", "`n_tokens / step_seconds`"),
@@ -587,6 +641,25 @@ TOKENS_COLUMNS = (
     Column("logp_old", "float64", "nats", "its log-prob under `pi_old`"),
     Column("entropy", "float64", "nats", "the token entropy `H_t` under `pi_old`"),
     Column("advantage", "float64", "", "the response's advantage"),
+    Column(
+        "epoch", "int64", "",
+        "PPO epoch of this row: each sampled token has one row per epoch (the pi_old columns above repeat)",
+    ),
+    Column(
+        "update", "int64", "",
+        "the optimizer step (`updates.update`) whose minibatch holds the token in this epoch; join on "
+        "(`step`, `update`) for that update's `skipped` flag",
+    ),
+    Column(
+        "logp_update", "float64", "nats",
+        "`log pi_k(y_t)` the loss saw at that update (float32 in the trainer): "
+        "`l_t = clamp(logp_update - logp_old, -20, 20)` and `r_t = exp(l_t)`, both in float32, give the ratio "
+        "and so the clip events `r_t < 1 - eps_low`, `r_t > 1 + eps_high` (float32 bounds) with `advantage` [6]",
+    ),
+    Column(
+        "entropy_update", "float64", "nats",
+        "the token entropy `H_t` under `pi_k` at that update (the Thm 2 bracket's `H_t`) [7]",
+    ),
 )
 
 TABLES = (

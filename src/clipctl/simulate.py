@@ -73,6 +73,10 @@ from clipctl.errors import ClipctlError
 from clipctl.rundir import LOCK_NAME, RunLock, ensure_output_dir
 from clipctl.runlog import RunWriter
 
+# The probe's shortcuts (shared first update, replays that retrace the real step); tests
+# turn them off to check that the columns do not change.
+_SHARE_PROBE_PREFIX = True
+
 REWARD_KINDS = {"bernoulli": "random_bernoulli", "gaussian": "random_gaussian"}
 OPTIMIZERS = ("sgd", "adam")
 
@@ -453,7 +457,8 @@ class _Optimizer:
 
 
 def _update_epochs(
-    theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, clip: ClipSpec, *, with_stats, old_logp_all=None
+    theta, opt, actions, old_logp, adv, cfg: DynamicsConfig, clip: ClipSpec, *, with_stats, old_logp_all=None,
+    first_update: int = 0, after_first: Optional[Callable[[torch.Tensor], None]] = None,
 ):
     """All minibatch updates of one step from ``theta``.
 
@@ -461,12 +466,17 @@ def _update_epochs(
     ``with_stats`` each row carries the sampled estimators and, next to them,
     their exact values (``<key>_exact``, from ``old_logp_all``, the ``[A]``
     log pi_old of every action); the totals are empty without ``with_stats``.
+    ``first_update = k`` starts at the ``k``-th update (``theta`` and ``opt``
+    are then the state before it); ``after_first(theta)`` runs after the first.
     """
     n = actions.shape[0]
     bounds = np.linspace(0, n, cfg.minibatches + 1).round().astype(int)
     rows, totals, step_exact = [], schema.Totals(), None
     for epoch in range(cfg.epochs):
         for mb in range(cfg.minibatches):
+            k = epoch * cfg.minibatches + mb
+            if k < first_update:
+                continue
             lo, hi = int(bounds[mb]), int(bounds[mb + 1])
             th = theta.detach().clone().requires_grad_(True)
             logp_all = torch.log_softmax(th, -1)
@@ -486,9 +496,11 @@ def _update_epochs(
                     loss=float(loss.detach()), kl_sum=float(algo.k3_kl(logp.detach(), old_logp[lo:hi]).sum()),
                     grad_norm=float(grad.norm()), sums=sums,
                 )
-                totals.add(**update)
-                rows.append(schema.update_row(epoch, mb, len(rows), cfg.lr, **update, extra=exact_columns(exact)))
+                totals.add(**update, on_policy=k == 0)
+                rows.append(schema.update_row(epoch, mb, k, cfg.lr, **update, extra=exact_columns(exact)))
             theta = opt.step(theta, grad)
+            if k == 0 and after_first is not None:
+                after_first(theta)
     return theta, rows, totals, step_exact
 
 
@@ -513,28 +525,41 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         adv = algo.group_advantages(rewards, cfg.group_size, "none")
         old_logp = torch.log_softmax(theta, -1)[actions].unsqueeze(-1)
         H0 = float(entropy_of(theta))
-        start_theta, start_opt = theta.clone(), opt.snapshot()
+        probed = bool(cfg.probe_every and step % cfg.probe_every == 0)
+        # Every replay starts from the state after the on-policy first update (ratio 1:
+        # no clip acts there), as in the trainer; _SHARE_PROBE_PREFIX = False replays from the start.
+        start = {"theta": theta.clone(), "opt": opt.snapshot(), "first": 0}
+
+        def after_first(th: torch.Tensor) -> None:
+            start.update(theta=th.clone(), opt=opt.snapshot(), first=1)
+
         t1 = time.perf_counter()
         theta, rows, totals, exact_sums = _update_epochs(
             theta, opt, actions, old_logp, adv, cfg, ClipSpec(cfg.eps_low, cfg.eps_high), with_stats=True,
             old_logp_all=torch.log_softmax(theta, -1),
+            after_first=after_first if probed and _SHARE_PROBE_PREFIX else None,
         )
         t_update = time.perf_counter() - t1
         H1 = float(entropy_of(theta))
         t2 = time.perf_counter()
         probe = schema.unprobed_columns()
-        if cfg.probe_every and step % cfg.probe_every == 0:
+        if probed:
             real_opt = opt.snapshot()
 
             def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
-                opt.restore(start_opt)
+                opt.restore(start["opt"])
                 th, _, _, _ = _update_epochs(
-                    start_theta, opt, actions, old_logp, adv, cfg, ClipSpec(eps_low, eps_high, dual_clip_c),
-                    with_stats=False,
+                    start["theta"], opt, actions, old_logp, adv, cfg, ClipSpec(eps_low, eps_high, dual_clip_c),
+                    with_stats=False, first_update=start["first"],
                 )
                 return float(entropy_of(th))
 
-            probe = algo.clip_probe(replay, cfg.eps_low, cfg.eps_high, None, H1)
+            s = totals.sums
+            agreeing = (
+                algo.agreeing_replays(s["n_clip_low"], s["n_clip_high"], s["n_dual_clip"])
+                if _SHARE_PROBE_PREFIX else frozenset()
+            )
+            probe = algo.clip_probe(replay, cfg.eps_low, cfg.eps_high, None, H1, agreeing=agreeing)
             opt.restore(real_opt)
         t_probe = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0

@@ -501,9 +501,78 @@ def test_probe_replays_and_attributed_changes_by_hand():
     assert out["clip_attributed_dH"] == 0.375
     assert out["probe_noise"] == 0.125
     assert out["entropy_post_replay"] == 1.875
-    assert out["clip_low_attributed_dH"] == 0.25
-    assert out["clip_high_attributed_dH"] == -0.25
+    # One-sided: lowonly - noclip = 0.25, highonly - noclip = -0.25; interaction 0.375 - 0.25 + 0.25 = 0.375.
+    assert out["clip_low_alone_dH"] == 0.25
+    assert out["clip_high_alone_dH"] == -0.25
+    assert out["clip_interaction_dH"] == 0.375
+    # Shapley: low = (0.25 + (1.875 - 1.25)) / 2 = 0.4375, high = (-0.25 + (1.875 - 1.75)) / 2 = -0.0625.
+    assert out["clip_low_attributed_dH"] == 0.4375
+    assert out["clip_high_attributed_dH"] == -0.0625
+    assert out["clip_low_attributed_dH"] + out["clip_high_attributed_dH"] == out["clip_attributed_dH"]
     assert out["entropy_post_noclip"] == 1.5
+    assert math.isnan(out["probe_noise_sd"])  # one identity replay: no spread
+    # Three identity replays 1.875, 1.75, 2.0: mean 1.875, sd sqrt((0 + 1/64 + 1/64) / 2) = 1/8.
+    post = {"replay": 1.875, "noclip": 1.5, "lowonly": 1.75, "highonly": 1.25}
+    assert attributed_entropy_changes(2.0, post, [1.75, 2.0])["probe_noise_sd"] == 0.125
+
+
+def _shapley_naive(value: dict) -> dict:
+    """Shapley values of the players "low" and "high" by the definition: the mean over both
+    orderings of each player's marginal contribution; ``value[frozenset]`` is the game."""
+    import itertools
+
+    out = {"low": 0.0, "high": 0.0}
+    orders = list(itertools.permutations(("low", "high")))
+    for order in orders:
+        have: set = set()
+        for player in order:
+            before = value[frozenset(have)]
+            have.add(player)
+            out[player] += (value[frozenset(have)] - before) / len(orders)
+    return out
+
+
+def test_attributed_split_is_the_shapley_value_of_the_two_clips():
+    from clipctl.algo import attributed_entropy_changes
+
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(50):
+        r, n, lo, hi = (2.0 + torch.randn(4, generator=gen, dtype=F64)).tolist()
+        value = {frozenset(): n, frozenset({"low"}): lo, frozenset({"high"}): hi, frozenset({"low", "high"}): r}
+        want = _shapley_naive(value)
+        out = attributed_entropy_changes(r, {"replay": r, "noclip": n, "lowonly": lo, "highonly": hi})
+        assert out["clip_low_attributed_dH"] == pytest.approx(want["low"], abs=1e-12)
+        assert out["clip_high_attributed_dH"] == pytest.approx(want["high"], abs=1e-12)
+        parts = out["clip_low_attributed_dH"] + out["clip_high_attributed_dH"]
+        assert parts == pytest.approx(out["clip_attributed_dH"], abs=1e-12)
+        alone = out["clip_low_alone_dH"] + out["clip_high_alone_dH"] + out["clip_interaction_dH"]
+        assert alone == pytest.approx(out["clip_attributed_dH"], abs=1e-12)
+
+
+def test_agreeing_replays_by_hand():
+    from clipctl.algo import agreeing_replays
+
+    assert agreeing_replays(0, 0, 0) == {"noclip", "lowonly", "highonly"}
+    assert agreeing_replays(3, 0, 0) == {"lowonly"}  # clip-low acted: only lowonly retraces the real step
+    assert agreeing_replays(0, 2, 0) == {"highonly"}
+    assert agreeing_replays(1, 1, 0) == set()
+    assert agreeing_replays(0, 0, 1) == set()  # the dual clip acted: only the identity replay has it
+
+
+def test_clip_probe_shares_agreeing_replays_and_repeats_the_identity():
+    from clipctl.algo import clip_probe
+
+    calls = []
+
+    def replay(lo, hi, dual):
+        calls.append((lo, hi, dual))
+        return 2.0 - 0.5 * min(lo, 1.0) + (0.0 if math.isinf(hi) else 0.25 * hi)
+
+    out = clip_probe(replay, 0.2, 0.2, None, 1.95, agreeing=frozenset({"lowonly"}), repeats=3)
+    # noclip and highonly run; lowonly takes the identity replay's value; two extra identity runs.
+    assert calls == [(0.2, 0.2, None), (1.0, math.inf, None), (1.0, 0.2, None), (0.2, 0.2, None), (0.2, 0.2, None)]
+    assert out["entropy_post_lowonly"] == out["entropy_post_replay"] == 2.0 - 0.1 + 0.05
+    assert out["probe_noise_sd"] == 0.0
 
 
 def test_clip_probe_runs_each_distinct_replay_once():

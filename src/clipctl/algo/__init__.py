@@ -28,6 +28,7 @@ from clipctl.algo.losses import (
 )
 from clipctl.algo.stats import (
     add_sums,
+    agreeing_replays,
     attributed_entropy_changes,
     clip_probe,
     clip_stat_sums,
@@ -48,6 +49,7 @@ __all__ = [
     "ClipSpec",
     "PolicyLossOutput",
     "add_sums",
+    "agreeing_replays",
     "attributed_entropy_changes",
     "probe_replays",
     "clip_probe",

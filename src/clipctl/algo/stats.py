@@ -26,8 +26,9 @@ input: ``E_k[-log pi | s_t] = H_t``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 
 from clipctl.algo.losses import PolicyLossOutput
@@ -165,41 +166,95 @@ def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, flo
     }
 
 
-def attributed_entropy_changes(entropy_post: float, post: Mapping[str, float]) -> dict[str, float]:
-    """Probe columns from the real ``entropy_post`` and the replays' Eq. 4 entropies.
+def attributed_entropy_changes(
+    entropy_post: float, post: Mapping[str, float], repeats: Sequence[float] = ()
+) -> dict[str, float]:
+    """Probe columns from the real ``entropy_post`` and the replays' Eq. 4 entropies (docs/definitions.md section 8).
 
-    Every attributed change is a difference of two replays, so non-determinism
-    of the real step (GPU atomics) cannot land in one of them only; it is
-    measured on its own as ``probe_noise = entropy_post - entropy_post_replay``
-    (exactly 0 on a CPU).
+    ``post``: label -> Eq. 4 entropy after that replay (``probe_replays``).
+    With ``R = replay``, ``N = noclip``, ``L = lowonly``, ``H = highonly``:
+
+    - ``clip_attributed_dH = R - N`` (all clipping);
+    - the Shapley split of it over the two clips, exactly additive:
+      ``clip_low_attributed_dH = ((L - N) + (R - H)) / 2``,
+      ``clip_high_attributed_dH = ((H - N) + (R - L)) / 2``;
+    - one clip with the other off: ``clip_low_alone_dH = L - N``,
+      ``clip_high_alone_dH = H - N``, and
+      ``clip_interaction_dH = (R - N) - (L - N) - (H - N) = R - L - H + N``.
+
+    Every change is a difference of replays, so non-determinism of the real
+    step (GPU atomics) cannot land in one of them only; it is measured on its
+    own as ``probe_noise = entropy_post - R`` (exactly 0 on a CPU).
+    ``repeats``: the Eq. 4 entropies of extra runs of the identity replay
+    (``log.probe_repeats - 1`` of them); ``probe_noise_sd`` is the sample
+    standard deviation of ``R`` and them, NaN with none.
     """
+    r, n, lo, hi = post["replay"], post["noclip"], post["lowonly"], post["highonly"]
+    total, low_alone, high_alone = r - n, lo - n, hi - n
+    runs = [r, *repeats]
     return {
-        "entropy_post_replay": post["replay"],
-        "entropy_post_noclip": post["noclip"],
-        "entropy_post_lowonly": post["lowonly"],
-        "entropy_post_highonly": post["highonly"],
-        "clip_attributed_dH": post["replay"] - post["noclip"],
-        "clip_low_attributed_dH": post["lowonly"] - post["noclip"],
-        "clip_high_attributed_dH": post["highonly"] - post["noclip"],
-        "probe_noise": entropy_post - post["replay"],
+        "entropy_post_replay": r,
+        "entropy_post_noclip": n,
+        "entropy_post_lowonly": lo,
+        "entropy_post_highonly": hi,
+        "clip_attributed_dH": total,
+        "clip_low_attributed_dH": 0.5 * (low_alone + (r - hi)),
+        "clip_high_attributed_dH": 0.5 * (high_alone + (r - lo)),
+        "clip_low_alone_dH": low_alone,
+        "clip_high_alone_dH": high_alone,
+        "clip_interaction_dH": total - low_alone - high_alone,
+        "probe_noise": entropy_post - r,
+        "probe_noise_sd": float(np.std(runs, ddof=1)) if len(runs) > 1 else math.nan,
     }
+
+
+def agreeing_replays(n_clip_low: float, n_clip_high: float, n_dual_clip: float) -> frozenset[str]:
+    """Replays that are the identity replay by construction, from the real step's event counts.
+
+    On one minibatch from one state, two clip settings give the same per-token
+    loss and gradient when they zero the same tokens' gradients: a token no
+    clip acts on contributes ``-A r_t`` under every setting. Along the real
+    step, ``noclip`` zeroes nothing, ``lowonly`` the run's clip-low events
+    only, ``highonly`` its clip-high events only (no dual clip in either). So
+    when the real step (all its updates, none skipped) had no clip-high and no
+    dual-clip event, ``lowonly`` retraces it update for update: it is the
+    identity replay, and likewise for the others. The counts are the real
+    step's totals (``n_clip_*`` of ``SUM_KEYS``); they are non-negative, so a
+    total of 0 means 0 on every update.
+    """
+    out = set()
+    if n_dual_clip == 0 and n_clip_high == 0:
+        out.add("lowonly")
+    if n_dual_clip == 0 and n_clip_low == 0:
+        out.add("highonly")
+    if n_dual_clip == 0 and n_clip_low == 0 and n_clip_high == 0:
+        out.add("noclip")
+    return frozenset(out)
 
 
 def clip_probe(
     replay: Callable[[float, float, Optional[float]], float],
     eps_low: float, eps_high: float, dual_clip_c: Optional[float], entropy_post: float,
+    *, repeats: int = 1, agreeing: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
     """The probe columns of one step (docs/definitions.md section 8), for trainer and simulator alike.
 
     ``replay(eps_low, eps_high, dual_clip_c)`` replays the step's updates from
     its starting state with those settings and returns the Eq. 4 entropy after
     them. Replays with the same settings run once (eps_high = inf: ``highonly``
-    is ``noclip`` and ``replay`` is ``lowonly``; eps_low = 1 likewise).
+    is ``noclip`` and ``replay`` is ``lowonly``; eps_low = 1 likewise), and so
+    do those in ``agreeing`` (``agreeing_replays``): they take the identity
+    replay's value. The identity replay runs ``repeats`` times (at least once);
+    the extra runs give ``probe_noise_sd``.
     """
     post, done = {}, {}
     for label, (low, high) in probe_replays(eps_low, eps_high).items():
         key = (low, high, dual_clip_c if label == "replay" else None)
+        if label in agreeing:
+            key = (eps_low, eps_high, dual_clip_c)  # the identity replay's key
         if key not in done:
             done[key] = replay(*key)
         post[label] = done[key]
-    return attributed_entropy_changes(entropy_post, post)
+    identity = (eps_low, eps_high, dual_clip_c)
+    extra = [replay(*identity) for _ in range(max(repeats, 1) - 1)]
+    return attributed_entropy_changes(entropy_post, post, extra)

@@ -230,7 +230,7 @@ class DeepSpeedEngine:
         self.ds_engine.save_checkpoint(str(self.scratch), tag=tag, save_latest=False)
         self._snapshot_tags.append(tag)
         self.comm.barrier()
-        # A probe needs at most two snapshots (start of step, real end state).
+        # A probe needs at most two snapshots (after the shared first update, real end state).
         old, self._snapshot_tags = self._snapshot_tags[:-2], self._snapshot_tags[-2:]
         self.comm.on_main(_remove_folders, [self.scratch / t for t in old])
         return {"tag": tag, "scheduler": copy.deepcopy(self.scheduler.state_dict())}

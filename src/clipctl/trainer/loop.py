@@ -244,12 +244,20 @@ class Trainer:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def minibatch_gradient(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
+    def minibatch_gradient(
+        self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0, record=None,
+        with_stats: bool = True,
+    ):
         """The gradient of rows ``lo:hi``'s loss; returns (loss, kl sum, grad norm, stat sums) as host floats.
 
         Everything stays on the device until the gradient is complete; then one
         copy brings the loss, KL, gradient norm and statistic sums back. The
         caller applies the gradient, or drops it when it is not finite.
+        ``record``: ``(logp, entropy)`` ``[N, Tr]`` buffers that receive the
+        minibatch's ``log pi_k`` and ``H_t`` as the loss saw them (the tokens table).
+        ``with_stats=False`` (a probe replay, whose statistics nobody reads) skips
+        the entropy and ``E[Q|s]`` pass over the vocabulary unless the entropy
+        bonus needs it; the statistic sums are then 0. The gradient is the same.
         """
         a = self.cfg.algo
         # Normalisers of the whole minibatch (over all processes), so that neither
@@ -259,10 +267,17 @@ class Trainer:
         clip = algo.ClipSpec(eps_low, eps_high, dual_clip_c)
         self.engine.zero_grad()
         stats = schema.Totals()  # on the device until to_host
+        zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        no_sums = None if with_stats else dict.fromkeys(schema.SUM_KEYS, zero)
         for mb in self._micro_batches(sb, lo, hi):
-            logp, ent, expected_q = self._micro_logp_entropy(
-                sb, mb, with_expected_q=True, entropy_grad=entropy_coef > 0
-            )
+            if with_stats:
+                logp, ent, expected_q = self._micro_logp_entropy(
+                    sb, mb, with_expected_q=True, entropy_grad=entropy_coef > 0
+                )
+            else:
+                logp, ent = self._micro_logp_entropy(
+                    sb, mb, with_entropy=entropy_coef > 0, entropy_grad=entropy_coef > 0
+                )[:2]
             old, adv, mask = sb.take(sb.old_logp, mb), sb.take(sb.advantages, mb), sb.take(sb.response_mask, mb)
             norms = dict(max_new_tokens=self.cfg.rollout.max_new_tokens, num_seqs=n_seqs, num_tokens=n_tokens)
             loss, out = algo.policy_loss(
@@ -271,7 +286,10 @@ class Trainer:
             if entropy_coef > 0:  # entropy bonus, aggregated like the loss
                 loss = loss - entropy_coef * algo.agg_loss(ent, mask, a.loss_agg, **norms)
             self.engine.backward(loss)
-            sums = algo.clip_stat_sums(out, mask, ent, expected_q)
+            if record is not None:
+                record[0][mb.rows, : mb.response_width] = out.logp.float()
+                record[1][mb.rows, : mb.response_width] = ent.detach().float()
+            sums = algo.clip_stat_sums(out, mask, ent, expected_q) if with_stats else no_sums
             stats.add(loss.detach().double(), k3_kl_sum(logp, old, mask), sums)
         loss, kl_sum, sums, grad_norm = to_host(stats, self.engine.grad_norm())
         # Each process holds its share of the minibatch: add the shares up.
@@ -285,14 +303,32 @@ class Trainer:
             f"or set train.on_nonfinite=skip to drop such updates"
         )
 
-    def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
-        """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
+    def update_epochs(
+        self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0,
+        first_update: int = 0, after_first: Optional[Callable[[], None]] = None, record=None,
+        with_stats: bool = True,
+    ):
+        """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order.
+
+        ``first_update = k`` starts at the ``k``-th optimizer step (a probe replay
+        from the shared state after the first, ``clip_probe``); ``after_first``
+        runs right after the first optimizer step; ``record``: per epoch, the
+        ``(logp, entropy, update)`` buffers of ``_update_record``; ``with_stats``:
+        see ``minibatch_gradient`` (rows and totals of a replay without them are not meaningful).
+        """
         updates, totals = [], schema.Totals()
+        bounds = self._minibatch_bounds(len(sb))
         for epoch in range(self.cfg.train.ppo_epochs):
-            for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
-                where = (epoch, mb, len(updates), self.scheduler.get_last_lr()[0])
+            for mb, (lo, hi) in enumerate(bounds):
+                k = epoch * len(bounds) + mb
+                if k < first_update:
+                    continue
+                where = (epoch, mb, k, self.scheduler.get_last_lr()[0])
+                if record is not None:
+                    record[2][epoch, lo:hi] = k
                 loss, kl_sum, grad_norm, sums = self.minibatch_gradient(
-                    sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef
+                    sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef,
+                    record=None if record is None else (record[0][epoch], record[1][epoch]), with_stats=with_stats,
                 )
                 # A non-finite loss or gradient is never applied (train.on_nonfinite): stop, or skip it.
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -303,26 +339,40 @@ class Trainer:
                     self.engine.skip()
                     totals.skipped += 1
                     updates.append({"step": step, **schema.skipped_update_row(*where)})
-                    continue
-                self.engine.step()
-                totals.add(loss, kl_sum, sums, grad_norm)
-                updates.append(
-                    {"step": step, **schema.update_row(*where, loss=loss, kl_sum=kl_sum, grad_norm=grad_norm, sums=sums)}
-                )
+                else:
+                    self.engine.step()
+                    totals.add(loss, kl_sum, sums, grad_norm, on_policy=k == 0)
+                    updates.append(
+                        {"step": step, **schema.update_row(*where, loss=loss, kl_sum=kl_sum, grad_norm=grad_norm, sums=sums)}
+                    )
+                if k == 0 and after_first is not None:
+                    after_first()
         return updates, totals
 
     # ------------------------------------------------------------ clip probe (docs/definitions.md section 8)
 
-    def clip_probe(self, step: int, sb: StepBatch, start_state: dict, entropy_post: float, knobs: Knobs) -> dict:
+    # The probe's shortcuts (shared first update, replays that retrace the real step, no
+    # statistics in replays); the tests and bench/probe_cost.py turn them off to compare
+    # with full replays from the start.
+    _share_probe_prefix = True
+
+    def clip_probe(
+        self, step: int, sb: StepBatch, start_state: dict, entropy_post: float, knobs: Knobs,
+        *, first_update: int = 0, agreeing: frozenset = frozenset(),
+    ) -> dict:
         """Replay the step's updates from ``start_state`` without clipping (docs/definitions.md section 8).
 
         Four replays on the same samples, advantages, minibatches and order:
         the run's own settings (the noise floor), no clipping, clip-low only,
         clip-high only (dual clip only in the first). Eq. 4 entropy is measured
         on the step's batch after each; the real post-step state is restored at
-        the end, so probing changes nothing else. Replays with the same settings
-        run once (``algo.clip_probe``), which halves the probe's cost for
-        eps_high = inf or eps_low = 1.
+        the end, so probing changes nothing else. ``start_state`` is the state
+        before optimizer step ``first_update``: the step's start (0), or the
+        state after its on-policy first update (1), which every replay shares
+        (ratio exactly 1: no clip can act, so each setting takes the same
+        gradient). Replays with the same settings, and those in ``agreeing``
+        (``algo.agreeing_replays``: they retrace the real step), run once
+        (``algo.clip_probe``); the identity replay runs ``log.probe_repeats`` times.
         """
         real_state = self.engine.snapshot()
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
@@ -331,13 +381,31 @@ class Trainer:
         def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
             self.engine.restore(start_state)
             self.update_epochs(
-                step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=knobs.entropy_coef
+                step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=knobs.entropy_coef,
+                first_update=first_update, with_stats=not self._share_probe_prefix,
             )
             return self._eq4_entropy(sb)
 
-        columns = algo.clip_probe(replay, knobs.eps_low, knobs.eps_high, self.cfg.algo.dual_clip_c, entropy_post)
+        columns = algo.clip_probe(
+            replay, knobs.eps_low, knobs.eps_high, self.cfg.algo.dual_clip_c, entropy_post,
+            repeats=self.cfg.log.probe_repeats, agreeing=agreeing,
+        )
         self.engine.restore(real_state)
         return columns
+
+    def _probe_start(self, updates: list[dict]) -> frozenset:
+        """Check that the shared first update was event-free (the probe's premise) and name the replays that agree."""
+        first = updates[0]
+        if any(first[k] for k in ("n_below", "n_above", "n_clip_low", "n_clip_high", "n_dual_clip")):
+            # log pi_old comes from the update's own micro-batches (departure 2), so this is a bug.
+            raise RuntimeError(
+                f"the first update's ratio is not 1 (clip events {first['n_clip_low']:g}/{first['n_clip_high']:g}); "
+                "the probe cannot share it"
+            )
+        if any(u["skipped"] for u in updates):  # a skip may depend on the clip setting: replay everything
+            return frozenset()
+        n = {k: sum(u[k] for u in updates) for k in ("n_clip_low", "n_clip_high", "n_dual_clip")}
+        return algo.agreeing_replays(n["n_clip_low"], n["n_clip_high"], n["n_dual_clip"])
 
     def _eq4_entropy(self, sb: StepBatch) -> float:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
@@ -385,12 +453,17 @@ class Trainer:
         pre = self._entropy_metrics(sb, sb.old_entropy)
         knobs = self.control.step(pre["entropy"])  # the config's bounds, or the entropy controller's
         probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
-        start_state = self.engine.snapshot() if probe else None
+        share = probe and self._share_probe_prefix
+        start: dict = {"state": self.engine.snapshot() if probe and not share else None}
 
+        def after_first() -> None:  # the state every replay starts from (clip_probe)
+            start["state"] = self.engine.snapshot()
+
+        record = self._update_record(sb) if cfg.log.token_sample_rate > 0 else None
         t1 = time.perf_counter()
         updates, totals = self.update_epochs(
             step, sb, eps_low=knobs.eps_low, eps_high=knobs.eps_high, dual_clip_c=a.dual_clip_c,
-            entropy_coef=knobs.entropy_coef,
+            entropy_coef=knobs.entropy_coef, after_first=after_first if share else None, record=record,
         )
         # The rollout engine samples the next step from the updated weights (no-op
         # for hf, which shares the trainer's model).
@@ -405,7 +478,10 @@ class Trainer:
             post = {"entropy": math.nan, "entropy_token_mean": math.nan}
         t2 = time.perf_counter()
         attributed = (
-            self.clip_probe(step, sb, start_state, post["entropy"], knobs) if probe
+            self.clip_probe(
+                step, sb, start["state"], post["entropy"], knobs, first_update=1 if share else 0,
+                agreeing=self._probe_start(updates) if share else frozenset(),
+            ) if probe
             else schema.unprobed_columns()
         )
         probe_seconds = time.perf_counter() - t2
@@ -428,7 +504,7 @@ class Trainer:
                 rollout=t_rollout, update=t_update, probe=probe_seconds, step=step_seconds, n_tokens=batch["n_tokens"]
             ),
         )
-        return self._step_output(step, prompts, sb, metrics, updates)
+        return self._step_output(step, prompts, sb, metrics, updates, record)
 
     def _check_finite(self, step: int, t: torch.Tensor, what: str) -> None:
         """Stop (whatever ``train.on_nonfinite``) when ``t`` holds NaN/inf: nothing of the step is written."""
@@ -474,7 +550,16 @@ class Trainer:
             "n_tokens": float(lengths.sum()),
         }
 
-    def _step_output(self, step: int, prompts, sb: StepBatch, metrics: dict, updates: list[dict]) -> StepOutput:
+    def _update_record(self, sb: StepBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Buffers for the tokens table: per epoch, ``log pi_k`` and ``H_t`` at each token's update ``[E, N, Tr]``
+        and each row's update index ``[E, N]``, filled by the real step's ``update_epochs`` (docs/metrics.md)."""
+        E, (n, width) = self.cfg.train.ppo_epochs, sb.response_ids.shape
+        logp = torch.zeros((E, n, width), dtype=torch.float32, device=self.device)
+        return logp, torch.zeros_like(logp), torch.zeros((E, n), dtype=torch.int64)
+
+    def _step_output(
+        self, step: int, prompts, sb: StepBatch, metrics: dict, updates: list[dict], record=None
+    ) -> StepOutput:
         cfg, G, g = self.cfg, self.cfg.rollout.n, self.comm
         out = StepOutput(metrics, updates)
         if not (cfg.log.samples_every and step % cfg.log.samples_every == 0) and not cfg.log.token_sample_rate > 0:
@@ -483,8 +568,11 @@ class Trainer:
         if cfg.log.samples_every and step % cfg.log.samples_every == 0:
             out.samples = self._sample_rows(step, g.objects(prompts, 1), v.rollout, v.rewards, v.advantages)
         if cfg.log.token_sample_rate > 0:
+            per_update = [
+                tuple(g.rows(buf[e].cpu(), G) for buf in record) for e in range(cfg.train.ppo_epochs)
+            ]
             out.tokens = self._token_rows(
-                step, v.rollout, v.old_logp, g.rows(sb.old_entropy.cpu(), G), v.advantages
+                step, v.rollout, v.old_logp, g.rows(sb.old_entropy.cpu(), G), v.advantages, per_update
             )
         return out
 
@@ -515,17 +603,20 @@ class Trainer:
             )
         return rows
 
-    def _token_rows(self, step, batch, old_logp, old_ent, adv) -> list[dict]:
+    def _token_rows(self, step, batch, old_logp, old_ent, adv, per_update) -> list[dict]:
+        """Sampled tokens, one row per token and epoch; ``per_update[e] = (logp, entropy, update)`` of epoch ``e``."""
         gen = torch.Generator().manual_seed(derived_seed(self.cfg.train.seed, step, 2))
         valid = batch.response_mask.bool()
         keep = valid & (torch.rand(valid.shape, generator=gen) < self.cfg.log.token_sample_rate)
         rows = []
         for i, t in keep.nonzero().tolist():
-            rows.append(
-                {
-                    "step": step, "row": i, "position": t, "token_id": int(batch.response_ids[i, t]),
-                    "logp_old": float(old_logp[i, t]), "entropy": float(old_ent[i, t]),
-                    "advantage": float(adv[i]),
-                }
-            )
+            for epoch, (logp, ent, update) in enumerate(per_update):
+                rows.append(
+                    {
+                        "step": step, "row": i, "position": t, "token_id": int(batch.response_ids[i, t]),
+                        "logp_old": float(old_logp[i, t]), "entropy": float(old_ent[i, t]),
+                        "advantage": float(adv[i]), "epoch": epoch, "update": int(update[i]),
+                        "logp_update": float(logp[i, t]), "entropy_update": float(ent[i, t]),
+                    }
+                )
         return rows
