@@ -25,12 +25,12 @@ input: ``E_k[-log pi | s_t] = H_t``.
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Mapping, Optional
 
 import torch
 
 from clipctl.algo.losses import PolicyLossOutput
+from clipctl.clip import ClipSpec
 
 # The column names and finalize_clip_stats live in the torch-free clipctl.schema (analysis reads them without torch).
 from clipctl.schema import SUM_KEYS
@@ -124,7 +124,9 @@ def clip_stat_sums(
         term = w if x is None else w * x
         return torch.where(where, term, torch.zeros_like(term)).sum()
 
-    def count(where: torch.Tensor) -> torch.Tensor:
+    def count(where: Optional[torch.Tensor]) -> torch.Tensor:
+        if where is None:  # a family without that event
+            return torch.zeros((), dtype=torch.float64, device=valid.device)
         return where.sum().double()
 
     return {
@@ -134,6 +136,8 @@ def clip_stat_sums(
         "n_clip_low": count(ev.clip_low),
         "n_clip_high": count(ev.clip_high),
         "n_dual_clip": count(ev.dual_clip),
+        "n_cov_low": count(ev.cov_low),
+        "n_cov_high": count(ev.cov_high),
         "w_sum": wsum(None, valid),
         "w_sum_below": wsum(None, ev.ratio_below),
         "w_sum_above": wsum(None, ev.ratio_above),
@@ -149,19 +153,20 @@ def add_sums(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> di
     return {k: a[k] + b[k] for k in SUM_KEYS}
 
 
-def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, float]]:
-    """The four replays of the clip probe as ``label -> (eps_low, eps_high)``.
+def probe_replays(clip: ClipSpec) -> dict[str, ClipSpec]:
+    """The four replays of the clip probe as ``label -> ClipSpec`` (``ClipSpec.sides``).
 
-    ``replay``: the run's own clip settings (and its dual clip), i.e. the real
-    step again: its distance to the real step is the probe's noise floor;
-    ``noclip``: no clipping at all; ``lowonly``: the run's clip-low alone;
-    ``highonly``: the run's clip-high alone. Dual clip is off in the last three.
+    ``replay``: the run's own settings (its dual clip and covariance selection
+    too), i.e. the real step again: its distance to the real step is the
+    probe's noise floor; ``noclip``: the family's mechanism off; ``lowonly``:
+    its low side alone; ``highonly``: its high side alone. The same for every
+    policy loss, since each reads its sides from the ``ClipSpec``.
     """
     return {
-        "replay": (eps_low, eps_high),
-        "noclip": (1.0, math.inf),
-        "lowonly": (eps_low, math.inf),
-        "highonly": (1.0, eps_high),
+        "replay": clip,
+        "noclip": clip.sides(False, False),
+        "lowonly": clip.sides(True, False),
+        "highonly": clip.sides(False, True),
     }
 
 
@@ -185,21 +190,17 @@ def attributed_entropy_changes(entropy_post: float, post: Mapping[str, float]) -
     }
 
 
-def clip_probe(
-    replay: Callable[[float, float, Optional[float]], float],
-    eps_low: float, eps_high: float, dual_clip_c: Optional[float], entropy_post: float,
-) -> dict[str, float]:
+def clip_probe(replay: Callable[[ClipSpec], float], clip: ClipSpec, entropy_post: float) -> dict[str, float]:
     """The probe columns of one step (docs/definitions.md section 8), for trainer and simulator alike.
 
-    ``replay(eps_low, eps_high, dual_clip_c)`` replays the step's updates from
-    its starting state with those settings and returns the Eq. 4 entropy after
-    them. Replays with the same settings run once (eps_high = inf: ``highonly``
-    is ``noclip`` and ``replay`` is ``lowonly``; eps_low = 1 likewise).
+    ``replay(spec)`` replays the step's updates from its starting state with
+    that ``ClipSpec`` and returns the Eq. 4 entropy after them. Replays with the
+    same settings run once (eps_high = inf: ``highonly`` is ``noclip`` and
+    ``replay`` is ``lowonly``; eps_low = 1 likewise).
     """
     post, done = {}, {}
-    for label, (low, high) in probe_replays(eps_low, eps_high).items():
-        key = (low, high, dual_clip_c if label == "replay" else None)
-        if key not in done:
-            done[key] = replay(*key)
-        post[label] = done[key]
+    for label, spec in probe_replays(clip).items():
+        if spec not in done:
+            done[spec] = replay(spec)
+        post[label] = done[spec]
     return attributed_entropy_changes(entropy_post, post)

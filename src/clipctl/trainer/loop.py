@@ -244,7 +244,7 @@ class Trainer:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def minibatch_gradient(self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
+    def minibatch_gradient(self, sb: StepBatch, lo: int, hi: int, *, clip: algo.ClipSpec, entropy_coef=0.0):
         """The gradient of rows ``lo:hi``'s loss; returns (loss, kl sum, grad norm, stat sums) as host floats.
 
         Everything stays on the device until the gradient is complete; then one
@@ -256,7 +256,6 @@ class Trainer:
         # the micro-batch split nor the process split changes the gradient.
         n_seqs = self.comm.sum(hi - lo)
         n_tokens = self.comm.sum(sb.n_tokens(lo, hi))
-        clip = algo.ClipSpec(eps_low, eps_high, dual_clip_c)
         self.engine.zero_grad()
         stats = schema.Totals()  # on the device until to_host
         for mb in self._micro_batches(sb, lo, hi):
@@ -285,15 +284,13 @@ class Trainer:
             f"or set train.on_nonfinite=skip to drop such updates"
         )
 
-    def update_epochs(self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0):
-        """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order."""
+    def update_epochs(self, step: int, sb: StepBatch, *, clip: algo.ClipSpec, entropy_coef=0.0):
+        """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order, with the policy loss's ``clip``."""
         updates, totals = [], schema.Totals()
         for epoch in range(self.cfg.train.ppo_epochs):
             for mb, (lo, hi) in enumerate(self._minibatch_bounds(len(sb))):
                 where = (epoch, mb, len(updates), self.scheduler.get_last_lr()[0])
-                loss, kl_sum, grad_norm, sums = self.minibatch_gradient(
-                    sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef
-                )
+                loss, kl_sum, grad_norm, sums = self.minibatch_gradient(sb, lo, hi, clip=clip, entropy_coef=entropy_coef)
                 # A non-finite loss or gradient is never applied (train.on_nonfinite): stop, or skip it.
                 if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                     what = f"loss {loss}, gradient norm {grad_norm}"
@@ -317,8 +314,9 @@ class Trainer:
         """Replay the step's updates from ``start_state`` without clipping (docs/definitions.md section 8).
 
         Four replays on the same samples, advantages, minibatches and order:
-        the run's own settings (the noise floor), no clipping, clip-low only,
-        clip-high only (dual clip only in the first). Eq. 4 entropy is measured
+        the run's own settings (the noise floor), the policy loss's mechanism
+        off, its low side only, its high side only (``ClipSpec.sides``; dual
+        clip only in the first). Eq. 4 entropy is measured
         on the step's batch after each; the real post-step state is restored at
         the end, so probing changes nothing else. Replays with the same settings
         run once (``algo.clip_probe``), which halves the probe's cost for
@@ -328,16 +326,18 @@ class Trainer:
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
             entropy_post = self._eq4_entropy(sb)
 
-        def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
+        def replay(clip: algo.ClipSpec) -> float:
             self.engine.restore(start_state)
-            self.update_epochs(
-                step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=knobs.entropy_coef
-            )
+            self.update_epochs(step, sb, clip=clip, entropy_coef=knobs.entropy_coef)
             return self._eq4_entropy(sb)
 
-        columns = algo.clip_probe(replay, knobs.eps_low, knobs.eps_high, self.cfg.algo.dual_clip_c, entropy_post)
+        columns = algo.clip_probe(replay, self._clip(knobs), entropy_post)
         self.engine.restore(real_state)
         return columns
+
+    def _clip(self, knobs: Knobs) -> algo.ClipSpec:
+        """The policy loss's bounds (``AlgoConfig.clip``) with this step's knobs on its two sides."""
+        return replace(self.cfg.algo.clip, eps_low=knobs.eps_low, eps_high=knobs.eps_high)
 
     def _eq4_entropy(self, sb: StepBatch) -> float:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
@@ -388,10 +388,7 @@ class Trainer:
         start_state = self.engine.snapshot() if probe else None
 
         t1 = time.perf_counter()
-        updates, totals = self.update_epochs(
-            step, sb, eps_low=knobs.eps_low, eps_high=knobs.eps_high, dual_clip_c=a.dual_clip_c,
-            entropy_coef=knobs.entropy_coef,
-        )
+        updates, totals = self.update_epochs(step, sb, clip=self._clip(knobs), entropy_coef=knobs.entropy_coef)
         # The rollout engine samples the next step from the updated weights (no-op
         # for hf, which shares the trainer's model).
         self.rollout_engine.sync_weights(self.model)
