@@ -17,6 +17,7 @@ from clipctl.algo.entropy import (
 from clipctl.algo.fused_head import choose_tiles, fused_logprobs_entropy
 from clipctl.algo.losses import (
     LOSS_AGGS,
+    COV_LOSSES,
     POLICY_LOSSES,
     ClipEvents,
     PolicyLossOutput,
@@ -34,7 +35,7 @@ from clipctl.algo.stats import (
     pooled_expected_q,
     probe_replays,
 )
-from clipctl.clip import ClipSpec  # the policy losses' argument
+from clipctl.clip import ClipSpec, CovSpec  # the policy losses' argument
 
 __all__ = [
     "CONTROLLERS",
@@ -43,9 +44,11 @@ __all__ = [
     "control_step",
     "ADV_NORMS",
     "LOSS_AGGS",
+    "COV_LOSSES",
     "POLICY_LOSSES",
     "ClipEvents",
     "ClipSpec",
+    "CovSpec",
     "PolicyLossOutput",
     "add_sums",
     "attributed_entropy_changes",
