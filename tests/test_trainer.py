@@ -125,7 +125,7 @@ def test_probe_runs_identical_replays_once(tmp_path, fast_overrides, monkeypatch
     real = Trainer.update_epochs
 
     def counting(self, step, sb, **kw):
-        calls.append((kw["eps_low"], kw["eps_high"]))
+        calls.append((kw["clip"].eps_low, kw["clip"].eps_high))
         return real(self, step, sb, **kw)
 
     monkeypatch.setattr(Trainer, "update_epochs", counting)
