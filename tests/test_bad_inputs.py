@@ -155,7 +155,7 @@ BAD = [
     (T + ["--set", "train.steps=[1, 2]"], "train.steps must be an integer, got [1, 2]"),
     (T + ["--set", 'algo.eps_high="wide"'], "algo.eps_high must be a number (or 'inf'), got 'wide'"),
     (T + ["--set", "log.trackers=[1]"], "log.trackers must be a string, got 1"),
-    (T + ["--set", "algo.policy_loss=cispo"], "algo.policy_loss='cispo' is unknown; valid: vanilla"),
+    (T + ["--set", "algo.policy_loss=sapo"], "algo.policy_loss='sapo' is unknown; valid: vanilla, cispo, gspo, dppo_tv, dppo_kl, clip_cov, kl_cov"),
     (T + ["--set", "algo.eps_low=1.5"], "algo.eps_low=1.5"),
     (T + ["--set", "algo.eps_low=nan"], "algo.eps_low=nan"),
     (T + ["--set", "algo.eps_low=abc"], "algo.eps_low must be a number"),

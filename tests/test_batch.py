@@ -12,6 +12,7 @@ import torch
 from clipctl.config import load_config
 from clipctl.runlog import read_run
 from clipctl import schema
+from clipctl.clip import ClipSpec
 from clipctl.trainer import build_trainer, train
 from clipctl.schema import Totals
 from clipctl.trainer.batch import StepBatch, k3_kl_sum, plan_micro_batches, to_host
@@ -147,7 +148,7 @@ def test_host_reads_do_not_grow_with_micro_batches(fast_overrides, monkeypatch):
                 return _original(self, *a, **k)
 
             monkeypatch.setattr(torch.Tensor, name, counted)
-        t.minibatch_gradient(sb, 0, 8, eps_low=0.2, eps_high=0.2, dual_clip_c=None)
+        t.minibatch_gradient(sb, 0, 8, clip=ClipSpec(0.2, 0.2))
         monkeypatch.undo()
         return count["n"]
 

@@ -165,7 +165,7 @@ def test_overrides_parse_as_toml_literals(override, value):
         ("log.trackers=[1]", "log.trackers must be a string, got 1"),
         ("log.trackers=foo", "log.trackers=['foo'] must name each item at most once; valid: tensorboard, wandb"),
         ("optim.betas=0.9,1.0", "optim.betas=(0.9, 1.0) must be in [0, 1) (each)"),
-        ("algo.policy_loss=cispo", "algo.policy_loss='cispo' is unknown; valid: vanilla"),
+        ("algo.policy_loss=sapo", "algo.policy_loss='sapo' is unknown; valid: vanilla, cispo, gspo, dppo_tv, dppo_kl, clip_cov, kl_cov"),
     ],
 )
 def test_wrong_typed_overrides_give_one_line(override, message):

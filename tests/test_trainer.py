@@ -131,6 +131,11 @@ def test_probe_is_exact_and_changes_nothing(tmp_path, fast_overrides):
         ["algo.eps_low=0.1", "algo.eps_high=inf", "train.ppo_epochs=2"],
         # bf16 weights through float32 masters (precision.py): the snapshot holds the masters too.
         ["model.dtype=bfloat16", "algo.eps_high=0.1", "algo.dual_clip_c=3.0", "optim.lr=1e-2"],
+        # Other policy losses (docs/losses.md): cispo's regions count for either sign of A;
+        # clip_cov selects tokens at ratio 1, so its replays must not share the first update.
+        ["algo.policy_loss=cispo", "algo.cispo_eps_low=0.1", "algo.cispo_eps_high=0.05", "optim.lr=1e-2"],
+        ["algo.policy_loss=dppo_tv", "algo.dppo_tv_low=0.01", "algo.dppo_tv_high=0.01", "optim.lr=1e-2"],
+        ["algo.policy_loss=clip_cov", "algo.clip_cov_ratio=0.05", "algo.clip_cov_lb=-5", "optim.lr=1e-2"],
     ],
 )
 def test_probe_columns_unchanged_by_the_shared_prefix(tmp_path, fast_overrides, monkeypatch, knobs):
@@ -193,7 +198,7 @@ def test_probe_runs_identical_replays_once(tmp_path, fast_overrides, monkeypatch
     real = Trainer.update_epochs
 
     def counting(self, step, sb, **kw):
-        calls.append((kw["eps_low"], kw["eps_high"]))
+        calls.append((kw["clip"].eps_low, kw["clip"].eps_high))
         return real(self, step, sb, **kw)
 
     monkeypatch.setattr(Trainer, "update_epochs", counting)

@@ -394,6 +394,8 @@ def combine_updates(updates: pd.DataFrame) -> pd.DataFrame:
 
     if updates.empty:
         return pd.DataFrame(columns=["step", *SUM_KEYS])
+    # Runs written before the covariance losses existed logged no covariance events: 0, truly.
+    updates = updates.assign(**{k: 0.0 for k in ("n_cov_low", "n_cov_high") if k not in updates})
     missing = [k for k in ("step", *SUM_KEYS) if k not in updates]
     if missing:
         raise AnalysisError(

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
-from clipctl.clip import ClipSpec, clip_problem
+from clipctl.clip import ClipSpec, CovSpec, clip_problem, cov_problem
 from clipctl.errors import ConfigError
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -29,7 +29,7 @@ Engine = Literal["hf", "vllm"]  # rollout.ENGINES
 VllmDtype = Literal["auto", "float32", "bfloat16", "float16"]  # rollout.vllm.VLLM_DTYPES
 AdvNorm = Literal["none", "group_std"]  # algo.ADV_NORMS
 LossAgg = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]  # algo.LOSS_AGGS
-PolicyLoss = Literal["vanilla"]  # algo.POLICY_LOSSES
+PolicyLoss = Literal["vanilla", "cispo", "gspo", "dppo_tv", "dppo_kl", "clip_cov", "kl_cov"]  # algo.POLICY_LOSSES
 Controller = Literal["clip", "bonus"]  # algo.CONTROLLERS
 Reward = Literal["gsm8k", "math_verify", "random_bernoulli", "random_gaussian"]  # data.REWARDS
 Tracker = Literal["tensorboard", "wandb"]  # trackers.TRACKERS
@@ -82,6 +82,10 @@ POSITIVE = Bounds(lo=0, lo_open=True, finite=True)
 AT_LEAST_1 = Bounds(lo=1)
 NON_NEGATIVE = Bounds(lo=0)
 UNIT = Bounds(lo=0, hi=1)
+# A family's two sides, with the ClipSpec switches (clip.py): 1 / inf turn a side off.
+LOW_SIDE = Bounds(lo=0, hi=1, lo_open=True, fix="; 1 turns this side off")
+HIGH_SIDE = Bounds(lo=0, lo_open=True, rule="in (0, inf]", fix="; inf turns this side off")
+SHARE = Bounds(lo=0, hi=1, lo_open=True, fix=" (a share of tokens, e.g. 2e-4)")
 SEED = Bounds(lo=0, hi=MAX_SEED, rule="in [0, 2**63 - 1]", fix="; pick a smaller seed, e.g. 0")
 
 
@@ -176,7 +180,28 @@ class AlgoConfig:
     eps_low: float = _f(0.2, "clip-low: ratio floor 1 - eps_low for A < 0; in (0, 1], 1 disables")
     eps_high: float = _f(0.2, "clip-high: ratio cap 1 + eps_high for A > 0; in (0, inf], inf disables")
     dual_clip_c: Optional[float] = _f(None, "dual clip constant c > 1 (none = off)")
-    policy_loss: PolicyLoss = _f("vanilla", "policy loss (algo.POLICY_LOSSES): vanilla = the clipped surrogate (PPO/GRPO)")
+    policy_loss: PolicyLoss = _f(
+        "vanilla",
+        "policy loss (algo.POLICY_LOSSES, names as verl's loss_mode; docs/losses.md): vanilla (PPO/GRPO clip) | "
+        "cispo | gspo | dppo_tv | dppo_kl | clip_cov | kl_cov; each reads only its own keys (FAMILY_KEYS)",
+    )
+    cispo_eps_low: float = _f(1.0, "cispo: IS-weight floor 1 - x (paper: no floor, i.e. 1)", LOW_SIDE)
+    cispo_eps_high: float = _f(5.0, "cispo: IS-weight cap 1 + x (not stated in the paper; SkyRL's example: 5)", HIGH_SIDE)
+    gspo_eps_low: float = _f(3e-4, "gspo: sequence-ratio floor 1 - x (paper: 3e-4)", LOW_SIDE)
+    gspo_eps_high: float = _f(4e-4, "gspo: sequence-ratio cap 1 + x (paper: 4e-4)", HIGH_SIDE)
+    dppo_tv_low: float = _f(0.15, "dppo_tv: largest fall of pi(y_t) for A < 0 (authors' verl recipe: 0.15)", LOW_SIDE)
+    dppo_tv_high: float = _f(0.15, "dppo_tv: largest rise of pi(y_t) for A > 0 (authors' verl recipe: 0.15)", HIGH_SIDE)
+    dppo_kl_low: float = _f(0.05, "dppo_kl: largest binary KL of a falling token, A < 0 (authors' verl recipe: 0.05)", LOW_SIDE)
+    dppo_kl_high: float = _f(0.05, "dppo_kl: largest binary KL of a rising token, A > 0 (authors' verl recipe: 0.05)", HIGH_SIDE)
+    dppo_ratio_cap: Optional[float] = _f(
+        20.0, "dppo_tv / dppo_kl: cap c > 1 on the stop-gradient IS weight (verl's default 20; none = off)",
+        Bounds(lo=1, lo_open=True, rule="> 1", fix=" (or none = off)"),
+    )
+    clip_cov_ratio: float = _f(2e-4, "clip_cov: share of a call's tokens detached (paper and verl: 2e-4)", SHARE)
+    clip_cov_lb: float = _f(1.0, "clip_cov: detach only tokens with covariance > lb (paper and verl: 1)")
+    clip_cov_ub: float = _f(5.0, "clip_cov: ... and < ub (paper and verl: 5)")
+    kl_cov_ratio: float = _f(2e-4, "kl_cov: share of a call's tokens penalised (verl's default 2e-4; the paper's per-model values not checked)", SHARE)
+    kl_cov_coef: float = _f(1.0, "kl_cov: coefficient of |log r| on the selected tokens (verl's ppo_kl_coef 1)", Bounds(lo=0, finite=True))
     adv_norm: AdvNorm = _f("none", "advantage normalisation: none (Dr. GRPO) | group_std (GRPO)")
     loss_agg: LossAgg = _f(
         "seq-mean-token-mean",
@@ -203,8 +228,32 @@ class AlgoConfig:
 
     @property
     def clip(self) -> ClipSpec:
-        """The configured clip bounds (``validate`` has checked them)."""
+        """The configured policy loss's bounds as one ``ClipSpec`` (``validate`` has checked them; docs/losses.md)."""
+        p = self.policy_loss
+        if p == "cispo":
+            return ClipSpec(self.cispo_eps_low, self.cispo_eps_high)
+        if p == "gspo":
+            return ClipSpec(self.gspo_eps_low, self.gspo_eps_high)
+        if p in ("dppo_tv", "dppo_kl"):
+            return ClipSpec(getattr(self, f"{p}_low"), getattr(self, f"{p}_high"), self.dppo_ratio_cap)
+        if p == "clip_cov":
+            return ClipSpec(self.eps_low, self.eps_high, None, CovSpec(self.clip_cov_ratio, self.clip_cov_lb, self.clip_cov_ub))
+        if p == "kl_cov":
+            return ClipSpec(1.0, math.inf, None, CovSpec(self.kl_cov_ratio, coef=self.kl_cov_coef))
         return ClipSpec(self.eps_low, self.eps_high, self.dual_clip_c)
+
+
+# The algo keys each policy loss reads (tests check the keys equal algo.POLICY_LOSSES);
+# a key of another family set away from its default is refused (``_check_family``).
+FAMILY_KEYS: dict[str, tuple[str, ...]] = {
+    "vanilla": ("eps_low", "eps_high", "dual_clip_c"),
+    "cispo": ("cispo_eps_low", "cispo_eps_high"),
+    "gspo": ("gspo_eps_low", "gspo_eps_high"),
+    "dppo_tv": ("dppo_tv_low", "dppo_tv_high", "dppo_ratio_cap"),
+    "dppo_kl": ("dppo_kl_low", "dppo_kl_high", "dppo_ratio_cap"),
+    "clip_cov": ("eps_low", "eps_high", "clip_cov_ratio", "clip_cov_lb", "clip_cov_ub"),
+    "kl_cov": ("kl_cov_ratio", "kl_cov_coef"),
+}
 
 
 @dataclass(frozen=True)
@@ -567,8 +616,37 @@ def _check_train(t: TrainConfig) -> None:
     )
 
 
+def _check_family(a: AlgoConfig) -> None:
+    """A bound of another family, set away from its default, is refused: the chosen loss would ignore it.
+
+    "Set" means "differs from the dataclass default" (a preset that writes a
+    default value, as tiny-cpu does for eps_low, stays usable with any family).
+    """
+    uses = FAMILY_KEYS[a.policy_loss]
+    defaults = {f.name: f.default for f in dataclasses.fields(AlgoConfig)}
+    for key in dict.fromkeys(k for keys in FAMILY_KEYS.values() for k in keys):
+        value = getattr(a, key)
+        owners = " and ".join(f for f, keys in FAMILY_KEYS.items() if key in keys)
+        _require(
+            key in uses or value == defaults[key],
+            f"algo.{key}={value} is a bound of {owners}, which algo.policy_loss={a.policy_loss} does not use; "
+            f"drop it, or set {', '.join('algo.' + k for k in uses)} instead (docs/losses.md)",
+        )
+    if a.entropy_target is not None and a.entropy_controller == "clip":
+        _require(
+            "eps_low" in uses,
+            f"the clip entropy controller sets algo.eps_low, which algo.policy_loss={a.policy_loss} does not use; "
+            f"use algo.entropy_controller=bonus, or algo.policy_loss=vanilla or clip_cov",
+        )
+
+
 def _check_algo(a: AlgoConfig) -> None:
     _require(not (problem := clip_problem(a.eps_low, a.eps_high, a.dual_clip_c, prefix="algo.")), problem or "")
+    _check_family(a)
+    _require(
+        not (problem := cov_problem(a.clip_cov_ratio, a.clip_cov_lb, a.clip_cov_ub, 0.0, prefix="algo.clip_cov_")),
+        problem or "",
+    )
     _require(
         0 < a.eps_low_min <= a.eps_low_max <= 1,
         f"algo.eps_low_min={a.eps_low_min} and algo.eps_low_max={a.eps_low_max} must satisfy 0 < min <= max <= 1",

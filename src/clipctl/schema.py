@@ -29,6 +29,8 @@ SUM_KEYS = (
     "n_clip_low",       # ratio_below and A < 0
     "n_clip_high",      # ratio_above and A > 0
     "n_dual_clip",      # A < 0 and r > c
+    "n_cov_low",        # covariance selection (clip_cov, kl_cov), A < 0
+    "n_cov_high",       # covariance selection, A > 0
     "w_sum",            # sum over valid tokens of r_t
     "w_sum_below",      # sum over X of r_t
     "w_sum_above",      # sum over Y of r_t
@@ -43,6 +45,8 @@ STAT_KEYS = (
     "clip_low_frac",
     "clip_high_frac",
     "dual_clip_frac",
+    "cov_low_frac",
+    "cov_high_frac",
     "ratio_below_frac",
     "ratio_above_frac",
     "thm1_low",
@@ -261,6 +265,8 @@ def finalize_clip_stats(sums: Mapping[str, float]) -> dict[str, float]:
         "clip_low_frac": _div(s["n_clip_low"], n),
         "clip_high_frac": _div(s["n_clip_high"], n),
         "dual_clip_frac": _div(s["n_dual_clip"], n),
+        "cov_low_frac": _div(s["n_cov_low"], n),
+        "cov_high_frac": _div(s["n_cov_high"], n),
         "ratio_below_frac": p_below,
         "ratio_above_frac": p_above,
         "thm1_low": _div(s["qdev_wsum_below"], s["w_sum_below"]) if s["n_below"] > 0 else math.nan,
@@ -392,7 +398,17 @@ STEPS_COLUMNS = (
         "pooled over the step's updates; a plain count, not ratio-weighted (see below) [6]",
     ),
     Column("clip_high_frac", "float64", "fraction", "share with `r > 1 + eps_high` and `A > 0` [6]"),
-    Column("dual_clip_frac", "float64", "fraction", "share with `A < 0` and `r > c` (0 when dual clip is off) [6]"),
+    Column(
+        "dual_clip_frac", "float64", "fraction",
+        "share with `A < 0` and `r > c` (0 when dual clip is off); for `dppo_tv` / `dppo_kl`, kept tokens of "
+        "either sign whose IS weight was capped at `c` [6]",
+    ),
+    Column(
+        "cov_low_frac", "float64", "fraction",
+        "share of valid tokens a covariance selection treated with `A < 0` (`clip_cov`: detached; `kl_cov`: "
+        "penalised); not ratio-triggered, so outside the regions and brackets; 0 for the other losses [6]",
+    ),
+    Column("cov_high_frac", "float64", "fraction", "the same with `A > 0` [6]"),
     Column(
         "ratio_below_frac", "float64", "fraction",
         "estimate of `p = P(X)` under the current policy `pi_k`: `W_X / W`, the ratio-weighted mass of region"
@@ -579,6 +595,8 @@ UPDATES_COLUMNS = (
     Column("clip_low_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
     Column("clip_high_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
     Column("dual_clip_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
+    Column("cov_low_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
+    Column("cov_high_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
     Column("ratio_below_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
     Column("ratio_above_frac", "float64", "fraction", "as in `steps`, for this minibatch [6]"),
     Column("thm1_low", "float64", "", "as in `steps`, for this minibatch [7]"),
@@ -596,6 +614,8 @@ UPDATES_COLUMNS = (
     Column("n_clip_low", "float64", "tokens", "tokens clipped low (X and `A < 0`)"),
     Column("n_clip_high", "float64", "tokens", "tokens clipped high (Y and `A > 0`)"),
     Column("n_dual_clip", "float64", "tokens", "tokens bounded by the dual clip"),
+    Column("n_cov_low", "float64", "tokens", "tokens a covariance selection treated with `A < 0`"),
+    Column("n_cov_high", "float64", "tokens", "tokens a covariance selection treated with `A > 0`"),
     Column("w_sum", "float64", "", "`W`: sum of the ratios `r_t` over valid tokens"),
     Column("w_sum_below", "float64", "", "`W_X`: sum of `r_t` over X"),
     Column("w_sum_above", "float64", "", "`W_Y`: sum of `r_t` over Y"),

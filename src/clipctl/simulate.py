@@ -211,6 +211,8 @@ def exact_clip_sums(
         "n_clip_low": nan,
         "n_clip_high": nan,
         "n_dual_clip": nan,
+        "n_cov_low": nan,
+        "n_cov_high": nan,
         "w_sum": n * pi.sum(),
         "w_sum_below": under_k(ones, X),
         "w_sum_above": under_k(ones, Y),
@@ -546,20 +548,15 @@ def simulate_run(cfg: DynamicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
         if probed:
             real_opt = opt.snapshot()
 
-            def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
+            def replay(clip: ClipSpec) -> float:
                 opt.restore(start["opt"])
                 th, _, _, _ = _update_epochs(
-                    start["theta"], opt, actions, old_logp, adv, cfg, ClipSpec(eps_low, eps_high, dual_clip_c),
-                    with_stats=False, first_update=start["first"],
+                    start["theta"], opt, actions, old_logp, adv, cfg, clip, with_stats=False, first_update=start["first"],
                 )
                 return float(entropy_of(th))
 
-            s = totals.sums
-            agreeing = (
-                algo.agreeing_replays(s["n_clip_low"], s["n_clip_high"], s["n_dual_clip"])
-                if _SHARE_PROBE_PREFIX else frozenset()
-            )
-            probe = algo.clip_probe(replay, cfg.eps_low, cfg.eps_high, None, H1, agreeing=agreeing)
+            agreeing = algo.agreeing_replays(totals.sums) if _SHARE_PROBE_PREFIX else frozenset()
+            probe = algo.clip_probe(replay, ClipSpec(cfg.eps_low, cfg.eps_high), H1, agreeing=agreeing)
             opt.restore(real_opt)
         t_probe = time.perf_counter() - t2
         step_seconds = time.perf_counter() - t0

@@ -315,7 +315,7 @@ def test_output_carries_the_detached_log_ratio_and_masked_events():
     torch.testing.assert_close(out.log_ratio, log_ratio(logp.detach(), old), rtol=0, atol=0)
     torch.testing.assert_close(out.logp, logp.detach(), rtol=0, atol=0)
     torch.testing.assert_close(loss, agg_loss(out.per_token, mask, "token-mean"), rtol=0, atol=0)
-    assert tuple(vars(out.events)) == EVENT_KEYS
+    assert tuple(vars(out.events)) == (*EVENT_KEYS, "cov_low", "cov_high")
     pad = ~mask.bool()
     for k in EVENT_KEYS:
         ev = getattr(out.events, k)
@@ -329,8 +329,8 @@ def test_policy_loss_registry_matches_the_config_choices():
 
 def test_unknown_policy_loss_lists_valid_names():
     logp, old, adv, mask = hand_batch()
-    with pytest.raises(ValueError, match=r"unknown policy loss 'gspo'") as info:
-        policy_loss(logp, old, adv, mask, CLIP, loss_mode="gspo")
+    with pytest.raises(ValueError, match=r"unknown policy loss 'sapo'") as info:
+        policy_loss(logp, old, adv, mask, CLIP, loss_mode="sapo")
     for name in POLICY_LOSSES:
         assert name in str(info.value)
 

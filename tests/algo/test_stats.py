@@ -87,7 +87,8 @@ HAND_KW = dict(eps_low=0.2, eps_high=0.28, dual_clip_c=3.0)
 def test_clip_events_hand_computed():
     logp, old, adv, mask, _ = hand_example()
     ev = events(logp, old, adv, mask, **HAND_KW)
-    assert tuple(vars(ev)) == EVENT_KEYS
+    assert tuple(vars(ev)) == (*EVENT_KEYS, "cov_low", "cov_high")
+    assert ev.cov_low is None and ev.cov_high is None  # vanilla has no covariance selection
     expected = {
         "ratio_below": [[1, 0, 0, 0], [1, 0, 0, 0]],
         "ratio_above": [[0, 1, 0, 0], [0, 1, 0, 0]],
@@ -139,6 +140,8 @@ def test_clip_stat_sums_hand_computed():
         "n_clip_low": 1.0,
         "n_clip_high": 1.0,
         "n_dual_clip": 1.0,
+        "n_cov_low": 0.0,
+        "n_cov_high": 0.0,
         "w_sum": 8.9,
         "w_sum_below": 1.2,
         "w_sum_above": 5.5,
@@ -163,6 +166,8 @@ def test_finalize_hand_computed():
         "clip_low_frac": 1 / 6,
         "clip_high_frac": 1 / 6,
         "dual_clip_frac": 1 / 6,
+        "cov_low_frac": 0.0,  # vanilla: no covariance selection
+        "cov_high_frac": 0.0,
         # region probabilities under pi_k: W_X / W = 1.2 / 8.9, W_Y / W = 5.5 / 8.9
         "ratio_below_frac": 0.1348314607,
         "ratio_above_frac": 0.6179775281,
@@ -426,6 +431,8 @@ def naive_clip_stats(logp, old, adv, mask, entropy, expected_q, *, eps_low, eps_
         "dual_clip_frac": frac(
             sum(dual_clip_c is not None and tok["a"] < 0 and tok["r"] > dual_clip_c for tok in tokens)
         ),
+        "cov_low_frac": frac(0),  # vanilla selects no tokens by covariance
+        "cov_high_frac": frac(0),
         "ratio_below_frac": sum(tok["w"] for tok in X) / w_all if n else NAN,
         "ratio_above_frac": sum(tok["w"] for tok in Y) / w_all if n else NAN,
         "thm1_low": wmean(X, qdev),
@@ -491,10 +498,11 @@ def test_sums_over_random_minibatches_match_whole_batch(seed):
 
 
 def test_probe_replays_and_attributed_changes_by_hand():
-    from clipctl.algo import attributed_entropy_changes, probe_replays
+    from clipctl.algo import ClipSpec, attributed_entropy_changes, probe_replays
 
-    assert probe_replays(0.1, 0.28) == {
-        "replay": (0.1, 0.28), "noclip": (1.0, math.inf), "lowonly": (0.1, math.inf), "highonly": (1.0, 0.28)
+    assert probe_replays(ClipSpec(0.1, 0.28, 3.0)) == {
+        "replay": ClipSpec(0.1, 0.28, 3.0), "noclip": ClipSpec(1.0, math.inf),
+        "lowonly": ClipSpec(0.1, math.inf), "highonly": ClipSpec(1.0, 0.28),
     }
     out = attributed_entropy_changes(2.0, {"replay": 1.875, "noclip": 1.5, "lowonly": 1.75, "highonly": 1.25})
     # 1.875 - 1.5 = 0.375; 1.75 - 1.5 = 0.25; 1.25 - 1.5 = -0.25; noise 2.0 - 1.875 = 0.125
@@ -551,24 +559,46 @@ def test_attributed_split_is_the_shapley_value_of_the_two_clips():
 
 def test_agreeing_replays_by_hand():
     from clipctl.algo import agreeing_replays
+    from clipctl.schema import empty_sums
 
-    assert agreeing_replays(0, 0, 0) == {"noclip", "lowonly", "highonly"}
-    assert agreeing_replays(3, 0, 0) == {"lowonly"}  # clip-low acted: only lowonly retraces the real step
-    assert agreeing_replays(0, 2, 0) == {"highonly"}
-    assert agreeing_replays(1, 1, 0) == set()
-    assert agreeing_replays(0, 0, 1) == set()  # the dual clip acted: only the identity replay has it
+    def sums(**n):
+        return {**empty_sums(), **n}
+
+    assert agreeing_replays(sums()) == {"noclip", "lowonly", "highonly"}
+    # clip-low acted: only lowonly retraces the real step
+    assert agreeing_replays(sums(n_clip_low=3, n_below=5)) == {"lowonly"}
+    assert agreeing_replays(sums(n_clip_high=2, n_above=2)) == {"highonly"}
+    assert agreeing_replays(sums(n_clip_low=1, n_clip_high=1)) == set()
+    assert agreeing_replays(sums(n_dual_clip=1)) == set()  # the dual clip acted: only the identity replay has it
+    # Vanilla: a region crossed by a token whose advantage has the other sign changes nothing.
+    assert agreeing_replays(sums(n_above=4)) == {"noclip", "lowonly", "highonly"}
+    # CISPO caps the weight of every token in a region, whatever the sign of A.
+    assert agreeing_replays(sums(n_above=4), "cispo") == {"highonly"}
+    assert agreeing_replays(sums(n_below=1), "cispo") == {"lowonly"}
+    # The covariance families: their treated tokens count for the side of A.
+    assert agreeing_replays(sums(n_cov_high=1), "clip_cov") == {"highonly"}
+    assert agreeing_replays(sums(n_cov_low=1), "kl_cov") == {"lowonly"}
+    assert agreeing_replays(sums(n_clip_low=1), "kl_cov") == {"noclip", "lowonly", "highonly"}  # kl_cov has no ratio clip
+    assert agreeing_replays(sums(n_clip_high=1, n_cov_low=1), "clip_cov") == set()
+
+
+def test_shares_first_update_only_where_the_ratio_triggers_the_mechanism():
+    from clipctl.algo import POLICY_LOSSES, shares_first_update
+
+    assert {name for name in POLICY_LOSSES if not shares_first_update(name)} == {"clip_cov", "kl_cov"}
 
 
 def test_clip_probe_shares_agreeing_replays_and_repeats_the_identity():
-    from clipctl.algo import clip_probe
+    from clipctl.algo import ClipSpec, clip_probe
 
     calls = []
 
-    def replay(lo, hi, dual):
-        calls.append((lo, hi, dual))
+    def replay(spec):
+        calls.append((spec.eps_low, spec.eps_high, spec.dual_clip_c))
+        lo, hi = spec.eps_low, spec.eps_high
         return 2.0 - 0.5 * min(lo, 1.0) + (0.0 if math.isinf(hi) else 0.25 * hi)
 
-    out = clip_probe(replay, 0.2, 0.2, None, 1.95, agreeing=frozenset({"lowonly"}), repeats=3)
+    out = clip_probe(replay, ClipSpec(0.2, 0.2), 1.95, agreeing=frozenset({"lowonly"}), repeats=3)
     # noclip and highonly run; lowonly takes the identity replay's value; two extra identity runs.
     assert calls == [(0.2, 0.2, None), (1.0, math.inf, None), (1.0, 0.2, None), (0.2, 0.2, None), (0.2, 0.2, None)]
     assert out["entropy_post_lowonly"] == out["entropy_post_replay"] == 2.0 - 0.1 + 0.05
@@ -576,36 +606,35 @@ def test_clip_probe_shares_agreeing_replays_and_repeats_the_identity():
 
 
 def test_clip_probe_runs_each_distinct_replay_once():
-    from clipctl.algo import attributed_entropy_changes, clip_probe, probe_replays
+    from clipctl.algo import ClipSpec, attributed_entropy_changes, clip_probe, probe_replays
 
     # A stand-in replay: entropy as a made-up function of the settings, calls counted.
     def make():
         calls = []
 
-        def replay(lo, hi, dual):
-            calls.append((lo, hi, dual))
+        def replay(spec):
+            calls.append(spec)
+            lo, hi, dual = spec.eps_low, spec.eps_high, spec.dual_clip_c
             return 2.0 - 0.5 * min(lo, 1.0) + (0.0 if math.isinf(hi) else 0.25 * hi) + (0.01 if dual else 0.0)
 
         return replay, calls
 
     for eps_low, eps_high, dual in ((0.2, 0.2, None), (0.2, math.inf, None), (1.0, 0.2, None), (0.1, math.inf, 3.0)):
         replay, calls = make()
-        out = clip_probe(replay, eps_low, eps_high, dual, 1.9)
+        clip = ClipSpec(eps_low, eps_high, dual)
+        out = clip_probe(replay, clip, 1.9)
         # Naive loop: all four replays, no sharing.
-        naive = {
-            label: replay(lo, hi, dual if label == "replay" else None)
-            for label, (lo, hi) in probe_replays(eps_low, eps_high).items()
-        }
+        naive = {label: replay(spec) for label, spec in probe_replays(clip).items()}
         assert out == attributed_entropy_changes(1.9, naive)
         assert len(calls) - 4 == len(set(calls[:-4])) == len(calls[:-4])  # distinct settings only, each once
     # By hand: eps_high = inf without dual clip runs (0.2, inf) and (1, inf) only.
     replay, calls = make()
-    out = clip_probe(replay, 0.2, math.inf, None, 1.9)
-    assert calls == [(0.2, math.inf, None), (1.0, math.inf, None)]
+    out = clip_probe(replay, ClipSpec(0.2, math.inf), 1.9)
+    assert calls == [ClipSpec(0.2, math.inf), ClipSpec(1.0, math.inf)]
     assert out["entropy_post_replay"] == out["entropy_post_lowonly"] == 2.0 - 0.1
     assert out["clip_high_attributed_dH"] == 0.0
     assert out["clip_low_attributed_dH"] == pytest.approx(0.4)  # (2 - 0.1) - (2 - 0.5)
     # With a dual clip the replay of the run's own settings is its own: three replays.
     replay, calls = make()
-    clip_probe(replay, 0.2, math.inf, 3.0, 1.9)
+    clip_probe(replay, ClipSpec(0.2, math.inf, 3.0), 1.9)
     assert len(calls) == 3

@@ -17,6 +17,7 @@ from clipctl.algo.entropy import (
 from clipctl.algo.fused_head import choose_tiles, fused_logprobs_entropy
 from clipctl.algo.losses import (
     LOSS_AGGS,
+    COV_LOSSES,
     POLICY_LOSSES,
     ClipEvents,
     PolicyLossOutput,
@@ -34,8 +35,9 @@ from clipctl.algo.stats import (
     clip_stat_sums,
     pooled_expected_q,
     probe_replays,
+    shares_first_update,
 )
-from clipctl.clip import ClipSpec  # the policy losses' argument
+from clipctl.clip import ClipSpec, CovSpec  # the policy losses' argument
 
 __all__ = [
     "CONTROLLERS",
@@ -44,15 +46,18 @@ __all__ = [
     "control_step",
     "ADV_NORMS",
     "LOSS_AGGS",
+    "COV_LOSSES",
     "POLICY_LOSSES",
     "ClipEvents",
     "ClipSpec",
+    "CovSpec",
     "PolicyLossOutput",
     "add_sums",
     "agreeing_replays",
     "attributed_entropy_changes",
     "probe_replays",
     "clip_probe",
+    "shares_first_update",
     "agg_loss",
     "clip_stat_sums",
     "choose_tiles",

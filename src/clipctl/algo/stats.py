@@ -31,7 +31,8 @@ from typing import Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from clipctl.algo.losses import PolicyLossOutput
+from clipctl.algo.losses import COV_LOSSES, PolicyLossOutput
+from clipctl.clip import ClipSpec
 
 # The column names and finalize_clip_stats live in the torch-free clipctl.schema (analysis reads them without torch).
 from clipctl.schema import SUM_KEYS
@@ -125,7 +126,9 @@ def clip_stat_sums(
         term = w if x is None else w * x
         return torch.where(where, term, torch.zeros_like(term)).sum()
 
-    def count(where: torch.Tensor) -> torch.Tensor:
+    def count(where: Optional[torch.Tensor]) -> torch.Tensor:
+        if where is None:  # a family without that event
+            return torch.zeros((), dtype=torch.float64, device=valid.device)
         return where.sum().double()
 
     return {
@@ -135,6 +138,8 @@ def clip_stat_sums(
         "n_clip_low": count(ev.clip_low),
         "n_clip_high": count(ev.clip_high),
         "n_dual_clip": count(ev.dual_clip),
+        "n_cov_low": count(ev.cov_low),
+        "n_cov_high": count(ev.cov_high),
         "w_sum": wsum(None, valid),
         "w_sum_below": wsum(None, ev.ratio_below),
         "w_sum_above": wsum(None, ev.ratio_above),
@@ -150,19 +155,20 @@ def add_sums(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> di
     return {k: a[k] + b[k] for k in SUM_KEYS}
 
 
-def probe_replays(eps_low: float, eps_high: float) -> dict[str, tuple[float, float]]:
-    """The four replays of the clip probe as ``label -> (eps_low, eps_high)``.
+def probe_replays(clip: ClipSpec) -> dict[str, ClipSpec]:
+    """The four replays of the clip probe as ``label -> ClipSpec`` (``ClipSpec.sides``).
 
-    ``replay``: the run's own clip settings (and its dual clip), i.e. the real
-    step again: its distance to the real step is the probe's noise floor;
-    ``noclip``: no clipping at all; ``lowonly``: the run's clip-low alone;
-    ``highonly``: the run's clip-high alone. Dual clip is off in the last three.
+    ``replay``: the run's own settings (its dual clip and covariance selection
+    too), i.e. the real step again: its distance to the real step is the
+    probe's noise floor; ``noclip``: the family's mechanism off; ``lowonly``:
+    its low side alone; ``highonly``: its high side alone. The same for every
+    policy loss, since each reads its sides from the ``ClipSpec``.
     """
     return {
-        "replay": (eps_low, eps_high),
-        "noclip": (1.0, math.inf),
-        "lowonly": (eps_low, math.inf),
-        "highonly": (1.0, eps_high),
+        "replay": clip,
+        "noclip": clip.sides(False, False),
+        "lowonly": clip.sides(True, False),
+        "highonly": clip.sides(False, True),
     }
 
 
@@ -208,53 +214,79 @@ def attributed_entropy_changes(
     }
 
 
-def agreeing_replays(n_clip_low: float, n_clip_high: float, n_dual_clip: float) -> frozenset[str]:
+# Per family, the counters (``schema.SUM_KEYS``) of the tokens whose gradient its
+# low / high side changed (docs/losses.md, "Events"). Vanilla, GSPO and DPPO
+# change only their clip events; CISPO caps or floors the weight of either sign
+# inside a region; Clip-Cov also detaches its drawn tokens; KL-Cov penalises its
+# selected ones. A dual clip or cap (``n_dual_clip``) belongs to the identity replay only.
+_SIDE_COUNTERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "cispo": (("n_below",), ("n_above",)),
+    "clip_cov": (("n_clip_low", "n_cov_low"), ("n_clip_high", "n_cov_high")),
+    "kl_cov": (("n_cov_low",), ("n_cov_high",)),
+}
+_CLIP_COUNTERS = (("n_clip_low",), ("n_clip_high",))
+
+
+def shares_first_update(policy_loss: str) -> bool:
+    """Whether every probe replay takes the real step's first, on-policy update (ratio exactly 1).
+
+    True where the family's mechanism is triggered by the ratio (or the
+    probability change) alone, so nothing acts at ratio 1. Clip-Cov detaches
+    its drawn tokens and KL-Cov selects its tokens at any ratio, so their
+    replays start from the step's start.
+    """
+    return policy_loss not in COV_LOSSES
+
+
+def agreeing_replays(sums: Mapping[str, float], policy_loss: str = "vanilla") -> frozenset[str]:
     """Replays that are the identity replay by construction, from the real step's event counts.
 
-    On one minibatch from one state, two clip settings give the same per-token
-    loss and gradient when they zero the same tokens' gradients: a token no
-    clip acts on contributes ``-A r_t`` under every setting. Along the real
-    step, ``noclip`` zeroes nothing, ``lowonly`` the run's clip-low events
-    only, ``highonly`` its clip-high events only (no dual clip in either). So
-    when the real step (all its updates, none skipped) had no clip-high and no
-    dual-clip event, ``lowonly`` retraces it update for update: it is the
-    identity replay, and likewise for the others. The counts are the real
-    step's totals (``n_clip_*`` of ``SUM_KEYS``); they are non-negative, so a
-    total of 0 means 0 on every update.
+    On one minibatch from one state, two settings give the same per-token
+    loss gradient when they change the same tokens: a token no side acts on
+    takes the family's unclipped gradient under every setting. Along the real
+    step, ``noclip`` changes nothing, ``lowonly`` what the low side changed,
+    ``highonly`` what the high side changed (no dual clip or cap in either). So
+    when the real step (all its updates, none skipped) had no high-side and no
+    dual event, ``lowonly`` retraces it update for update: it is the identity
+    replay, and likewise for the others. ``sums``: the real step's totals of
+    ``SUM_KEYS``; they are non-negative, so a total of 0 means 0 on every
+    update. Which counters make a side is per family (``_SIDE_COUNTERS``).
     """
+    low_keys, high_keys = _SIDE_COUNTERS.get(policy_loss, _CLIP_COUNTERS)
+    low = any(sums[k] for k in low_keys)
+    high = any(sums[k] for k in high_keys)
+    if sums["n_dual_clip"]:
+        return frozenset()
     out = set()
-    if n_dual_clip == 0 and n_clip_high == 0:
+    if not high:
         out.add("lowonly")
-    if n_dual_clip == 0 and n_clip_low == 0:
+    if not low:
         out.add("highonly")
-    if n_dual_clip == 0 and n_clip_low == 0 and n_clip_high == 0:
+    if not low and not high:
         out.add("noclip")
     return frozenset(out)
 
 
 def clip_probe(
-    replay: Callable[[float, float, Optional[float]], float],
-    eps_low: float, eps_high: float, dual_clip_c: Optional[float], entropy_post: float,
+    replay: Callable[[ClipSpec], float], clip: ClipSpec, entropy_post: float,
     *, repeats: int = 1, agreeing: frozenset[str] = frozenset(),
 ) -> dict[str, float]:
     """The probe columns of one step (docs/definitions.md section 8), for trainer and simulator alike.
 
-    ``replay(eps_low, eps_high, dual_clip_c)`` replays the step's updates from
-    its starting state with those settings and returns the Eq. 4 entropy after
-    them. Replays with the same settings run once (eps_high = inf: ``highonly``
-    is ``noclip`` and ``replay`` is ``lowonly``; eps_low = 1 likewise), and so
-    do those in ``agreeing`` (``agreeing_replays``): they take the identity
-    replay's value. The identity replay runs ``repeats`` times (at least once);
-    the extra runs give ``probe_noise_sd``.
+    ``replay(spec)`` replays the step's updates from its starting state with
+    that ``ClipSpec`` and returns the Eq. 4 entropy after them. Replays with the
+    same settings run once (eps_high = inf: ``highonly`` is ``noclip`` and
+    ``replay`` is ``lowonly``; eps_low = 1 likewise), and so do those in
+    ``agreeing`` (``agreeing_replays``): they take the identity replay's value.
+    The identity replay runs ``repeats`` times (at least once); the extra runs
+    give ``probe_noise_sd``.
     """
     post, done = {}, {}
-    for label, (low, high) in probe_replays(eps_low, eps_high).items():
-        key = (low, high, dual_clip_c if label == "replay" else None)
+    for label, spec in probe_replays(clip).items():
         if label in agreeing:
-            key = (eps_low, eps_high, dual_clip_c)  # the identity replay's key
-        if key not in done:
-            done[key] = replay(*key)
-        post[label] = done[key]
-    identity = (eps_low, eps_high, dual_clip_c)
-    extra = [replay(*identity) for _ in range(max(repeats, 1) - 1)]
+            spec = clip  # the identity replay
+        if spec not in done:
+            done[spec] = replay(spec)
+        post[label] = done[spec]
+    extra = [replay(clip) for _ in range(max(repeats, 1) - 1)]
     return attributed_entropy_changes(entropy_post, post, extra)

@@ -25,7 +25,8 @@ class Knobs:
 
 class EntropyControl:
     def __init__(self, a):
-        self.fixed = Knobs(a.eps_low, a.eps_high, a.entropy_coef)
+        clip = a.clip  # the policy loss's own two bounds (config.FAMILY_KEYS)
+        self.fixed = Knobs(clip.eps_low, clip.eps_high, a.entropy_coef)
         self.target = a.entropy_target
         self.integral = 0.0
         self.settings = None

@@ -245,7 +245,7 @@ class Trainer:
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def minibatch_gradient(
-        self, sb: StepBatch, lo: int, hi: int, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0, record=None,
+        self, sb: StepBatch, lo: int, hi: int, *, clip: algo.ClipSpec, entropy_coef=0.0, record=None,
         with_stats: bool = True,
     ):
         """The gradient of rows ``lo:hi``'s loss; returns (loss, kl sum, grad norm, stat sums) as host floats.
@@ -264,7 +264,6 @@ class Trainer:
         # the micro-batch split nor the process split changes the gradient.
         n_seqs = self.comm.sum(hi - lo)
         n_tokens = self.comm.sum(sb.n_tokens(lo, hi))
-        clip = algo.ClipSpec(eps_low, eps_high, dual_clip_c)
         self.engine.zero_grad()
         stats = schema.Totals()  # on the device until to_host
         zero = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -304,11 +303,11 @@ class Trainer:
         )
 
     def update_epochs(
-        self, step: int, sb: StepBatch, *, eps_low, eps_high, dual_clip_c, entropy_coef=0.0,
+        self, step: int, sb: StepBatch, *, clip: algo.ClipSpec, entropy_coef=0.0,
         first_update: int = 0, after_first: Optional[Callable[[], None]] = None, record=None,
         with_stats: bool = True,
     ):
-        """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order.
+        """All optimizer steps of one step: ``ppo_epochs`` x minibatches, in a fixed order, with the policy loss's ``clip``.
 
         ``first_update = k`` starts at the ``k``-th optimizer step (a probe replay
         from the shared state after the first, ``clip_probe``); ``after_first``
@@ -327,7 +326,7 @@ class Trainer:
                 if record is not None:
                     record[2][epoch, lo:hi] = k
                 loss, kl_sum, grad_norm, sums = self.minibatch_gradient(
-                    sb, lo, hi, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=entropy_coef,
+                    sb, lo, hi, clip=clip, entropy_coef=entropy_coef,
                     record=None if record is None else (record[0][epoch], record[1][epoch]), with_stats=with_stats,
                 )
                 # A non-finite loss or gradient is never applied (train.on_nonfinite): stop, or skip it.
@@ -363,8 +362,9 @@ class Trainer:
         """Replay the step's updates from ``start_state`` without clipping (docs/definitions.md section 8).
 
         Four replays on the same samples, advantages, minibatches and order:
-        the run's own settings (the noise floor), no clipping, clip-low only,
-        clip-high only (dual clip only in the first). Eq. 4 entropy is measured
+        the run's own settings (the noise floor), the policy loss's mechanism
+        off, its low side only, its high side only (``ClipSpec.sides``; dual
+        clip only in the first). Eq. 4 entropy is measured
         on the step's batch after each; the real post-step state is restored at
         the end, so probing changes nothing else. ``start_state`` is the state
         before optimizer step ``first_update``: the step's start (0), or the
@@ -378,20 +378,23 @@ class Trainer:
         if math.isnan(entropy_post):  # log.entropy_post off: the probe needs it anyway
             entropy_post = self._eq4_entropy(sb)
 
-        def replay(eps_low: float, eps_high: float, dual_clip_c) -> float:
+        def replay(clip: algo.ClipSpec) -> float:
             self.engine.restore(start_state)
             self.update_epochs(
-                step, sb, eps_low=eps_low, eps_high=eps_high, dual_clip_c=dual_clip_c, entropy_coef=knobs.entropy_coef,
+                step, sb, clip=clip, entropy_coef=knobs.entropy_coef,
                 first_update=first_update, with_stats=not self._share_probe_prefix,
             )
             return self._eq4_entropy(sb)
 
         columns = algo.clip_probe(
-            replay, knobs.eps_low, knobs.eps_high, self.cfg.algo.dual_clip_c, entropy_post,
-            repeats=self.cfg.log.probe_repeats, agreeing=agreeing,
+            replay, self._clip(knobs), entropy_post, repeats=self.cfg.log.probe_repeats, agreeing=agreeing,
         )
         self.engine.restore(real_state)
         return columns
+
+    def _clip(self, knobs: Knobs) -> algo.ClipSpec:
+        """The policy loss's bounds (``AlgoConfig.clip``) with this step's knobs on its two sides."""
+        return replace(self.cfg.algo.clip, eps_low=knobs.eps_low, eps_high=knobs.eps_high)
 
     def _probe_start(self, updates: list[dict]) -> frozenset:
         """Check that the shared first update was event-free (the probe's premise) and name the replays that agree."""
@@ -404,8 +407,8 @@ class Trainer:
             )
         if any(u["skipped"] for u in updates):  # a skip may depend on the clip setting: replay everything
             return frozenset()
-        n = {k: sum(u[k] for u in updates) for k in ("n_clip_low", "n_clip_high", "n_dual_clip")}
-        return algo.agreeing_replays(n["n_clip_low"], n["n_clip_high"], n["n_dual_clip"])
+        n = {k: sum(u[k] for u in updates) for k in schema.SUM_KEYS if k.startswith("n_")}
+        return algo.agreeing_replays(n, self.cfg.algo.policy_loss)
 
     def _eq4_entropy(self, sb: StepBatch) -> float:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
@@ -453,7 +456,8 @@ class Trainer:
         pre = self._entropy_metrics(sb, sb.old_entropy)
         knobs = self.control.step(pre["entropy"])  # the config's bounds, or the entropy controller's
         probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
-        share = probe and self._share_probe_prefix
+        # Replays share the on-policy first update where nothing acts at ratio 1 (not the covariance families).
+        share = probe and self._share_probe_prefix and algo.shares_first_update(cfg.algo.policy_loss)
         start: dict = {"state": self.engine.snapshot() if probe and not share else None}
 
         def after_first() -> None:  # the state every replay starts from (clip_probe)
@@ -462,8 +466,8 @@ class Trainer:
         record = self._update_record(sb) if cfg.log.token_sample_rate > 0 else None
         t1 = time.perf_counter()
         updates, totals = self.update_epochs(
-            step, sb, eps_low=knobs.eps_low, eps_high=knobs.eps_high, dual_clip_c=a.dual_clip_c,
-            entropy_coef=knobs.entropy_coef, after_first=after_first if share else None, record=record,
+            step, sb, clip=self._clip(knobs), entropy_coef=knobs.entropy_coef,
+            after_first=after_first if share else None, record=record,
         )
         # The rollout engine samples the next step from the updated weights (no-op
         # for hf, which shares the trainer's model).
