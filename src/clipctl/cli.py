@@ -85,7 +85,7 @@ def _one_line_errors(fn: Callable, interrupted: Callable[[dict], str]) -> Callab
         except ClipctlError as e:
             if debug:
                 raise
-            say(f"Error: {e}", err=True)
+            say(f"{e.prefix}{e}", err=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             say(interrupted(kwargs), err=True)
@@ -183,6 +183,15 @@ def train(
     nproc: Annotated[Optional[int], typer.Option(
         "--nproc", min=1, help="Re-launch under torchrun with N processes on this machine (needs --deepspeed).",
     )] = None,
+    nnodes: Annotated[int, typer.Option(
+        "--nnodes", min=1, help="Machines of a --nproc run; start the same command on each (docs/cluster.md).",
+    )] = 1,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(
+        "--rdzv-endpoint", help="HOST:PORT where the --nnodes machines meet (torchrun's c10d rendezvous).",
+    )] = None,
+    rdzv_id: Annotated[str, typer.Option(
+        "--rdzv-id", help="Rendezvous id, the same on every machine (e.g. the Slurm job id).",
+    )] = "clipctl",
     local_rank: Annotated[Optional[int], typer.Option(
         "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher; ignored.",
     )] = None,
@@ -199,8 +208,11 @@ def train(
     from clipctl.trainer import train as run_training
     from clipctl.trainer.launch import launched_world_size, setup
 
-    if nproc is not None and launched_world_size() == 1:
-        _relaunch(nproc, preset, set_, out, name, resume, quiet, deepspeed, debug)
+    from clipctl.trainer.launch import Nodes
+
+    nodes = Nodes(nnodes, rdzv_endpoint, rdzv_id)
+    if launched_world_size() == 1 and (nproc is not None or nodes != Nodes()):
+        _relaunch(nproc, nodes, preset, set_, out, name, resume, quiet, deepspeed, debug)
     parallel = setup(deepspeed)
     bar = render.TrainBar(quiet)
     try:
@@ -215,23 +227,26 @@ def train(
     console.print(render.summary_table(steps, f"{result.run_dir} ({len(steps)} steps)"))
 
 
-def _relaunch(nproc, preset, set_, out, name, resume, quiet, deepspeed, debug) -> None:
-    """Run this same ``train`` under torchrun with ``nproc`` processes, then exit with its code."""
+def _relaunch(nproc, nodes, preset, set_, out, name, resume, quiet, deepspeed, debug) -> None:
+    """Run this same ``train`` under torchrun with ``nproc`` processes per machine, then exit with its code."""
     from clipctl.config import load_config
     from clipctl.errors import ConfigError
     from clipctl.trainer.deepspeed import DEEPSPEED_CHOICES, check_launch
     from clipctl.trainer.launch import relaunch
 
+    nodes.check()
+    if nproc is None:
+        raise ConfigError("--nnodes, --rdzv-endpoint and --rdzv-id need --nproc N (processes per machine)")
     if deepspeed is None:
         raise ConfigError(f"--nproc {nproc} needs --deepspeed {DEEPSPEED_CHOICES}")
     if not resume:  # fail here with one line, not once per process
-        check_launch(load_config(preset or "tiny-cpu", set_), nproc, deepspeed)
+        check_launch(load_config(preset or "tiny-cpu", set_), nproc * nodes.count, deepspeed)
     # Only the flags given are passed on: --resume refuses a --preset or --out of another run.
     args = ["train", "--deepspeed", deepspeed] + (["--preset", preset] if preset else []) + (["--out", str(out)] if out else [])
     args += [a for text in set_ for a in ("--set", text)]
     args += (["--name", name] if name else []) + (["--resume", str(resume)] if resume else [])
     args += (["--quiet"] if quiet else []) + (["--debug"] if debug else [])
-    raise typer.Exit(relaunch(nproc, args))
+    raise typer.Exit(relaunch(nproc, args, nodes))
 
 
 @command()

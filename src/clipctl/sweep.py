@@ -57,7 +57,7 @@ from clipctl.config import (
     preset_path,
     toml_names,
 )
-from clipctl.errors import ClipctlError, ConfigError, RunDirError
+from clipctl.errors import REQUEUE_EXIT, ClipctlError, ConfigError, RunDirError
 from clipctl.rundir import RunLock, check_output_dir, ensure_output_dir
 from clipctl.runlog import atomic_write_bytes, atomic_write_json, latest_checkpoint, logged_steps, read_meta, write_parquet_atomic
 
@@ -646,7 +646,7 @@ def _schedule(p: Prepared, rows: dict[str, dict], jobs: int, slots: Optional[lis
         row["last_step"] = state.last_step
         if state.done and (proc.returncode == 0 or interrupted):
             row.update(status="done", exit_code=proc.returncode)
-        elif interrupted:
+        elif interrupted or proc.returncode == REQUEUE_EXIT:  # stopped by a signal, checkpointed: resumable
             row.update(status="pending", exit_code=None)
         else:
             row.update(status="failed", exit_code=proc.returncode)
