@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from clipctl import sweep as sw
 from clipctl.cli import app
 from clipctl.config import load_config
+from runlogs import fake_run_folder
 
 runner = CliRunner()
 
@@ -289,14 +290,7 @@ class FakeTrainer:
             run_dir = Path(cmd[cmd.index("--out") + 1]) / cmd[cmd.index("--name") + 1]
             overrides = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
         steps = int(next(o for o in overrides if o.startswith("train.steps=")).split("=")[1])
-        (run_dir / "steps").mkdir(parents=True, exist_ok=True)
-        (run_dir / "run.json").write_text(json.dumps({"overrides": overrides}))
-        last = steps if self.finish else 1
-        for step in range(1, last + 1):
-            (run_dir / "steps" / f"step-{step:06d}.parquet").write_bytes(b"")
-        ckpt = run_dir / "checkpoints" / f"step-{last}"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        (ckpt / "trainer_state.pt").write_bytes(b"")
+        fake_run_folder(run_dir, overrides, steps if self.finish else 1)
         argv = ["sleep", str(self.sleep)] if self.sleep else ["true" if self.exit_code == 0 else "false"]
         proc = subprocess.Popen(argv, env=env, pass_fds=pass_fds)
         self.procs.append(proc)
@@ -580,15 +574,9 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def _lock_free(path: Path) -> bool:
-    import fcntl
+    from clipctl.rundir import lock_held
 
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
+    return not lock_held(path.parent)
 
 
 @pytest.mark.slow

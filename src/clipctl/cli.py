@@ -478,20 +478,55 @@ def simulate_dynamics(
 # ---------------------------------------------------------------- sweep
 
 
-@command(interrupted="Interrupted; trainers stopped. Run the same command again to resume.")
+class _DefaultRun(_Group):
+    """``clipctl sweep FILE ...`` means ``clipctl sweep run FILE ...``; ``clipctl sweep status FILE`` is the other command."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+sweep_app = typer.Typer(
+    cls=_DefaultRun, no_args_is_help=True,
+    help="""Grids of training runs from a sweep file, here or on Slurm (docs/sweeps.md, docs/cluster.md).
+
+    Example:
+
+        clipctl sweep cpu-random-reward --jobs 2
+    """,
+)
+app.add_typer(sweep_app, name="sweep")
+Launcher = names("clipctl.slurm", "LAUNCHERS")
+SweepFile = Annotated[str, typer.Argument(help="Sweep file (.toml) or the name of a shipped one (presets/sweeps/).")]
+SweepOut = Annotated[Path, out_option("Folder that holds sweep folders: runs go to OUT/SWEEP/RUN/.")]
+
+
+@command(sweep_app, "run", interrupted="Interrupted; trainers stopped. Run the same command again to resume.")
 def sweep(
-    spec: Annotated[str, typer.Argument(help="Sweep file (.toml) or the name of a shipped one (presets/sweeps/).")],
-    out: Annotated[Path, out_option("Folder that holds sweep folders: runs go to OUT/SWEEP/RUN/.")] = Path("runs"),
+    spec: SweepFile,
+    out: SweepOut = Path("runs"),
+    launcher: Annotated[Launcher, typer.Option(
+        "--launcher", help="local: processes on this machine; slurm: one job array (sbatch), see docs/cluster.md.",
+    )] = "local",
+    slurm: Annotated[List[str], typer.Option(
+        "--slurm", help="A [slurm] key for this submission, e.g. --slurm partition=gpu --slurm time=04:00:00 (repeatable).",
+    )] = [],
     jobs: Annotated[Optional[int], typer.Option(
         "--jobs", "-j",
-        help="Runs at once (default: 1 on CPU, one per GPU set with --gpus). Without OMP_NUM_THREADS each run gets cores/jobs threads.",
+        help="Runs at once (default: 1 on CPU, one per GPU set with --gpus; on Slurm the array's %N cap). "
+        "Without OMP_NUM_THREADS each local run gets cores/jobs threads.",
     )] = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU ids to share out, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES per run).")] = None,
-    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", help="GPUs per run; parallel runs get disjoint sets.")] = 1,
+    gpus_per_run: Annotated[Optional[int], typer.Option(
+        "--gpus-per-run", help="GPUs per run [default: 1]; local parallel runs get disjoint sets. On Slurm: gpus_per_run.",
+    )] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again (resuming them).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the plan; run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check everything and print the plan; run nothing (with --launcher slurm: write the sbatch script).",
+    )] = False,
     print_commands: Annotated[bool, typer.Option(
-        "--print-commands", help="Print one shell line per run (for xargs or SLURM); run nothing.",
+        "--print-commands", help="Print one shell line per run (for xargs); run nothing.",
     )] = False,
     debug: Debug = False,
 ):
@@ -499,15 +534,29 @@ def sweep(
 
     Example:
 
-        clipctl sweep cpu-random-reward --jobs 2 --dry-run
+        clipctl sweep run cpu-random-reward --jobs 2 --dry-run   (or: clipctl sweep cpu-random-reward ...)
     """
     from clipctl import sweep as sweeps
+    from clipctl.errors import ConfigError
 
     if print_commands:
         for line in sweeps.print_commands(spec, out):
             typer.echo(line)
         return
-    launch = dict(out=out, jobs=jobs, gpus=gpus, gpus_per_run=gpus_per_run, retry_failed=retry_failed)
+    if launcher == "slurm":
+        if gpus is not None:
+            raise ConfigError("--gpus is for --launcher local; on Slurm give --slurm gpus_per_run=N (Slurm picks the GPUs)")
+        flags = [*slurm, *([f"gpus_per_run={gpus_per_run}"] if gpus_per_run is not None else [])]
+        manifest = sweeps.submit_slurm(spec, out=out, flags=flags, jobs=jobs, retry_failed=retry_failed, dry_run=dry_run, log=say)
+        if dry_run:
+            script = manifest.attrs["script"]
+            say(f"sbatch script: {script} (not submitted)" if script else "nothing to submit: every run is done, queued or failed")
+        console.print(render.status_table(manifest, f"sweep {manifest.attrs['sweep_dir']} ({len(manifest)} runs)"))
+        return
+    if slurm:
+        raise ConfigError("--slurm needs --launcher slurm")
+    launch = dict(out=out, jobs=jobs, gpus=gpus, gpus_per_run=1 if gpus_per_run is None else gpus_per_run,
+                  retry_failed=retry_failed)
     if dry_run:
         plan = sweeps.run_sweep(spec, dry_run=True, **launch)
         say(f"sweep folder: {plan.attrs['sweep_dir']}")
@@ -525,6 +574,24 @@ def sweep(
             f"{len(failed)} of {len(manifest)} runs failed (e.g. {failed[0]}); see {sweep_dir}/logs/<run>.log, "
             "fix the cause, then rerun with --retry-failed"
         )
+
+
+@command(sweep_app, "status")
+def sweep_status(spec: SweepFile, out: SweepOut = Path("runs"), debug: Debug = False):
+    """Each run of a sweep: pending, running, failed (with the end of its log) or done; here or on Slurm.
+
+    Example:
+
+        clipctl sweep status cpu-random-reward --out runs
+    """
+    from clipctl import sweep as sweeps
+
+    status = sweeps.sweep_status(spec, out)
+    console.print(render.status_table(status, f"sweep {status.attrs['sweep_dir']} ({len(status)} runs)"))
+    for name, lines in status.attrs["tails"].items():
+        say(f"--- {name} failed; last lines of {status.attrs['sweep_dir']}/logs/{name}.log:")
+        for line in lines:
+            say(f"    {line}")
 
 
 def main() -> None:
