@@ -147,3 +147,26 @@ def test_cli_train_stops_with_status_75_and_resumes_exactly(tmp_path, fast_overr
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_same_steps(read_run(run_dir).steps, uninterrupted)
+
+
+def test_a_stopped_run_resumes_into_the_same_wandb_run_and_tensorboard_folder(tmp_path, fast_overrides, monkeypatch):
+    """Stopped by SIGTERM after step 2 and resumed: one W&B run id, every step once in W&B and TensorBoard."""
+    import glob
+
+    pytest.importorskip("wandb")
+    pytest.importorskip("tensorboard")
+    from test_trackers import tensorboard_scalars, wandb_history
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # never a server
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = load_config("tiny-cpu", [*overrides(fast_overrides), "log.trackers=tensorboard,wandb"])
+    with pytest.raises(RunStopped):
+        train(cfg, out=tmp_path, name="tracked", on_step=signal_at_step(2, signal.SIGTERM))
+    run_dir = tmp_path / "tracked"
+    run_id = (run_dir / "wandb" / "clipctl-run-id").read_text().strip()
+    train(resume=run_dir)
+    files = sorted(glob.glob(str(run_dir / "wandb" / "offline-run-*" / "*.wandb")))
+    assert len(files) == 2 and all(f.endswith(f"run-{run_id}.wandb") for f in files)  # two attempts, one W&B run
+    logged = [int(row["step"]) for f in files for row in wandb_history(f)]
+    assert logged == [1, 2, 3, 4]  # no step twice
+    assert sorted(tensorboard_scalars(run_dir / "tensorboard")["entropy"]) == [1, 2, 3, 4]
