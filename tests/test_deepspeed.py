@@ -164,6 +164,49 @@ def test_zero3_two_processes_equal_one_process_and_resume(reference, tmp_path):
     assert_same_run(run_dir, ref, [1, 2, 3, 4, 5])
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.deepspeed
+def test_two_nodes_equal_one_node(reference, tmp_path):
+    """Two torchrun agents of one process each, meeting at a c10d rendezvous (two "nodes" on one machine),
+    compute the steps table of one agent with two processes, to the bit."""
+    ref, overrides = reference
+    args = [*sets([*overrides, "train.steps=3"]), "-q", "--deepspeed", "zero2"]
+    clipctl("train", *args, "--out", str(tmp_path / "one"), "--name", "run", "--nproc", "2")
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    node = [sys.executable, "-m", "clipctl", "train", *args, "--out", str(tmp_path / "two"), "--name", "run",
+            "--nproc", "1", "--nnodes", "2", "--rdzv-endpoint", endpoint, "--rdzv-id", "test-2-nodes"]
+    agents = [subprocess.Popen(node, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [a.communicate(timeout=600)[0] for a in agents]
+    assert [a.returncode for a in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    from clipctl.runlog import read_run
+
+    one, two = read_run(tmp_path / "one" / "run"), read_run(tmp_path / "two" / "run")
+    a, b = math_columns(two.steps), math_columns(one.steps)
+    assert list(a["step"]) == [1, 2, 3] and list(a.columns) == list(b.columns)
+    np.testing.assert_array_equal(a.to_numpy(float), b.to_numpy(float))
+    assert two.meta["parallel"] == one.meta["parallel"] == {"deepspeed": "zero2", "world_size": 2}
+    assert_same_run(tmp_path / "two" / "run", ref, [1, 2, 3])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--nnodes", "2", "--nproc", "1", "--deepspeed", "zero2"], "--nnodes 2 needs --rdzv-endpoint HOST:PORT"),
+    (["--nnodes", "2", "--nproc", "1", "--deepspeed", "zero2", "--rdzv-endpoint", "node01"], "got 'node01'"),
+    (["--rdzv-endpoint", "node01:29500", "--nproc", "2", "--deepspeed", "zero2"], "needs --nnodes N (N > 1)"),
+    (["--nnodes", "2", "--rdzv-endpoint", "node01:29500"], "need --nproc N (processes per machine)"),
+    (["--nnodes", "2", "--rdzv-endpoint", "node01:29500", "--nproc", "1"], "--nproc 1 needs --deepspeed"),
+])
+def test_multi_node_flags_are_checked_before_any_process_starts(tmp_path, args, fragment):
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path), *args])
+    assert result.exit_code == 1 and result.output.startswith("Error: ") and fragment in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
 def fp32_master_weights(ckpt: Path) -> dict:
     """The float32 master weights DeepSpeed keeps in its ZeRO optimizer partitions."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from clipctl import sweep as sw
 from clipctl.cli import app
 from clipctl.config import load_config
+from runlogs import fake_run_folder
 
 runner = CliRunner()
 
@@ -289,15 +290,8 @@ class FakeTrainer:
             run_dir = Path(cmd[cmd.index("--out") + 1]) / cmd[cmd.index("--name") + 1]
             overrides = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
         steps = int(next(o for o in overrides if o.startswith("train.steps=")).split("=")[1])
-        (run_dir / "steps").mkdir(parents=True, exist_ok=True)
-        (run_dir / "run.json").write_text(json.dumps({"overrides": overrides}))
-        last = steps if self.finish else 1
-        for step in range(1, last + 1):
-            (run_dir / "steps" / f"step-{step:06d}.parquet").write_bytes(b"")
-        ckpt = run_dir / "checkpoints" / f"step-{last}"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        (ckpt / "trainer_state.pt").write_bytes(b"")
-        argv = ["sleep", str(self.sleep)] if self.sleep else ["true" if self.exit_code == 0 else "false"]
+        fake_run_folder(run_dir, overrides, steps if self.finish else 1)
+        argv = ["sleep", str(self.sleep)] if self.sleep else ["sh", "-c", f"exit {self.exit_code}"]
         proc = subprocess.Popen(argv, env=env, pass_fds=pass_fds)
         self.procs.append(proc)
         return proc
@@ -348,6 +342,30 @@ def test_failed_runs_are_skipped_until_retry_failed(tmp_path, monkeypatch):
     assert list(manifest["status"]) == ["done"] * 4
     assert all("--resume" in cmd for cmd, _ in fake.calls)  # the failed runs had a run.json
     assert list(manifest["attempts"]) == [2] * 4
+
+
+def test_a_trainer_stopped_by_a_signal_stays_pending_and_resumes(tmp_path, monkeypatch):
+    path, out = grid_file(tmp_path), tmp_path / "runs"
+    monkeypatch.setattr(sw, "_launch", FakeTrainer(finish=False, exit_code=75))  # REQUEUE_EXIT: checkpointed
+    manifest = sw.run_sweep(path, out=out)
+    assert list(manifest["status"]) == ["pending"] * 4 and manifest["exit_code"].isna().all()
+    fake = FakeTrainer()
+    monkeypatch.setattr(sw, "_launch", fake)
+    assert list(sw.run_sweep(path, out=out)["status"]) == ["done"] * 4
+    assert len(fake.calls) == 4 and all("--resume" in cmd for cmd, _ in fake.calls)
+
+
+def test_status_of_a_local_sweep_shows_failed_runs_with_their_log(tmp_path, monkeypatch):
+    path, out = grid_file(tmp_path), tmp_path / "runs"
+    monkeypatch.setattr(sw, "_launch", FakeTrainer(finish=False, exit_code=1))
+    sw.run_sweep(path, out=out)
+    (out / "g" / "logs").mkdir(exist_ok=True)
+    (out / "g" / "logs" / "eps_low=0.2,eps_high=0.2,seed=0.log").write_text("".join(f"line {i}\n" for i in range(9)))
+    status = sw.sweep_status(path, out)
+    assert list(status["status"]) == ["failed"] * 4 and list(status["exit_code"]) == [1] * 4
+    assert status.attrs["tails"]["eps_low=0.2,eps_high=0.2,seed=0"] == [f"line {i}" for i in range(4, 9)]
+    result = runner.invoke(app, ["sweep", "status", str(path), "--out", str(out)])
+    assert result.exit_code == 0 and "line 8" in result.output and "line 3" not in result.output, result.output
 
 
 def test_interrupted_run_is_resumed_and_running_rows_become_pending(tmp_path, monkeypatch):
@@ -580,15 +598,9 @@ def _wait_for(predicate, timeout: float, what: str) -> None:
 
 
 def _lock_free(path: Path) -> bool:
-    import fcntl
+    from clipctl.rundir import lock_held
 
-    with open(path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        fcntl.flock(f, fcntl.LOCK_UN)
-        return True
+    return not lock_held(path.parent)
 
 
 @pytest.mark.slow

@@ -85,7 +85,7 @@ def _one_line_errors(fn: Callable, interrupted: Callable[[dict], str]) -> Callab
         except ClipctlError as e:
             if debug:
                 raise
-            say(f"Error: {e}", err=True)
+            say(f"{e.prefix}{e}", err=True)
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             say(interrupted(kwargs), err=True)
@@ -183,6 +183,15 @@ def train(
     nproc: Annotated[Optional[int], typer.Option(
         "--nproc", min=1, help="Re-launch under torchrun with N processes on this machine (needs --deepspeed).",
     )] = None,
+    nnodes: Annotated[int, typer.Option(
+        "--nnodes", min=1, help="Machines of a --nproc run; start the same command on each (docs/cluster.md).",
+    )] = 1,
+    rdzv_endpoint: Annotated[Optional[str], typer.Option(
+        "--rdzv-endpoint", help="HOST:PORT where the --nnodes machines meet (torchrun's c10d rendezvous).",
+    )] = None,
+    rdzv_id: Annotated[str, typer.Option(
+        "--rdzv-id", help="Rendezvous id, the same on every machine (e.g. the Slurm job id).",
+    )] = "clipctl",
     local_rank: Annotated[Optional[int], typer.Option(
         "--local_rank", "--local-rank", hidden=True, help="Set by the deepspeed launcher; ignored.",
     )] = None,
@@ -199,8 +208,11 @@ def train(
     from clipctl.trainer import train as run_training
     from clipctl.trainer.launch import launched_world_size, setup
 
-    if nproc is not None and launched_world_size() == 1:
-        _relaunch(nproc, preset, set_, out, name, resume, quiet, deepspeed, debug)
+    from clipctl.trainer.launch import Nodes
+
+    nodes = Nodes(nnodes, rdzv_endpoint, rdzv_id)
+    if launched_world_size() == 1 and (nproc is not None or nodes != Nodes()):
+        _relaunch(nproc, nodes, preset, set_, out, name, resume, quiet, deepspeed, debug)
     parallel = setup(deepspeed)
     bar = render.TrainBar(quiet)
     try:
@@ -215,23 +227,26 @@ def train(
     console.print(render.summary_table(steps, f"{result.run_dir} ({len(steps)} steps)"))
 
 
-def _relaunch(nproc, preset, set_, out, name, resume, quiet, deepspeed, debug) -> None:
-    """Run this same ``train`` under torchrun with ``nproc`` processes, then exit with its code."""
+def _relaunch(nproc, nodes, preset, set_, out, name, resume, quiet, deepspeed, debug) -> None:
+    """Run this same ``train`` under torchrun with ``nproc`` processes per machine, then exit with its code."""
     from clipctl.config import load_config
     from clipctl.errors import ConfigError
     from clipctl.trainer.deepspeed import DEEPSPEED_CHOICES, check_launch
     from clipctl.trainer.launch import relaunch
 
+    nodes.check()
+    if nproc is None:
+        raise ConfigError("--nnodes, --rdzv-endpoint and --rdzv-id need --nproc N (processes per machine)")
     if deepspeed is None:
         raise ConfigError(f"--nproc {nproc} needs --deepspeed {DEEPSPEED_CHOICES}")
     if not resume:  # fail here with one line, not once per process
-        check_launch(load_config(preset or "tiny-cpu", set_), nproc, deepspeed)
+        check_launch(load_config(preset or "tiny-cpu", set_), nproc * nodes.count, deepspeed)
     # Only the flags given are passed on: --resume refuses a --preset or --out of another run.
     args = ["train", "--deepspeed", deepspeed] + (["--preset", preset] if preset else []) + (["--out", str(out)] if out else [])
     args += [a for text in set_ for a in ("--set", text)]
     args += (["--name", name] if name else []) + (["--resume", str(resume)] if resume else [])
     args += (["--quiet"] if quiet else []) + (["--debug"] if debug else [])
-    raise typer.Exit(relaunch(nproc, args))
+    raise typer.Exit(relaunch(nproc, args, nodes))
 
 
 @command()
@@ -495,20 +510,55 @@ def simulate_dynamics(
 # ---------------------------------------------------------------- sweep
 
 
-@command(interrupted="Interrupted; trainers stopped. Run the same command again to resume.")
+class _DefaultRun(_Group):
+    """``clipctl sweep FILE ...`` means ``clipctl sweep run FILE ...``; ``clipctl sweep status FILE`` is the other command."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+sweep_app = typer.Typer(
+    cls=_DefaultRun, no_args_is_help=True,
+    help="""Grids of training runs from a sweep file, here or on Slurm (docs/sweeps.md, docs/cluster.md).
+
+    Example:
+
+        clipctl sweep cpu-random-reward --jobs 2
+    """,
+)
+app.add_typer(sweep_app, name="sweep")
+Launcher = names("clipctl.slurm", "LAUNCHERS")
+SweepFile = Annotated[str, typer.Argument(help="Sweep file (.toml) or the name of a shipped one (presets/sweeps/).")]
+SweepOut = Annotated[Path, out_option("Folder that holds sweep folders: runs go to OUT/SWEEP/RUN/.")]
+
+
+@command(sweep_app, "run", interrupted="Interrupted; trainers stopped. Run the same command again to resume.")
 def sweep(
-    spec: Annotated[str, typer.Argument(help="Sweep file (.toml) or the name of a shipped one (presets/sweeps/).")],
-    out: Annotated[Path, out_option("Folder that holds sweep folders: runs go to OUT/SWEEP/RUN/.")] = Path("runs"),
+    spec: SweepFile,
+    out: SweepOut = Path("runs"),
+    launcher: Annotated[Launcher, typer.Option(
+        "--launcher", help="local: processes on this machine; slurm: one job array (sbatch), see docs/cluster.md.",
+    )] = "local",
+    slurm: Annotated[List[str], typer.Option(
+        "--slurm", help="A [slurm] key for this submission, e.g. --slurm partition=gpu --slurm time=04:00:00 (repeatable).",
+    )] = [],
     jobs: Annotated[Optional[int], typer.Option(
         "--jobs", "-j",
-        help="Runs at once (default: 1 on CPU, one per GPU set with --gpus). Without OMP_NUM_THREADS each run gets cores/jobs threads.",
+        help="Runs at once (default: 1 on CPU, one per GPU set with --gpus; on Slurm the array's %N cap). "
+        "Without OMP_NUM_THREADS each local run gets cores/jobs threads.",
     )] = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU ids to share out, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES per run).")] = None,
-    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", help="GPUs per run; parallel runs get disjoint sets.")] = 1,
+    gpus_per_run: Annotated[Optional[int], typer.Option(
+        "--gpus-per-run", help="GPUs per run [default: 1]; local parallel runs get disjoint sets. On Slurm: gpus_per_run.",
+    )] = None,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again (resuming them).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and print the plan; run nothing.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Check everything and print the plan; run nothing (with --launcher slurm: write the sbatch script).",
+    )] = False,
     print_commands: Annotated[bool, typer.Option(
-        "--print-commands", help="Print one shell line per run (for xargs or SLURM); run nothing.",
+        "--print-commands", help="Print one shell line per run (for xargs); run nothing.",
     )] = False,
     debug: Debug = False,
 ):
@@ -516,15 +566,29 @@ def sweep(
 
     Example:
 
-        clipctl sweep cpu-random-reward --jobs 2 --dry-run
+        clipctl sweep run cpu-random-reward --jobs 2 --dry-run   (or: clipctl sweep cpu-random-reward ...)
     """
     from clipctl import sweep as sweeps
+    from clipctl.errors import ConfigError
 
     if print_commands:
         for line in sweeps.print_commands(spec, out):
             typer.echo(line)
         return
-    launch = dict(out=out, jobs=jobs, gpus=gpus, gpus_per_run=gpus_per_run, retry_failed=retry_failed)
+    if launcher == "slurm":
+        if gpus is not None:
+            raise ConfigError("--gpus is for --launcher local; on Slurm give --slurm gpus_per_run=N (Slurm picks the GPUs)")
+        flags = [*slurm, *([f"gpus_per_run={gpus_per_run}"] if gpus_per_run is not None else [])]
+        manifest = sweeps.submit_slurm(spec, out=out, flags=flags, jobs=jobs, retry_failed=retry_failed, dry_run=dry_run, log=say)
+        if dry_run:
+            script = manifest.attrs["script"]
+            say(f"sbatch script: {script} (not submitted)" if script else "nothing to submit: every run is done, queued or failed")
+        console.print(render.status_table(manifest, f"sweep {manifest.attrs['sweep_dir']} ({len(manifest)} runs)"))
+        return
+    if slurm:
+        raise ConfigError("--slurm needs --launcher slurm")
+    launch = dict(out=out, jobs=jobs, gpus=gpus, gpus_per_run=1 if gpus_per_run is None else gpus_per_run,
+                  retry_failed=retry_failed)
     if dry_run:
         plan = sweeps.run_sweep(spec, dry_run=True, **launch)
         say(f"sweep folder: {plan.attrs['sweep_dir']}")
@@ -542,6 +606,24 @@ def sweep(
             f"{len(failed)} of {len(manifest)} runs failed (e.g. {failed[0]}); see {sweep_dir}/logs/<run>.log, "
             "fix the cause, then rerun with --retry-failed"
         )
+
+
+@command(sweep_app, "status")
+def sweep_status(spec: SweepFile, out: SweepOut = Path("runs"), debug: Debug = False):
+    """Each run of a sweep: pending, running, failed (with the end of its log) or done; here or on Slurm.
+
+    Example:
+
+        clipctl sweep status cpu-random-reward --out runs
+    """
+    from clipctl import sweep as sweeps
+
+    status = sweeps.sweep_status(spec, out)
+    console.print(render.status_table(status, f"sweep {status.attrs['sweep_dir']} ({len(status)} runs)"))
+    for name, lines in status.attrs["tails"].items():
+        say(f"--- {name} failed; last lines of {status.attrs['sweep_dir']}/logs/{name}.log:")
+        for line in lines:
+            say(f"    {line}")
 
 
 def main() -> None:

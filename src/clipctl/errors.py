@@ -9,6 +9,7 @@ class ClipctlError(Exception):
     """Base class: the message is one line that names the problem and the fix."""
 
     exit_code = 1
+    prefix = "Error: "  # what the CLI prints before the message
 
 
 class ConfigError(ClipctlError):
@@ -48,3 +49,14 @@ class NonFiniteError(ClipctlError):
         err = NonFiniteError(self.step, self.what, self.hint)
         err.args = (self._message(where),)
         return err
+
+
+# EX_TEMPFAIL (sysexits.h): the run stopped on a signal with a checkpoint; run it again to resume.
+REQUEUE_EXIT = 75
+
+
+class RunStopped(ClipctlError):
+    """A signal stopped the run after a step whose checkpoint was written; resuming continues it exactly."""
+
+    exit_code = REQUEUE_EXIT
+    prefix = ""  # not an error: the CLI prints the message as it is

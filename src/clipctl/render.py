@@ -258,6 +258,16 @@ def sweep_table(summary, title: str) -> Table:
     return frame_table(summary, title)
 
 
+def status_table(status, title: str) -> Table:
+    """``sweep status`` and a Slurm submission: each run's status, progress, exit code and array task."""
+    import pandas as pd
+
+    status = status.assign(progress=[f"{a}/{b}" for a, b in zip(status["last_step"], status["steps"])])
+    status["exit_code"] = ["" if pd.isna(c) else str(c) for c in status["exit_code"]]
+    columns = ["run", "status", "progress", "exit_code", *(c for c in ("job", "queue") if c in status)]
+    return frame_table(status[columns].fillna(""), title)
+
+
 def plan_table(plan) -> Table:
     """``sweep --dry-run``: what each run would do and how far it got."""
     plan = plan.assign(progress=[f"{a}/{b}" for a, b in zip(plan["last_step"], plan["steps"])])

@@ -193,6 +193,22 @@ class RunLock:
         self.release()
 
 
+def lock_held(folder: Path) -> bool:
+    """Whether some process holds ``folder``'s ``RunLock`` now (a shared probe; takes nothing)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        f = open(path)
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 def forget_unstarted(run_dir: Path, created: list[Path]) -> None:
     """After a failed start (no ``run.json`` written): remove the (empty) folders made for it."""
     if (Path(run_dir) / "run.json").exists():

@@ -24,6 +24,7 @@ How this departs from a plain loop over ``train()``:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -31,6 +32,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,12 +59,13 @@ from clipctl.config import (
     preset_path,
     toml_names,
 )
-from clipctl.errors import ClipctlError, ConfigError, RunDirError
-from clipctl.rundir import RunLock, check_output_dir, ensure_output_dir
+from clipctl.errors import REQUEUE_EXIT, ClipctlError, ConfigError, RunDirError
+from clipctl import slurm
+from clipctl.rundir import RunLock, check_output_dir, ensure_output_dir, lock_held
 from clipctl.runlog import atomic_write_bytes, atomic_write_json, latest_checkpoint, logged_steps, read_meta, write_parquet_atomic
 
 SWEEP_DIR = PRESET_DIR / "sweeps"
-TOP_KEYS = ("name", "description", "preset", "set", "grid", "cases", "seeds", "name_template")
+TOP_KEYS = ("name", "description", "preset", "set", "grid", "cases", "seeds", "name_template", "slurm")
 # Names become folder names and appear in shell lines: keep them to a safe set.
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=,+-]*$")
 UNSAFE_RE = re.compile(r"[^A-Za-z0-9._=,+-]+")
@@ -88,6 +91,7 @@ class SweepSpec:
     seeds: Optional[list[int]]  # train.seed values; None = the preset's seed
     name_template: Optional[str] = None
     description: str = ""
+    slurm: dict = field(default_factory=dict)  # the [slurm] table, checked (slurm.slurm_options)
 
 
 @dataclass(frozen=True)
@@ -252,7 +256,9 @@ def load_sweep(spec: str | os.PathLike) -> SweepSpec:
     if template is not None and (not isinstance(template, str) or not template.strip()):
         raise ConfigError(f"{path}: name_template must be a non-empty string, e.g. \"lo{{eps_low}}-hi{{eps_high}}-s{{seed}}\"")
     description = raw.get("description", "")
-    return SweepSpec(path, name, preset, fixed, grid, cases, seeds, template, str(description))
+    slurm_table = raw.get("slurm", {})
+    slurm.slurm_options(slurm_table, where=f"{path} [slurm]")  # checked whichever launcher runs the sweep
+    return SweepSpec(path, name, preset, fixed, grid, cases, seeds, template, str(description), slurm_table)
 
 
 # ---------------------------------------------------------------- expansion and naming
@@ -403,7 +409,7 @@ def _check_sweep_dir(p: Prepared) -> None:
     elif sd.is_dir():
         # Runs made by hand from --print-commands are adopted (their overrides are
         # checked below); anything else in the folder is someone else's.
-        ours = {r.name for r in p.runs} | {".lock", "logs", "manifest.parquet", "sweep.toml"}
+        ours = {r.name for r in p.runs} | {".lock", "logs", "manifest.parquet", "sweep.toml", "slurm"}
         foreign = sorted(f.name for f in sd.iterdir() if f.name not in ours)
         if foreign:
             raise ConfigError(
@@ -608,14 +614,20 @@ def run_sweep(
     # The lock's descriptor is inherited by the trainers (_launch's pass_fds), so trainers
     # orphaned by a killed sweep still hold it.
     with RunLock(sd, "sweep", elsewhere="pass another --out") as lock:
-        _check_sweep_dir(prepared)  # again: another sweep may have claimed the folder meanwhile
-        if not (sd / "sweep.json").is_file():
-            atomic_write_bytes(sd / "sweep.toml", prepared.spec.path.read_bytes())
-            atomic_write_json(sd / "sweep.json", {**prepared.resolved(), "source": str(prepared.spec.path.resolve())})
+        _claim(prepared)
+        _refuse_if_on_slurm(prepared)
         rows, _ = reconcile(prepared, retry_failed=retry_failed)
         manifest = _schedule(prepared, rows, jobs, slots, lock.fd, log)
     manifest.attrs["sweep_dir"] = str(sd)
     return manifest
+
+
+def _claim(p: Prepared) -> None:
+    """Under the sweep lock: check the folder again (another sweep may have claimed it), then claim it."""
+    _check_sweep_dir(p)
+    if not (p.sweep_dir / "sweep.json").is_file():
+        atomic_write_bytes(p.sweep_dir / "sweep.toml", p.spec.path.read_bytes())
+        atomic_write_json(p.sweep_dir / "sweep.json", {**p.resolved(), "source": str(p.spec.path.resolve())})
 
 
 def _schedule(p: Prepared, rows: dict[str, dict], jobs: int, slots: Optional[list[str]], lock_fd: int, log) -> pd.DataFrame:
@@ -646,7 +658,7 @@ def _schedule(p: Prepared, rows: dict[str, dict], jobs: int, slots: Optional[lis
         row["last_step"] = state.last_step
         if state.done and (proc.returncode == 0 or interrupted):
             row.update(status="done", exit_code=proc.returncode)
-        elif interrupted:
+        elif interrupted or proc.returncode == REQUEUE_EXIT:  # stopped by a signal, checkpointed: resumable
             row.update(status="pending", exit_code=None)
         else:
             row.update(status="failed", exit_code=proc.returncode)
@@ -714,6 +726,189 @@ def _stop(running: dict[str, tuple[subprocess.Popen, Optional[str], float]]) -> 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# ---------------------------------------------------------------- on Slurm
+
+JOBS_FILE = "slurm/jobs.json"  # every submission: its array job id, script and {index: run}
+
+
+def _submissions(sd: Path) -> list[dict]:
+    path = sd / JOBS_FILE
+    if not path.is_file():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunDirError(f"cannot read {path}: {e}; restore it, or delete it once no job of this sweep is queued") from None
+
+
+def _last_tasks(submissions: list[dict]) -> dict[str, tuple[str, int]]:
+    """Each run's latest array task, ``run -> (job id, index)``."""
+    tasks = {}
+    for sub in submissions:
+        for index, name in sub["runs"].items():
+            tasks[name] = (str(sub["job"]), int(index))
+    return tasks
+
+
+def _log_text(sd: Path, name: str) -> str:
+    try:
+        return (sd / "logs" / f"{name}.log").read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def slurm_rows(p: Prepared, *, retry_failed: bool = False, scheduler: bool = True) -> dict[str, dict]:
+    """Manifest rows of a sweep on Slurm, from the run folders, the logs and ``squeue``.
+
+    A run is ``done`` (its folder says so), ``running``/``pending`` (its last
+    array task is still in the queue), ``failed`` (its last attempt wrote a
+    non-zero exit other than ``REQUEUE_EXIT``; pending again with
+    ``retry_failed``) or ``pending`` (never submitted, stopped for a requeue,
+    or killed with its batch shell: it resumes). ``scheduler=False`` (a dry
+    run without Slurm) treats no task as queued.
+    """
+    sd = p.sweep_dir
+    tasks = _last_tasks(_submissions(sd))
+    states = slurm.queued(job for job, _ in tasks.values()) if scheduler and tasks else {}
+    keys = varied_keys(p.spec)
+    rows = {}
+    for run in p.runs:
+        cfg = p.configs[run.name]
+        state = disk_state(sd / run.name, cfg.train.steps)
+        task = tasks.get(run.name)
+        queue_state = states.get(task) if task else None
+        code = slurm.last_exit(_log_text(sd, run.name))
+        if state.done:
+            status = "done"
+        elif queue_state is not None:
+            status = slurm.ACTIVE.get(queue_state, "running")
+        elif code not in (None, 0, REQUEUE_EXIT) and not retry_failed:
+            status = "failed"
+        else:
+            status = "pending"
+        resume = status == "pending" and state.has_meta
+        rows[run.name] = {
+            "run": run.name, **{k: _config_value(cfg, k) for k in keys},
+            "status": status, "exit_code": code if status in ("done", "failed") else None,
+            "attempts": sum(line.startswith("# ") and " job " in line for line in _log_text(sd, run.name).splitlines()),
+            "wall_seconds": math.nan, "last_step": state.last_step, "steps": cfg.train.steps,  # not measured on Slurm
+            "command": shlex.join(train_command(p.spec, run, sd, resume=resume)),
+            "job": f"{task[0]}_{task[1]}" if task else None,
+            "queue": queue_state,
+        }
+    return rows
+
+
+def submit_slurm(
+    spec_path: str | os.PathLike,
+    *,
+    out: Path = Path("runs"),
+    flags: Sequence[str] = (),
+    jobs: Optional[int] = None,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    log: Optional[Callable[[str], None]] = None,
+) -> pd.DataFrame:
+    """Submit every run that is neither done, queued nor failed as one Slurm job array; return the manifest.
+
+    Resources come from the ``[slurm]`` table, then ``flags`` (``KEY=VALUE``),
+    then ``jobs`` (the array's ``%`` cap). ``dry_run`` writes the script
+    (``manifest.attrs["script"]``) and submits nothing; it needs no Slurm.
+    Submitting again is idempotent: finished runs are skipped, queued ones
+    left alone, unfinished ones resumed.
+    """
+    log = log or (lambda msg: None)
+    prepared = prepare(spec_path, out)
+    opts = slurm.slurm_options(prepared.spec.slurm, flags, where=f"{prepared.spec.path} [slurm]")
+    if jobs is not None:
+        if jobs < 1:
+            raise ConfigError(f"--jobs {jobs} must be >= 1 (the runs of the array at once)")
+        opts = dataclasses.replace(opts, max_running=jobs)
+    if not dry_run:
+        slurm.check_slurm()
+    sd = prepared.sweep_dir
+    ensure_output_dir(sd, "--out")
+    with RunLock(sd, "sweep --launcher slurm", elsewhere="pass another --out"):
+        if not dry_run:
+            _claim(prepared)
+        rows = slurm_rows(prepared, retry_failed=retry_failed, scheduler=not dry_run or shutil.which("squeue") is not None)
+        submissions = _submissions(sd)
+        todo = [(i, run) for i, run in enumerate(prepared.runs)
+                if rows[run.name]["status"] == "pending" and rows[run.name]["queue"] is None]
+        script = sd / "slurm" / f"submit-{len(submissions) + 1}.sbatch"
+        python = opts.python or sys.executable
+        if todo:
+            argv = [(i, run.name, [python, *train_command(prepared.spec, run, sd)[1:]]) for i, run in todo]
+            text = slurm.script_text(opts, sweep=prepared.spec.name, sweep_dir=str(sd), runs=argv, python=python)
+            atomic_write_bytes(script, text.encode())
+        n_done = sum(r["status"] == "done" for r in rows.values())
+        log(f"sweep {prepared.spec.name}: {len(rows)} runs, {n_done} done, "
+            f"{sum(r['queue'] is not None for r in rows.values())} queued, "
+            f"{len(todo)} to submit, in {sd}")
+        if not dry_run and todo:
+            (sd / "logs").mkdir(exist_ok=True)  # Slurm opens --output there before the script runs
+            job = slurm.submit(str(script))
+            submissions.append({
+                "job": job, "script": str(script), "time": dt.datetime.now().isoformat(timespec="seconds"),
+                "runs": {str(i): run.name for i, run in todo},
+            })
+            atomic_write_json(sd / JOBS_FILE, submissions)
+            for i, run in todo:
+                rows[run.name]["job"] = f"{job}_{i}"
+            log(f"submitted job array {job} ({len(todo)} runs): {script}")
+        manifest = manifest_frame(rows)
+        if not dry_run:
+            write_parquet_atomic(manifest, sd / "manifest.parquet")
+    manifest.attrs.update(sweep_dir=str(sd), script=str(script) if todo else None, submitted=len(todo))
+    return manifest
+
+
+def _refuse_if_on_slurm(p: Prepared) -> None:
+    """The local launcher must not start runs whose array tasks Slurm may start too."""
+    tasks = _last_tasks(_submissions(p.sweep_dir))
+    if not tasks or shutil.which("squeue") is None:
+        return
+    states = slurm.queued(job for job, _ in tasks.values())
+    queued = [name for name, task in tasks.items() if task in states]
+    if queued:
+        raise SweepError(
+            f"{len(queued)} run(s) of {p.sweep_dir} are queued on Slurm (e.g. {queued[0]}, job {'_'.join(map(str, tasks[queued[0]]))}); "
+            "wait for them or scancel them before running the sweep with --launcher local"
+        )
+
+
+STATUS_TAIL = 5  # log lines shown for each failed run
+
+
+def sweep_status(spec_path: str | os.PathLike, out: Path = Path("runs")) -> pd.DataFrame:
+    """Each run's status now: from the run folders, the manifest and, for a sweep on Slurm, the queue.
+
+    ``attrs["tails"]`` holds the last log lines of each failed run. A local
+    sweep's ``running`` rows count only while its sweep process holds the lock.
+    """
+    prepared = prepare(spec_path, out)
+    sd = prepared.sweep_dir
+    if not (sd / "sweep.json").is_file():
+        raise SweepError(f"sweep '{prepared.spec.name}' has not been started in {sd.parent}; start it with clipctl sweep {spec_path}")
+    if (sd / JOBS_FILE).is_file():
+        slurm.check_slurm()
+        rows = slurm_rows(prepared)
+    else:
+        rows, _ = reconcile(prepared)
+        previous = _read_manifest(sd / "manifest.parquet")
+        live = lock_held(sd)
+        for name, row in rows.items():
+            was = previous.get(name, {}).get("status")
+            if was == "running" and live and row["status"] != "done":
+                row["status"] = "running"
+    df = manifest_frame(rows)
+    df.attrs["sweep_dir"] = str(sd)
+    df.attrs["tails"] = {
+        name: _log_text(sd, name).splitlines()[-STATUS_TAIL:] for name in df.loc[df["status"] == "failed", "run"]
+    }
+    return df
 
 
 # ---------------------------------------------------------------- reporting

@@ -3,7 +3,8 @@
 ``setup(--deepspeed)`` joins the process group that torchrun or the deepspeed
 launcher started (or makes a group of one) and returns a ``Launch``: the
 ``--deepspeed`` spec and the run-level comm. ``relaunch`` is ``--nproc``:
-the same command under torchrun. ``run.py`` builds the trainer's parts from a
+the same command under torchrun, on this machine or, with ``Nodes``, as one
+of several machines meeting at a rendezvous (``--nnodes``, ``--rdzv-endpoint``). ``run.py`` builds the trainer's parts from a
 ``Launch``; nothing else in clipctl asks which processes exist.
 """
 
@@ -15,9 +16,11 @@ import datetime as dt
 import io
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +32,7 @@ import torch.distributed as dist
 from clipctl.errors import ConfigError
 from clipctl.trainer.comm import DistributedComm, SingleProcessComm
 from clipctl.trainer.deepspeed import DEEPSPEED_CHOICES, builtin_or_file
+from clipctl.trainer.signals import REQUEUE_EXIT, STOP_SIGNALS
 
 # Rank 0 may evaluate or write for a while as the others wait in a collective.
 COLLECTIVE_TIMEOUT = dt.timedelta(hours=3)
@@ -132,9 +136,60 @@ def setup(deepspeed: Optional[str] = None) -> Launch:
     return Launch(deepspeed, DistributedComm(dist.get_rank(), dist.get_world_size(), device))
 
 
-def relaunch(nproc: int, args: list[str]) -> int:
-    """Run ``clipctl ARGS`` under torchrun with ``nproc`` processes on this machine; its exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "clipctl", *args]
+@dataclass(frozen=True)
+class Nodes:
+    """Where ``--nproc`` starts its processes: this machine alone, or one of ``count`` machines that meet at
+    ``endpoint`` (torchrun's c10d rendezvous; the same ``job`` id on every machine)."""
+
+    count: int = 1
+    endpoint: Optional[str] = None  # HOST:PORT of the rendezvous (any one of the machines)
+    job: str = "clipctl"
+
+    def check(self) -> None:
+        if self.count == 1:
+            if self.endpoint is not None:
+                raise ConfigError(f"--rdzv-endpoint {self.endpoint} needs --nnodes N (N > 1); drop it to train on this machine")
+            return
+        host, _, port = (self.endpoint or "").rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"--nnodes {self.count} needs --rdzv-endpoint HOST:PORT (one of the machines, a free port), "
+                f"got {self.endpoint!r}; e.g. --rdzv-endpoint node01:29500"
+            )
+
+    def torchrun_args(self) -> list[str]:
+        if self.count == 1:
+            return ["--standalone"]
+        return [f"--nnodes={self.count}", "--rdzv-backend=c10d", f"--rdzv-endpoint={self.endpoint}", f"--rdzv-id={self.job}"]
+
+
+def relaunch(nproc: int, args: list[str], nodes: Nodes = Nodes()) -> int:
+    """Run ``clipctl ARGS`` under torchrun with ``nproc`` processes per machine; its exit code.
+
+    A stop signal reaches the workers as SIGTERM through torchrun (which would
+    die of SIGUSR1); a Ctrl-C already reached them with the terminal's process
+    group. torchrun reports a worker's ``REQUEUE_EXIT`` as a failure, so after
+    a stop signal any non-zero exit is reported as ``REQUEUE_EXIT``.
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", *nodes.torchrun_args(), f"--nproc_per_node={nproc}",
+           "-m", "clipctl", *args]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.call(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env)
+    asked: list[int] = []
+
+    def forward(signum, frame) -> None:
+        asked.append(signum)
+        if signum != signal.SIGINT:
+            proc.send_signal(signal.SIGTERM)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS} if in_main else {}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if asked.count(signal.SIGINT) > 1:
+        return 130
+    return REQUEUE_EXIT if asked and code != 0 else code

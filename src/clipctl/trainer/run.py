@@ -48,6 +48,7 @@ from clipctl.trainer.deepspeed import DeepSpeedEngine, check_launch
 from clipctl.trainer.engine import TorchEngine
 from clipctl.trainer.launch import Launch
 from clipctl.trainer.loop import Trainer
+from clipctl.trainer.signals import RunStopped, StopRequest
 
 
 @dataclass
@@ -271,12 +272,14 @@ def train(cfg: Optional[Config] = None, **kwargs) -> TrainResult:
 
     The run directory is locked (``rundir.RunLock``) from before the first
     write until this returns; a full disk becomes one ``RunDirError``.
+    SIGUSR1, SIGTERM and a first Ctrl-C stop it after the current step with a
+    checkpoint (``RunStopped``; ``signals.py``).
     """
     comm = (kwargs.get("parallel") or Launch()).comm
     where: dict = {}
-    with contextlib.ExitStack() as held:
+    with contextlib.ExitStack() as held, StopRequest() as stop:
         try:
-            return _train(cfg, held=held, where=where, **kwargs)
+            return _train(cfg, held=held, where=where, stop=stop, **kwargs)
         except Exception as e:
             run_dir = where.get("run_dir")
             if run_dir is not None and comm.is_main:  # what a failed save left behind (the lock is still held)
@@ -290,11 +293,24 @@ def train(cfg: Optional[Config] = None, **kwargs) -> TrainResult:
             raise disk_full_error(e, run_dir, ckpt[0] if ckpt else None) from e
 
 
+def _stop_with_checkpoint(trainer: Trainer, writer, run_dir: Path, step: int, stop: StopRequest, saved: bool) -> None:
+    """Write step ``step``'s checkpoint (unless it was just saved) and raise ``RunStopped``."""
+    if not saved:
+        trainer.save_checkpoint(run_dir, step, trainer.cfg.train.keep_last)
+        writer.compact(run_dir, step, final=False)
+    why = stop.name or "a signal to another process of the run"
+    raise RunStopped(
+        f"{why}: stopped after step {step} with checkpoint {run_dir}/checkpoints/step-{step}; "
+        f"resume with clipctl train --resume {run_dir}"
+    )
+
+
 def _train(
     cfg: Optional[Config] = None,
     *,
     held: contextlib.ExitStack,
     where: dict,
+    stop: Optional[StopRequest] = None,
     out: Optional[Path] = None,
     name: Optional[str] = None,
     preset: Optional[str] = None,
@@ -394,6 +410,9 @@ def _train(
             on_step(last)
         if stop_after is not None and step >= stop_after:
             break
+        # Every rank takes part in the sum, so all stop after the same step.
+        if step < total and comm.sum(int(stop is not None and stop.signum is not None)):
+            _stop_with_checkpoint(trainer, writer, run_dir, step, stop, saved=step % cfg.train.save_every == 0)
     comm.barrier()  # rank 0's last writes are done before any rank returns
     if last is None:
         steps = read_table(run_dir, "steps")
