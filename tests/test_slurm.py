@@ -291,6 +291,8 @@ def _cluster_or_skip():
     from slurm_cluster import missing
 
     why = missing()
+    if why and os.environ.get("CLIPCTL_REQUIRE_SLURM") == "1":  # make test-slurm: the suite must run
+        pytest.fail(f"a real Slurm is required here (CLIPCTL_REQUIRE_SLURM=1): {why}")
     if why:
         pytest.skip(why)
 
