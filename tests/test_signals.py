@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def signal_at_step(step: int, *signums: int):
     def on_step(metrics: dict) -> None:
         if metrics["step"] == step:
             for signum in signums:
-                os.kill(os.getpid(), signum)
+                # To this thread, not the process: os.kill may land on a torch worker thread, and two
+                # SIGINTs that arrive before the main thread runs its handler count as one.
+                signal.pthread_kill(threading.get_ident(), signum)
 
     return on_step
 
