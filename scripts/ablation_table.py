@@ -13,6 +13,15 @@ predicted drift has the sign of the attributed change, and each setting's
 final entropy against the baseline setting's run with the same seed (same
 prompts at every step, so the difference is paired). ``--max-step`` keeps
 only the first steps (to set a long run next to a short one).
+
+The attributions are the Shapley split, recomputed from the replay entropies
+(``analysis.attribution_columns``, so runs logged before the split read the
+same); "acted" comes from the event counts (``analysis.clip_events``). The
+plain means mix the clip's direction with damping of the step's own change
+(docs/analysis.md, "Attribution regression"): they are description. The
+directional effect is the regression intercept of ``clipctl
+analyze-clip-stats RUNS --regression``, the paired setting effect with its
+interval that of ``--paired``; this table does not replace them.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from clipctl.analysis import Columns, config_value, format_value, load_runs, mean_se  # noqa: E402
+from clipctl.analysis import (  # noqa: E402
+    Columns, attribution_columns, clip_events, config_value, format_value, load_runs, mean_se,
+)
 
 
 def fmt_mean_se(v: np.ndarray) -> str:
@@ -59,12 +70,14 @@ def paired_difference(steps: list[pd.DataFrame], base: list[pd.DataFrame]) -> np
 def setting_row(label: str, runs: list, max_step: int | None, base: list | None = None) -> dict:
     steps = _steps(runs, max_step)
     df = pd.concat(steps, ignore_index=True)
-    col = Columns({c: df[c].to_numpy(dtype=float, na_value=np.nan) for c in df if pd.api.types.is_numeric_dtype(df[c])})
+    arrays = {c: df[c].to_numpy(dtype=float, na_value=np.nan) for c in df if pd.api.types.is_numeric_dtype(df[c])}
+    col = Columns({**arrays, **attribution_columns(arrays)})
     probed = np.isfinite(col["clip_attributed_dH"])
     low, high, attr = col["clip_low_attributed_dH"], col["clip_high_attributed_dH"], col["clip_attributed_dH"]
-    acted_low, acted_high = probed & (low != 0), probed & (high != 0)
+    events = clip_events(col)
+    acted_low, acted_high = probed & events["low"], probed & events["high"]
     drift = col["thm2_drift"]
-    both = probed & (attr != 0) & np.isfinite(drift) & (drift != 0)
+    both = probed & events["any"] & (attr != 0) & np.isfinite(drift) & (drift != 0)
     change = [
         float(s["entropy_post"].iloc[-1] - s["entropy"].iloc[0]) for s in steps if len(s)
     ]
@@ -79,9 +92,9 @@ def setting_row(label: str, runs: list, max_step: int | None, base: list | None 
         ),
         "clip_low_frac": f"{np.nanmean(col['clip_low_frac']) * 100:.2f} %",
         "clip_high_frac": f"{np.nanmean(col['clip_high_frac']) * 100:.2f} %",
-        "probed (clip acted)": f"{int(probed.sum())} ({int((probed & (attr != 0)).sum())})",
-        "clip-low attributed dH per step": fmt_mean_se(low[acted_low]),
-        "clip-high attributed dH per step": fmt_mean_se(high[acted_high]),
+        "probed (clip acted)": f"{int(probed.sum())} ({int((probed & events['any']).sum())})",
+        "clip-low Shapley dH per step, plain mean (damping-confounded)": fmt_mean_se(low[acted_low]),
+        "clip-high Shapley dH per step, plain mean (damping-confounded)": fmt_mean_se(high[acted_high]),
         "clip-low raised": share(low > 0, acted_low),
         "clip-high lowered": share(high < 0, acted_high),
         "thm2_low > 0": share(b_low > 0, np.isfinite(b_low)),
