@@ -303,14 +303,14 @@ def decide_thm(ev: Evidence) -> list[dict]:
             c = analysis.Columns.of_run(run)
             shares.append(analysis.sign_agreement(c[f"{thm}_drift_exact"], c["clip_attributed_dH"]))
         out.append(one_sample(np.asarray(shares) - 0.5, f"sim-{thm}",
-                              f"tabular simulator: the exact {thm.upper()[:3]}. {thm[-1]} first-order prediction has the sign of the exact clip-attributed entropy change (share of steps - 0.5)",
+                              f"tabular simulator: the exact Theorem {thm[-1]} first-order prediction has the sign of the exact clip-attributed entropy change (share of steps - 0.5)",
                               +1, "t across seeds of the per-run sign-agreement share minus 0.5",
                               extra={"shares": [round(float(s), 6) for s in shares]}))
     lm = _report(ev.runs["lm"])
     for thm in ("thm1", "thm2"):
         shares = lm.per_run[f"{thm}_vs_attr_sign_agree"].astype(float).to_numpy()
         out.append(one_sample(shares - 0.5, f"lm-{thm}",
-                              f"tiny LM: the sampled {thm} prediction (thm_drift) has the sign of the probed clip-attributed change (share of probed steps - 0.5)",
+                              f"tiny LM: the sampled Theorem {thm[-1]} prediction ({thm}_drift) has the sign of the probed clip-attributed change (share of probed steps - 0.5)",
                               +1, "t across seeds of the per-run sign-agreement share minus 0.5",
                               extra={"shares": [round(float(s), 6) for s in shares]}))
     ev.tables.append(("Every simulated run", per_run_rows(sim, ["thm1_vs_exact_sign_agree", "thm2_vs_exact_sign_agree",

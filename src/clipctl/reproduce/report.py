@@ -113,6 +113,10 @@ def _limit_line(req, claim: Claim, result: dict) -> str:
         shown = ", ".join(f"{e['id']}: {e['seeds_for_80pct_power'] or 'not reachable'}" for e in result["estimates"]
                           if e["verdict"] == "inconclusive")
         power = f" Seeds (pairs) the observed effects would need for {POWER:.0%} power at two-sided alpha {ALPHA}: {shown}."
+    flat = [e["id"] for e in result["estimates"] if e.get("zero_spread")]
+    if flat:
+        power += (f" SE 0 for {', '.join(flat)}: every seed gave the same value, so the interval has width 0 and "
+                  "understates the uncertainty; more steps or seeds would show the spread.")
     return f"Scale {req.scale} ({sc.limit}); {req.steps} steps, {req.seeds} seeds.{power}"
 
 
@@ -143,7 +147,7 @@ ESTIMATE_COLS = ("id", "statement", "direction", "method", "n", "estimate", "se"
 
 def report_text(claim: Claim, result: dict, ev: Evidence) -> str:
     prov = result["provenance"]
-    est = pd.DataFrame([{k: e.get(k) for k in ESTIMATE_COLS} for e in result["estimates"]])
+    est = pd.DataFrame([{k: e.get(k) for k in ESTIMATE_COLS} for e in result["estimates"]], dtype=object)
     lines = [
         f"# {claim.id} at scale {result['scale']}: {result['verdict']}",
         "",

@@ -10,8 +10,8 @@ with a 95 % interval; the paper's direction is +1 (the statistic should be
 2. ``seeds_for_power``: the number of seeds (pairs, or clusters) at which a
    two-sided one-sample (paired) t test at level ``alpha`` has power ``power``
    against the observed mean and standard deviation, from the noncentral
-   approximation ``n = ((t_{1-alpha/2, n-1} + t_{power, n-1}) sd / |mean|)^2``,
-   started at the normal quantiles and iterated to a fixed point.
+   approximation ``n = ((t_{1-alpha/2, n-1} + t_{power, n-1}) sd / |mean|)^2``:
+   the smallest integer n that satisfies it.
 3. ``overall``: the verdict of a claim from those of its sub-statements:
    ``contradicted`` if any is contradicted, ``supported`` if all are
    supported, ``inconclusive`` otherwise.
@@ -54,27 +54,34 @@ def normal_quantile(p: float) -> float:
     return 0.5 * (lo + hi)
 
 
-def seeds_for_power(mean: float, sd: float, *, alpha: float = ALPHA, power: float = POWER) -> Optional[int]:
-    """Seeds (pairs) a paired t test needs for ``power`` at two-sided ``alpha`` if the truth were ``mean``, ``sd``.
+def _needed(ratio: float, n: int, alpha: float, power: float) -> float:
+    """``((t_{1-alpha/2, n-1} + t_{power, n-1}) ratio)^2``: the seeds the approximation asks for, given ``n``."""
+    return ((t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * ratio) ** 2
 
-    ``n_0 = ceil(((z_{1-alpha/2} + z_power) sd / |mean|)^2)``, then
-    ``n_{i+1} = ceil(((t_{1-alpha/2, n_i - 1} + t_{power, n_i - 1}) sd / |mean|)^2)``
-    (at least 2) until it repeats; on a cycle the largest value of the cycle.
-    ``None`` when ``mean`` is 0 or either input is not finite, or ``sd`` is
-    not positive (no finite number of seeds, or no spread to size against).
+
+def seeds_for_power(mean: float, sd: float, *, alpha: float = ALPHA, power: float = POWER) -> Optional[int]:
+    """Seeds (pairs) a two-sided paired t test at ``alpha`` needs for ``power`` if the truth were ``mean``, ``sd``.
+
+    The noncentral approximation ``n = ((t_{1-alpha/2, n-1} + t_{power, n-1}) sd / |mean|)^2``
+    (the normal version ``((z_{1-alpha/2} + z_power) sd / |mean|)^2`` with t
+    quantiles at ``n - 1`` degrees of freedom) solved for the smallest integer
+    ``n >= 2`` with ``needed(n) <= n``. ``needed`` falls as ``n`` grows, so
+    that ``n`` is the fixed point of iterating the formula from the normal
+    value, found here by bisection. ``None`` when ``mean`` is 0, an input is
+    not finite, ``sd`` is not positive or the answer exceeds ``MAX_SEEDS``.
     """
     if not (math.isfinite(mean) and math.isfinite(sd)) or mean == 0 or sd <= 0:
         return None
     ratio = sd / abs(mean)
-    n = max(2, math.ceil(((normal_quantile(1 - alpha / 2) + normal_quantile(power)) * ratio) ** 2 - 1e-9))
-    seen: list[int] = []
-    while n not in seen:
-        if n > MAX_SEEDS:
-            return None
-        seen.append(n)
-        df = n - 1
-        n = max(2, math.ceil(((t_quantile(1 - alpha / 2, df) + t_quantile(power, df)) * ratio) ** 2 - 1e-9))
-    return max(seen[seen.index(n):])
+    if _needed(ratio, MAX_SEEDS, alpha, power) > MAX_SEEDS:
+        return None
+    lo, hi = 1, 2  # needed(lo) > lo (or lo = 1), needed(hi) <= hi
+    while _needed(ratio, hi, alpha, power) > hi:
+        lo, hi = hi, min(2 * hi, MAX_SEEDS)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if _needed(ratio, mid, alpha, power) <= mid else (mid, hi)
+    return hi
 
 
 def overall(verdicts: Iterable[str]) -> str:
@@ -101,5 +108,7 @@ def estimate(
         "id": sub, "statement": statement, "direction": "> 0" if direction > 0 else "< 0", "method": method,
         "n": int(n), "df": df, "estimate": mean, "se": se, "ci_low": lo, "ci_high": hi,
         "verdict": verdict(lo, hi, direction), "seeds_for_80pct_power": seeds_for_power(mean, sd),
+        # Every seed gave the same value (a share over few steps can): the interval has width 0.
+        "zero_spread": bool(ok and se == 0),
         **(extra or {}),
     }
