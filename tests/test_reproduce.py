@@ -215,3 +215,49 @@ def test_fig3_tiny_twice_trains_once_and_writes_the_same_report(tmp_path):
     assert "0 to run" in second.output and "start " not in second.output
     assert (tmp_path / "report.md").read_text() == report
     assert {p.name: p.read_bytes() for p in (tmp_path / "figures").iterdir()} == figures
+
+
+# ---------------------------------------------------------------- decisions on simulated runs (fast)
+
+
+@pytest.fixture(scope="module")
+def sim_runs(tmp_path_factory):
+    from clipctl.simulate import DynamicsConfig, run_dynamics
+
+    out = tmp_path_factory.mktemp("sim")
+    return run_dynamics(out, grid=[(0.2, 0.2)], seeds=3, base=DynamicsConfig(steps=6, actions=10))
+
+
+def test_fig4_decision_is_the_t_interval_of_entropy_changes(sim_runs):
+    import numpy as np
+    import pandas as pd
+
+    ev = claims.Evidence({"sim": sim_runs})
+    (e,) = claims.decide_fig4(ev)
+    changes = []
+    for p in sim_runs:  # naive: first step's entropy to the last step's post-update entropy, per run
+        steps = pd.concat([pd.read_parquet(f) for f in sorted((p / "steps").glob("*.parquet"))]).sort_values("step")
+        changes.append(float(steps["entropy_post"].iloc[-1] - steps["entropy"].iloc[0]))
+    mean, se = np.mean(changes), np.std(changes, ddof=1) / math.sqrt(3)
+    assert e["n"] == 3 and e["estimate"] == pytest.approx(mean) and e["se"] == pytest.approx(se)
+    assert e["ci_high"] == pytest.approx(mean + t_quantile(0.975, 2) * se)
+    assert e["direction"] == "< 0" and e["verdict"] == verdict.verdict(e["ci_low"], e["ci_high"], -1)
+
+
+def test_bracket_decision_is_a_clustered_mean(sim_runs):
+    import numpy as np
+    import pandas as pd
+
+    from clipctl.effects import mean_clustered
+
+    ev = claims.Evidence({"lm": sim_runs})
+    out = {e["id"]: e for e in claims.decide_brackets(ev)}
+    assert set(out) == set(claims.BRACKETS)
+    values, labels = [], []
+    for p in sim_runs:
+        steps = pd.concat([pd.read_parquet(f) for f in sorted((p / "steps").glob("*.parquet"))]).sort_values("step")
+        values += list(steps["thm2_low"].astype(float))
+        labels += [p.name] * len(steps)
+    mean, se = mean_clustered(np.array(values), labels)
+    assert out["thm2_low"]["estimate"] == pytest.approx(mean) and out["thm2_low"]["se"] == pytest.approx(se)
+    assert out["thm2_low"]["n"] == 3 and ev.figures == [("brackets.png", "lm", "theory", {})]

@@ -266,26 +266,28 @@ def _fig4_paper(seeds: int, steps: int) -> list:
 
 
 def _entropy_change(report: analysis.ClipReport, rows: pd.DataFrame, sub: str, statement: str) -> dict:
+    """``entropy_end - entropy_start`` of each run, t across seeds (paper: < 0)."""
     return one_sample(rows["entropy_change"].astype(float).to_numpy(), sub, statement, -1,
                       "t across seeds of entropy_end - entropy_start (nats; within-run difference)")
+
+
+def _reward_tag(run) -> str:
+    kind = analysis.format_value(analysis.config_value(run, "reward.kind"))
+    if kind == "random_bernoulli":
+        return f"{kind} p={analysis.format_value(analysis.config_value(run, 'reward.p'))}"
+    return kind
 
 
 def decide_fig4(ev: Evidence) -> list[dict]:
     out = []
     for label in ev.runs:
         report = _report(ev.runs[label])
-        pr = report.per_run
-        if "reward.kind" in pr and pr["reward.kind"].nunique() > 1 or "reward.p" in report.keys:
-            group_cols = [k for k in ("reward.kind", "reward.p") if k in pr]
-            for values, rows in pr.groupby(group_cols, sort=False):
-                values = values if isinstance(values, tuple) else (values,)
-                tag = ",".join(analysis.format_value(v) for v in values)
-                out.append(_entropy_change(report, rows, f"{label}:{tag}", f"{label} with {tag} rewards at 0.2/0.2 lowers entropy"))
-        else:
-            kind = analysis.format_value(pr["reward.kind"].iloc[0]) if "reward.kind" in pr else "random"
-            out.append(_entropy_change(report, pr, f"{label}", f"{label} ({kind} rewards, 0.2/0.2) lowers entropy"))
+        pr = report.per_run.assign(_reward=[_reward_tag(r) for r in report.runs])  # per_run rows follow report.runs
+        for tag, rows in pr.groupby("_reward", sort=False):
+            sub = f"{label}:{tag}" if pr["_reward"].nunique() > 1 else label
+            out.append(_entropy_change(report, rows, sub, f"{label} with {tag} rewards at 0.2/0.2 lowers entropy"))
         ev.tables.append((f"Every run of {label}", per_run_rows(report, ["entropy_start", "entropy_end", "entropy_change"])))
-        ev.figures.append((f"entropy-{label.replace(':', '-')}.png", label, "entropy", {"normalize": False}))
+        ev.figures.append((f"entropy-{label.replace(':', '-')}.png", label, "entropy", {}))
     return out
 
 
@@ -423,7 +425,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
          "smollm2": Scale(5, 4, "the smollm2-random-reward-ablation sweep: 20 runs x 4 probed steps, about 1.5 h on 2 cores",
                           "SmolLM2-135M with 2 x 8 x 32 tokens per step: far from the paper's 1.5B model and hundreds of steps",
                           _fig3_plans("smollm2-random-reward-ablation")),
-         "paper": Scale(3, 500, "the paper-random-reward-ablation grid (12 settings) x 3 seeds on GPUs (DeepSpeed, vLLM)",
+         "paper": Scale(3, 300, "the paper-random-reward-ablation grid (12 settings) x 3 seeds on GPUs (DeepSpeed, vLLM)",
                         "values the paper does not state are marked in the presets", _fig3_plans("paper-random-reward-ablation"))},
         decide_fig3,
     ),
@@ -434,7 +436,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         "per setting, the t interval across seeds of entropy_end - entropy_start; paper: < 0",
         {"tiny": Scale(3, 30, "6 tiny-cpu runs x 30 steps (Bernoulli and Gaussian rewards) + 6 simulated runs: about 5 min on 2 cores",
                        "one LM (tiny) and the tabular simulator stand in for 'across models'", _fig4_tiny),
-         "paper": Scale(3, 500, "3 models + 4 reward distributions x 3 seeds on GPUs",
+         "paper": Scale(3, 300, "3 models + 4 reward distributions x 3 seeds on GPUs",
                         "values the paper does not state are marked in the presets", _fig4_paper)},
         decide_fig4,
     ),
@@ -443,7 +445,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         "The clip-low value eps_low = 0.15 balances entropy, preventing entropy collapse and entropy explosion",
         "GSM8K-reward runs of 0.2/0.2, 1.0/0.2, 0.2/inf, 0.15/inf, 0.1/inf, the same seeds in each",
         "paired end-of-run entropy differences across seeds (see the sub-statements)",
-        {"paper": Scale(3, 500, "5 settings x 3 seeds of Qwen2.5-3B-Instruct on GSM8K (GPUs)",
+        {"paper": Scale(3, 300, "5 settings x 3 seeds of Qwen2.5-3B-Instruct on GSM8K (GPUs)",
                         "needs verifiable rewards on a model that can solve GSM8K: no CPU scale decides it",
                         _fig5_paper)},
         decide_fig5,
@@ -453,7 +455,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         "While all settings configurations show comparable mean@8 performance, training setups with high entropy show higher pass@8 performance",
         "the fig5 runs with eval summaries (clipctl eval-passk on their checkpoints)",
         "paired pass@k and mean@k differences at the last checkpoint, entropy-preserving setting - 0.2/0.2; paper: pass@k > 0, mean@k not lower",
-        {"paper": Scale(3, 500, "the fig5 runs plus pass@k evaluation (GPUs)",
+        {"paper": Scale(3, 300, "the fig5 runs plus pass@k evaluation (GPUs)",
                         "needs verifiable rewards and pass@k on a capable model: no CPU scale decides it", _fig5_paper)},
         decide_fig67,
     ),
