@@ -667,7 +667,7 @@ def reproduce_run(
     seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per setting [default: the scale's].")] = None,
     steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps per LM run [default: the scale's].")] = None,
     out: Annotated[Optional[Path], out_option("Folder of the runs and the report [default: runs/reproduce/CLAIM-SCALE].")] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Runs at once, as in clipctl sweep.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Runs at once, as in clipctl sweep [default: 2 at tiny and smollm2, else 1].")] = None,
     gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU ids to share out, as in clipctl sweep.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and list the runs; run nothing.")] = False,
     debug: Debug = False,

@@ -56,6 +56,7 @@ class Scale:
     cost: str  # what a default call costs, measured where stated
     limit: str  # what this scale cannot show (one line in the report)
     plans: Callable[[int, int], list]
+    jobs: Optional[int] = None  # default --jobs on a CPU (None: the sweep's default)
 
 
 @dataclass
@@ -402,7 +403,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         "random-reward runs at 0.2/0.2 (the brackets are logged every step)",
         "each bracket's mean over steps, SE clustered by run; paper: > 0",
         {"tiny": Scale(3, 30, "3 runs x 30 steps of tiny-cpu, no probe: about 3 min on 2 cores",
-                       "the built-in tiny model, not the paper's 1.5B instruct models", _brackets_tiny)},
+                       "the built-in tiny model, not the paper's 1.5B instruct models", _brackets_tiny, jobs=2)},
         decide_brackets,
     ),
     Claim(
@@ -411,7 +412,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         "tabular simulator runs at 0.2/0.2 (exact) and probed tiny LM runs at 0.2/0.2",
         "per-run share of steps where the first-order prediction has the sign of the clip-attributed change, minus 0.5; t across seeds; paper: > 0",
         {"tiny": Scale(3, 10, "3 simulated runs (seconds) + 3 probed tiny-cpu runs x 10 steps: about 3 min on 2 cores",
-                       "first order only: large clipped steps can leave the linear regime; the built-in tiny LM", _probed_tiny)},
+                       "first order only: large clipped steps can leave the linear regime; the built-in tiny LM", _probed_tiny, jobs=2)},
         decide_thm,
     ),
     Claim(
@@ -421,10 +422,10 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         "paired end-of-run entropy differences across seeds (0.1/inf - 0.2/inf > 0; 0.2/inf - 0.2/0.2 > 0) and, at 0.2/0.2, "
         "the clustered regression intercept of the total clip-attributed change (< 0: clip-high dominates)",
         {"tiny": Scale(3, 50, "the cpu-random-reward sweep: 12 runs x 50 steps, about 16 min on 2 idle cores (--jobs 2)",
-                       "the built-in tiny model, far from the paper's 1.5B instruct model", _fig3_plans("cpu-random-reward")),
+                       "the built-in tiny model, far from the paper's 1.5B instruct model", _fig3_plans("cpu-random-reward"), jobs=2),
          "smollm2": Scale(5, 4, "the smollm2-random-reward-ablation sweep: 20 runs x 4 probed steps, about 1.5 h on 2 cores",
                           "SmolLM2-135M with 2 x 8 x 32 tokens per step: far from the paper's 1.5B model and hundreds of steps",
-                          _fig3_plans("smollm2-random-reward-ablation")),
+                          _fig3_plans("smollm2-random-reward-ablation"), jobs=2),
          "paper": Scale(3, 300, "the paper-random-reward-ablation grid (12 settings) x 3 seeds on GPUs (DeepSpeed, vLLM)",
                         "values the paper does not state are marked in the presets", _fig3_plans("paper-random-reward-ablation"))},
         decide_fig3,
@@ -435,7 +436,7 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         "0.2/0.2 random-reward runs per model and per reward distribution",
         "per setting, the t interval across seeds of entropy_end - entropy_start; paper: < 0",
         {"tiny": Scale(3, 30, "6 tiny-cpu runs x 30 steps (Bernoulli and Gaussian rewards) + 6 simulated runs: about 5 min on 2 cores",
-                       "one LM (tiny) and the tabular simulator stand in for 'across models'", _fig4_tiny),
+                       "one LM (tiny) and the tabular simulator stand in for 'across models'", _fig4_tiny, jobs=2),
          "paper": Scale(3, 300, "3 models + 4 reward distributions x 3 seeds on GPUs",
                         "values the paper does not state are marked in the presets", _fig4_paper)},
         decide_fig4,

@@ -161,7 +161,10 @@ def reproduce(claim_id: str, scale: str, *, seeds: Optional[int] = None, steps: 
 
     log = log or (lambda msg: None)
     claim, req = make_request(claim_id, scale, seeds, steps, out)
-    plans = claim.scales[scale].plans(req.seeds, req.steps)
+    sc = claim.scales[scale]
+    plans = sc.plans(req.seeds, req.steps)
+    if jobs is None and gpus is None:
+        jobs = sc.jobs  # e.g. 2 at tiny: each run then gets cores / 2 threads (sweep.run_sweep)
     ensure_output_dir(req.out, "--out")  # an unwritable place fails here, before anything else is written
     _check_state(req, plans)
     _check_sweeps(req, plans)
