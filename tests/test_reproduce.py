@@ -261,3 +261,14 @@ def test_bracket_decision_is_a_clustered_mean(sim_runs):
     mean, se = mean_clustered(np.array(values), labels)
     assert out["thm2_low"]["estimate"] == pytest.approx(mean) and out["thm2_low"]["se"] == pytest.approx(se)
     assert out["thm2_low"]["n"] == 3 and ev.figures == [("brackets.png", "lm", "theory", {})]
+
+
+def test_simulated_runs_are_done_once_written(sim_runs):
+    from clipctl.reproduce import runner
+
+    out = sim_runs[0].parent
+    plan = claims.SimPlan("sim", out.name, ((0.2, 0.2),), 3, (("steps", 6), ("actions", 10)))
+    req = runner.Request("thm1-thm2", "tiny", 3, 10, out.parent)
+    assert [(d, done) for d, done in runner._sim_dirs(req, plan)] == [(p, True) for p in sim_runs]
+    other = claims.SimPlan("sim", out.name, ((0.2, 0.2),), 3, (("steps", 7), ("actions", 10)))
+    assert not any(done for _, done in runner._sim_dirs(req, other))

@@ -115,7 +115,7 @@ def _sim_configs(plan: SimPlan):
 
 
 def _sim_dirs(req: Request, plan: SimPlan) -> list[tuple[Path, bool]]:
-    """(run dir, done) of each simulated run: done when its run.json has this config and it logged every step."""
+    """(run dir, done) of each simulated run: done when its run.json has this config and it logged its last step."""
     from clipctl.simulate import run_name
 
     out = []
@@ -124,7 +124,8 @@ def _sim_dirs(req: Request, plan: SimPlan) -> list[tuple[Path, bool]]:
         done = False
         if (run_dir / "run.json").is_file():
             stored = read_meta(run_dir).get("config", {}).get("simulate")
-            done = stored == dataclasses.asdict(cfg) and logged_steps(run_dir) == list(range(1, cfg.steps + 1))
+            # The simulator writes its whole steps table as one atomic part named after the last step.
+            done = stored == dataclasses.asdict(cfg) and logged_steps(run_dir)[-1:] == [cfg.steps]
         out.append((run_dir, done))
     return out
 
