@@ -59,13 +59,21 @@ def _versions() -> dict:
     return out
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent
+def _git(*args: str) -> str | None:
+    here = Path(__file__).resolve().parents[1]  # the clipctl package
     try:
-        res = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        res = subprocess.run(["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def _git_commit() -> str | None:
+    """HEAD of the checkout clipctl runs from, ``+ uncommitted changes`` when its package files differ from it."""
+    head = _git("rev-parse", "HEAD")
+    if not head:
+        return None
+    return head + (" + uncommitted changes" if _git("status", "--porcelain", "--", ".") else "")
 
 
 def _clean(value):
