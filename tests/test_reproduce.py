@@ -272,3 +272,14 @@ def test_simulated_runs_are_done_once_written(sim_runs):
     assert [(d, done) for d, done in runner._sim_dirs(req, plan)] == [(p, True) for p in sim_runs]
     other = claims.SimPlan("sim", out.name, ((0.2, 0.2),), 3, (("steps", 7), ("actions", 10)))
     assert not any(done for _, done in runner._sim_dirs(req, other))
+
+
+def test_fig3_tiny_plans_the_shipped_sweeps_runs_in_dir(tmp_path):
+    # The same folder names as `clipctl sweep cpu-random-reward --out DIR`: such runs are found and reused.
+    from clipctl.reproduce import plan_table
+    from clipctl.sweep import expand, load_sweep
+
+    plan = plan_table("fig3", "tiny", out=tmp_path)
+    assert set(plan["plan"]) == {"cpu-random-reward"}
+    assert list(plan["run"]) == [r.name for r in expand(load_sweep("cpu-random-reward"))]
+    assert set(plan["action"]) == {"new"} and list(tmp_path.iterdir()) == []
