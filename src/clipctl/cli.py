@@ -626,6 +626,71 @@ def sweep_status(spec: SweepFile, out: SweepOut = Path("runs"), debug: Debug = F
             say(f"    {line}")
 
 
+# ---------------------------------------------------------------- reproduce
+
+
+reproduce_app = typer.Typer(
+    cls=_DefaultRun, no_args_is_help=True,
+    help="""Each claim of the paper as one command: its runs, a verdict by a stated rule, a report (docs/reproduction.md).
+
+    Example:
+
+        clipctl reproduce fig3 --scale tiny --jobs 2
+    """,
+)
+app.add_typer(reproduce_app, name="reproduce")
+
+
+@command(reproduce_app, "list")
+def reproduce_list(debug: Debug = False):
+    """The paper's claims: figure or theorem, the quoted claim, the runs and the statistic that decide it, the scales.
+
+    Example:
+
+        clipctl reproduce list
+    """
+    from clipctl.reproduce import CLAIMS
+
+    for claim in CLAIMS.values():
+        typer.echo(f"{claim.id} ({claim.source}); scales: {', '.join(claim.scales)}")
+        typer.echo(f"  claim:     \"{claim.quote}\"")
+        typer.echo(f"  runs:      {claim.needs}")
+        typer.echo(f"  statistic: {claim.statistic}")
+        for name, sc in claim.scales.items():
+            typer.echo(f"  --scale {name}: default --seeds {sc.seeds} --steps {sc.steps}; {sc.cost}")
+
+
+@command(reproduce_app, "run", interrupted="Interrupted; trainers stopped. Run the same command again to resume.")
+def reproduce_run(
+    claim: Annotated[str, typer.Argument(help="A claim id (clipctl reproduce list), e.g. fig3.")],
+    scale: Annotated[str, typer.Option("--scale", help="tiny | smollm2 | gpu | paper (the scales a claim has: reproduce list).")] = "tiny",
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="Seeds per setting [default: the scale's].")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Training steps per LM run [default: the scale's].")] = None,
+    out: Annotated[Optional[Path], out_option("Folder of the runs and the report [default: runs/reproduce/CLAIM-SCALE].")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", help="Runs at once, as in clipctl sweep [default: 2 at tiny and smollm2, else 1].")] = None,
+    gpus: Annotated[Optional[str], typer.Option("--gpus", help="GPU ids to share out, as in clipctl sweep.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check everything and list the runs; run nothing.")] = False,
+    debug: Debug = False,
+):
+    """Run (or reuse) the runs a claim needs, decide it, write DIR/report.md, DIR/claims.json and DIR/figures/.
+
+    Example:
+
+        clipctl reproduce run fig3 --scale tiny --jobs 2   (or: clipctl reproduce fig3 ...)
+    """
+    from clipctl import reproduce as repro
+
+    if dry_run:
+        plan = repro.plan_table(claim, scale, seeds=seeds, steps=steps, out=out)
+        console.print(render.frame_table(plan, f"plan in {plan.attrs['out']}: {len(plan)} runs (dry run, nothing started)"))
+        return
+    result = repro.reproduce(claim, scale, seeds=seeds, steps=steps, out=out, jobs=jobs, gpus=gpus, log=say)
+    for e in result["estimates"]:
+        say(f"{e['id']}: {e['verdict']} (estimate {render.cell(e['estimate'])}, 95% CI "
+            f"[{render.cell(e['ci_low'])}, {render.cell(e['ci_high'])}], n {e['n']})")
+    say(f"{result['claim']} at scale {result['scale']}: {result['verdict']}; report: {result['report']}")
+
+
 def main() -> None:
     # The deepspeed launcher puts --local_rank=N before the command name; the
     # rank comes from the environment (LOCAL_RANK), so drop it.

@@ -665,6 +665,23 @@ def _check_ours(run_dir: Path) -> None:
     )
 
 
+def dynamics_configs(
+    grid: Sequence[tuple[float, float]] = DEFAULT_GRID, seeds: int = 4, base: Optional[DynamicsConfig] = None
+) -> list[DynamicsConfig]:
+    """The checked config of every (clip setting, seed) of ``run_dynamics``: seeds ``base.seed ..``."""
+    base = base or DynamicsConfig()
+    if seeds < 1:
+        raise SimulateError(f"seeds={seeds} must be at least 1")
+    configs = [
+        DynamicsConfig(**{**asdict(base), "eps_low": lo, "eps_high": hi, "seed": base.seed + s})
+        for lo, hi in grid
+        for s in range(seeds)
+    ]
+    for cfg in configs:
+        validate(cfg)
+    return configs
+
+
 def run_dynamics(
     out: Path,
     *,
@@ -679,16 +696,7 @@ def run_dynamics(
     the last write, and one that a training run (or anything but this simulator) made is
     refused before anything is written.
     """
-    base = base or DynamicsConfig()
-    if seeds < 1:
-        raise SimulateError(f"seeds={seeds} must be at least 1")
-    configs = [
-        DynamicsConfig(**{**asdict(base), "eps_low": lo, "eps_high": hi, "seed": base.seed + s})
-        for lo, hi in grid
-        for s in range(seeds)
-    ]
-    for cfg in configs:
-        validate(cfg)
+    configs = dynamics_configs(grid, seeds, base)
     run_dirs = [Path(out) / run_name(cfg) for cfg in configs]
     seen: set[Path] = set()
     for cfg, run_dir in zip(configs, run_dirs):
