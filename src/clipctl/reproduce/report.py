@@ -97,7 +97,8 @@ def _run_rows(ev: Evidence, out: Path) -> list[dict]:
     for label, paths in ev.runs.items():
         for p in paths:
             meta = read_meta(p)
-            rows.append({"plan": label, "run": str(Path(p).relative_to(out)) if Path(p).is_relative_to(out) else str(p),
+            run, root = Path(p).resolve(), Path(out).resolve()
+            rows.append({"plan": label, "run": str(run.relative_to(root)) if run.is_relative_to(root) else str(p),
                          "config_hash": config_hash(meta.get("config", {}))})
     return rows
 
