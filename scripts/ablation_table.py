@@ -36,7 +36,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from clipctl.analysis import (  # noqa: E402
-    Columns, attribution_columns, clip_events, config_value, format_value, load_runs, mean_se,
+    Columns, clip_events, config_value, format_value, load_runs, mean_se,
 )
 
 
@@ -71,7 +71,7 @@ def setting_row(label: str, runs: list, max_step: int | None, base: list | None 
     steps = _steps(runs, max_step)
     df = pd.concat(steps, ignore_index=True)
     arrays = {c: df[c].to_numpy(dtype=float, na_value=np.nan) for c in df if pd.api.types.is_numeric_dtype(df[c])}
-    col = Columns({**arrays, **attribution_columns(arrays)})
+    col = Columns.of_arrays(arrays)
     probed = np.isfinite(col["clip_attributed_dH"])
     low, high, attr = col["clip_low_attributed_dH"], col["clip_high_attributed_dH"], col["clip_attributed_dH"]
     events = clip_events(col)

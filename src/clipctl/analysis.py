@@ -362,9 +362,13 @@ class Columns:
         self.n = len(next(iter(arrays.values()))) if arrays else 0
 
     @classmethod
-    def of_run(cls, run: Run) -> "Columns":
-        arrays = read_columns(run.path, "steps", SUMMARY_COLUMNS)
+    def of_arrays(cls, arrays: dict[str, np.ndarray]) -> "Columns":
+        """Steps columns with the attributions recomputed from their replay entropies."""
         return cls({**arrays, **attribution_columns(arrays)})
+
+    @classmethod
+    def of_run(cls, run: Run) -> "Columns":
+        return cls.of_arrays(read_columns(run.path, "steps", SUMMARY_COLUMNS))
 
     def __contains__(self, name: str) -> bool:
         return name in self.arrays

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import subprocess
 from importlib import metadata
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from clipctl import render
 from clipctl.reproduce.claims import Claim, Evidence
 from clipctl.reproduce.verdict import ALPHA, POWER
 from clipctl.runlog import atomic_write_bytes, read_meta
@@ -34,11 +34,7 @@ def _fmt(v) -> str:
     if isinstance(v, bool):
         return str(v).lower()
     if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:.4g}"
+        return render.cell(v, ".4g")  # nan, inf and -inf as words
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 

@@ -396,7 +396,7 @@ class Trainer:
         """The policy loss's bounds (``AlgoConfig.clip``) with this step's knobs on its two sides."""
         return replace(self.cfg.algo.clip, eps_low=knobs.eps_low, eps_high=knobs.eps_high)
 
-    def _probe_start(self, updates: list[dict]) -> frozenset:
+    def _probe_start(self, updates: list[dict], totals: schema.Totals) -> frozenset:
         """Check that the shared first update was event-free (the probe's premise) and name the replays that agree."""
         first = updates[0]
         if any(first[k] for k in ("n_below", "n_above", "n_clip_low", "n_clip_high", "n_dual_clip")):
@@ -405,10 +405,9 @@ class Trainer:
                 f"the first update's ratio is not 1 (clip events {first['n_clip_low']:g}/{first['n_clip_high']:g}); "
                 "the probe cannot share it"
             )
-        if any(u["skipped"] for u in updates):  # a skip may depend on the clip setting: replay everything
+        if totals.skipped:  # a skip may depend on the clip setting: replay everything
             return frozenset()
-        n = {k: sum(u[k] for u in updates) for k in schema.SUM_KEYS if k.startswith("n_")}
-        return algo.agreeing_replays(n, self.cfg.algo.policy_loss)
+        return algo.agreeing_replays(totals.sums, self.cfg.algo.policy_loss)  # the step's sums, as the simulator's
 
     def _eq4_entropy(self, sb: StepBatch) -> float:
         """Eq. 4 entropy of the step's (global) batch under the current policy."""
@@ -484,7 +483,7 @@ class Trainer:
         attributed = (
             self.clip_probe(
                 step, sb, start["state"], post["entropy"], knobs, first_update=1 if share else 0,
-                agreeing=self._probe_start(updates) if share else frozenset(),
+                agreeing=self._probe_start(updates, totals) if share else frozenset(),
             ) if probe
             else schema.unprobed_columns()
         )
