@@ -47,10 +47,9 @@ test-deepspeed: $(VENV)/.dev-installed
 	$(PIP) install -q -e ".[deepspeed]"
 	$(PY) -m pytest -q -m deepspeed
 
-# A real one-node Slurm on localhost (tests/slurm_cluster.py): root, and Debian's slurm-wlm and munge
-# (apt-get install slurm-wlm munge); the tests start and stop the daemons themselves.
-# A real one-node Slurm (tests/slurm_cluster.py): installs slurm-wlm and munge when missing
-# (root), and a missing Slurm fails the suite instead of skipping it.
+# A real one-node Slurm on localhost (tests/slurm_cluster.py; the tests start and stop the daemons):
+# installs Debian's slurm-wlm and munge when missing (root), and a missing Slurm fails the suite
+# instead of skipping it.
 test-slurm: $(VENV)/.dev-installed
 	scripts/install_slurm.sh
 	CLIPCTL_REQUIRE_SLURM=1 $(PY) -m pytest -q -m slurm

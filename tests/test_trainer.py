@@ -165,6 +165,26 @@ def test_probe_repeats_log_a_noise_floor(tmp_path, fast_overrides, monkeypatch):
     assert len(calls) >= 1 + 1 + 2  # the real step, the identity replay and its two repeats
 
 
+def test_probe_repeats_zero_lets_the_real_step_stand_in(tmp_path, fast_overrides, monkeypatch):
+    # One replay fewer per probed step, the same columns (the identity replay is the real step on a CPU).
+    calls = []
+    real = Trainer.update_epochs
+
+    def counting(self, step, sb, **kw):
+        calls.append(step)
+        return real(self, step, sb, **kw)
+
+    monkeypatch.setattr(Trainer, "update_epochs", counting)
+    over = [*fast_overrides, "train.steps=2", "log.clip_probe_every=1", "algo.eps_high=0.1", "optim.lr=1e-2"]
+    one = read_run(train(load_config("tiny-cpu", over), out=tmp_path, name="one").run_dir).steps
+    n_one, calls[:] = len(calls), []
+    zero = read_run(train(load_config("tiny-cpu", [*over, "log.probe_repeats=0"]), out=tmp_path, name="zero").run_dir).steps
+    assert len(calls) == n_one - 2  # no identity replay on either step
+    assert (one["probe_noise"] == 0).all() and zero["probe_noise"].isna().all()
+    cols = [c for c in math_columns(one).columns if c not in ("probe_noise", "probe_seconds")]
+    pd.testing.assert_frame_equal(math_columns(zero)[cols], math_columns(one)[cols])
+
+
 def test_tokens_table_recomputes_the_clip_statistics(tmp_path, fast_overrides):
     # Every token logged (rate 1): the clip fractions and the Thm 2 clip-low sum of
     # the steps and updates tables follow from the tokens table alone.

@@ -427,16 +427,63 @@ def _entropy_summary(c: Columns) -> dict:
     }
 
 
-def _control_summary(c: Columns, entropy: dict) -> dict:
-    """Entropy control: tracking of the target over the run's last half, the knobs at the end, collapse/explosion."""
-    start, end = entropy["entropy_start"], entropy["entropy_end"]
-    half = slice(c.n // 2, None)
-    t = float(c["entropy_target"][-1])
-    err = _mean(np.abs(c["entropy"][half] - t)) if math.isfinite(t) else math.nan
+def target_segments(target: np.ndarray) -> list[tuple[int, int]]:
+    """``[(start, stop), ...]``: the index ranges over which ``target`` holds one value (a schedule's pieces)."""
+    t = np.asarray(target, dtype=np.float64)
+    cuts = [0, *(i for i in range(1, len(t)) if t[i] != t[i - 1]), len(t)]
+    return [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def target_tracking(entropy: np.ndarray, target: np.ndarray, band: float = 0.1) -> dict:
+    """How a run's entropy tracked a (possibly scheduled) target, per step (docs/entropy-control.md).
+
+    Per piece of constant target ``T`` (``target_segments``), steps ``0..m-1``:
+
+    - tracking error: the mean of ``|H - T|`` and of ``|H - T| / T`` over
+      the piece's last half (steps ``m // 2`` on), pooled over pieces by step;
+    - overshoot: the largest excursion past ``T`` on the far side from where
+      the piece started (``H_0 < T``: ``max(H - T) / T``; above: ``max(T - H) / T``),
+      0 when it never crossed; the largest over pieces;
+    - settling: the number of steps after which ``|H - T| / T`` stays within
+      ``band`` to the piece's end (0 if always inside; NaN if its last step
+      is outside); the largest over pieces, NaN if any piece never settled.
+
+    Non-finite targets (no controller) give NaN throughout.
+    """
+    h, t = np.asarray(entropy, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    nan = {"track_err": math.nan, "track_err_rel": math.nan, "overshoot_rel": math.nan, "settling_steps": math.nan}
+    if len(t) == 0 or not np.isfinite(t).all():
+        return nan
+    late, overshoot, settle = [], 0.0, []
+    for a, b in target_segments(t):
+        seg, goal = h[a:b], t[a]
+        late.append(np.arange(a + (b - a) // 2, b))
+        side = 1.0 if seg[0] < goal else -1.0  # approached from below: overshoot is H above T
+        overshoot = max(overshoot, float(np.max(side * (seg - goal))) / goal)
+        outside = np.flatnonzero(np.abs(seg - goal) / goal > band)
+        last = outside[-1] if len(outside) else -1
+        settle.append(math.nan if last == len(seg) - 1 else float(last + 1))
+    idx = np.concatenate(late)
+    err = np.abs(h[idx] - t[idx])
     return {
-        "entropy_target": t,
-        "entropy_track_err": err,
-        "entropy_track_err_rel": err / t if math.isfinite(t) else math.nan,
+        "track_err": _mean(err),
+        "track_err_rel": _mean(err / t[idx]),
+        "overshoot_rel": overshoot,
+        "settling_steps": math.nan if any(math.isnan(x) for x in settle) else max(settle),
+    }
+
+
+def _control_summary(c: Columns, entropy: dict) -> dict:
+    """Entropy control: tracking of the target over each target piece's last half, the knobs at the end, collapse/explosion."""
+    start, end = entropy["entropy_start"], entropy["entropy_end"]
+    half = slice(c.n // 2, None)  # reward: the run's last half
+    track = target_tracking(c["entropy"], c["entropy_target"])
+    return {
+        "entropy_target": float(c["entropy_target"][-1]),
+        "entropy_track_err": track["track_err"],
+        "entropy_track_err_rel": track["track_err_rel"],
+        "entropy_overshoot_rel": track["overshoot_rel"],
+        "entropy_settling_steps": track["settling_steps"],
         "eps_low_last": float(c["eps_low"][-1]),
         "entropy_coef_last": float(c["entropy_coef"][-1]),
         "reward_last_half": _mean(c["reward_mean"][half]),

@@ -273,7 +273,8 @@ class LogConfig:
     )
     probe_repeats: int = _f(
         1, "runs of the probe's identity replay per probed step; more than 1 logs probe_noise_sd, the replays' "
-        "noise floor on non-deterministic (GPU) kernels (docs/definitions.md section 8)", AT_LEAST_1,
+        "noise floor on non-deterministic (GPU) kernels; 0 lets the real step stand in for it (CPU only: one "
+        "replay fewer, probe_noise NaN; docs/definitions.md section 8)", NON_NEGATIVE,
     )
     trackers: tuple[Tracker, ...] = _f(
         (),

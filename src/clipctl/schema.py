@@ -496,14 +496,15 @@ STEPS_COLUMNS = (
         "probe_noise", "float64", "nats",
         "`entropy_post - entropy_post_replay`: how far a replay of the same step lands from the real one "
         "(non-deterministic kernels, e.g. GPU atomics); exactly 0 on a CPU. The replays share the real "
-        "step's first update, so its noise is in neither [8]",
+        "step's first update, so its noise is in neither; NaN with `log.probe_repeats = 0` (the real step "
+        "stands in for the replay) [8]",
     ),
     Column(
         "probe_noise_sd", "float64", "nats",
         "sample standard deviation of `entropy_post_replay` over `log.probe_repeats` runs of the identity "
         "replay (all from the same shared start): the noise floor of each replay, hence of every attributed "
-        "change (a difference of two replays: about `sqrt(2)` times it); NaN when `probe_repeats = 1`, 0 on "
-        "a CPU [8]",
+        "change (a difference of two replays: about `sqrt(2)` times it); NaN when `probe_repeats` is 0 or 1, "
+        "0 on a CPU [8]",
     ),
     Column(
         "rollout_logprob_diff_mean", "float64", "nats",

@@ -278,15 +278,22 @@ def clip_probe(
     same settings run once (eps_high = inf: ``highonly`` is ``noclip`` and
     ``replay`` is ``lowonly``; eps_low = 1 likewise), and so do those in
     ``agreeing`` (``agreeing_replays``): they take the identity replay's value.
-    The identity replay runs ``repeats`` times (at least once); the extra runs
-    give ``probe_noise_sd``.
+    The identity replay runs ``repeats`` times; the extra runs give
+    ``probe_noise_sd``. ``repeats = 0`` runs it not at all: the real step's
+    ``entropy_post`` is its value, exact only where a replay retraces the real
+    step bit for bit (a CPU); ``probe_noise`` is then NaN (not measured).
     """
     post, done = {}, {}
+    if repeats == 0:  # the real step stands in for the identity replay (a deterministic device)
+        done[clip] = entropy_post
     for label, spec in probe_replays(clip).items():
         if label in agreeing:
             spec = clip  # the identity replay
         if spec not in done:
             done[spec] = replay(spec)
         post[label] = done[spec]
-    extra = [replay(clip) for _ in range(max(repeats, 1) - 1)]
-    return attributed_entropy_changes(entropy_post, post, extra)
+    extra = [replay(clip) for _ in range(repeats - 1)]
+    columns = attributed_entropy_changes(entropy_post, post, extra)
+    if repeats == 0:
+        columns["probe_noise"] = math.nan
+    return columns

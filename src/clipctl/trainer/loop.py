@@ -57,7 +57,7 @@ from clipctl.config import Config, config_to_dict, is_on_policy
 from clipctl.data import RewardBatch, compute_rewards, is_verifiable, load_examples, step_prompt_indices
 from clipctl.rollout import RolloutBatch, SamplingParams, make_engine
 from clipctl.rollout.base import pad_to
-from clipctl.errors import NonFiniteError
+from clipctl.errors import ConfigError, NonFiniteError
 from clipctl.trainer.batch import (
     GlobalView,
     MicroBatch,
@@ -146,6 +146,11 @@ class Trainer:
         self.model, self.device = engine.model, engine.device
         self.examples = load_examples(cfg.data, self.tokenizer, need_gold=is_verifiable(cfg.reward.kind))
         self.control = EntropyControl(cfg.algo)
+        if cfg.log.clip_probe_every and cfg.log.probe_repeats == 0 and self.device.type != "cpu":
+            raise ConfigError(
+                f"log.probe_repeats = 0 lets the real step stand in for the probe's identity replay, which is exact "
+                f"only on a CPU (this run is on {self.device.type}); use log.probe_repeats=1 or more"
+            )
         self.rollout_engine = make_engine(cfg.rollout.engine, self.model, self.tokenizer, cfg.rollout)
         if is_on_policy(cfg):
             self.log(
