@@ -28,9 +28,21 @@ def test_clip_controller_moves_eps_low_the_right_way(fast_overrides):
     lows = [up.run_step(s).metrics["eps_low"] for s in (1, 2, 3)]
     assert lows[0] < 0.2 and lows[2] < lows[1] < lows[0]
     down = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=3.0", "algo.eps_low_max=0.5"]))
-    highs = [down.run_step(s).metrics["eps_low"] for s in (1, 2, 3)]
-    assert highs[0] > 0.2 and highs[-1] <= 0.5
-    assert all(m <= 0.5 for m in highs)
+    rows = [down.run_step(s).metrics for s in (1, 2, 3)]
+    lows = [r["eps_low"] for r in rows]
+    assert lows[0] > 0.2 and all(m <= 0.5 for m in lows)
+    # Split range: with clip-low fully returned (0.5), clip-high tightens (eps_high falls from 0.2 toward 0.05).
+    highs = [r["eps_high"] for r in rows]
+    assert lows[-1] == 0.5 and 0.05 <= highs[-1] < 0.2
+    # One-sided (eps_high_min = none): eps_high never moves.
+    one = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=3.0", "algo.eps_high_min=none"]))
+    assert [one.run_step(s).metrics["eps_high"] for s in (1, 2)] == [0.2, 0.2]
+
+
+def test_schedule_sets_each_steps_target(fast_overrides):
+    t = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=5.0",
+                                                "algo.entropy_target_schedule=6.0@2,4.0@3"]))
+    assert [t.run_step(s).metrics["entropy_target"] for s in (1, 2, 3)] == [5.0, 6.0, 4.0]
 
 
 def test_bonus_controller_raises_the_coefficient_below_target(fast_overrides):
@@ -48,7 +60,9 @@ def test_entropy_bonus_raises_entropy(fast_overrides):
 
 
 def test_controller_resume_is_exact(tmp_path, fast_overrides):
-    overrides = [*fast_overrides, "train.steps=4", "train.save_every=2", "algo.entropy_target=7.0"]
+    # The filter and a schedule make the state more than the integral: all of it must come back.
+    overrides = [*fast_overrides, "train.steps=4", "train.save_every=2", "algo.entropy_target=7.0",
+                 "algo.entropy_ema=0.3", "algo.entropy_target_schedule=8.0@3"]
     cfg = load_config("tiny-cpu", overrides)
     full = read_run(train(cfg, out=tmp_path, name="full").run_dir).steps
     cut = train(cfg, out=tmp_path, name="cut", stop_after=3)
@@ -69,3 +83,13 @@ def test_bad_controller_settings_are_one_line_errors():
         load_config("tiny-cpu", ["algo.entropy_coef=0.01", "train.lm_head=chunked"])
     with pytest.raises(ConfigError, match="must satisfy 0 < min <= max <= 1"):
         load_config("tiny-cpu", ["algo.eps_low_min=0.5", "algo.eps_low_max=0.1"])
+    with pytest.raises(ConfigError, match=r"entropy_target_schedule='3@1': piece '3@1': steps must be at least 2"):
+        load_config("tiny-cpu", ["algo.entropy_target=2", "algo.entropy_target_schedule=3@1"])
+    with pytest.raises(ConfigError, match="entropy_target_schedule needs algo.entropy_target"):
+        load_config("tiny-cpu", ["algo.entropy_target_schedule=3@5"])
+    with pytest.raises(ConfigError, match=r"eps_high_min=0.3 must lie in \(0, 0.2\)"):
+        load_config("tiny-cpu", ["algo.entropy_target=2", "algo.eps_high_min=0.3"])
+    with pytest.raises(ConfigError, match="starts at algo.eps_low=0.2, outside"):
+        load_config("tiny-cpu", ["algo.entropy_target=2", "algo.eps_low_max=0.1", "algo.eps_low_min=0.05"])
+    with pytest.raises(ConfigError, match="entropy_ema"):
+        load_config("tiny-cpu", ["algo.entropy_target=2", "algo.entropy_ema=0"])

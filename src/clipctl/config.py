@@ -216,13 +216,29 @@ class AlgoConfig:
         None, "target Eq. 4 entropy in nats: a PI controller sets each step's knob to hold it (none = off; algo/control.py)",
         Bounds(lo=0, lo_open=True, finite=True, rule="a positive number of nats", fix=" (or none = off)"),
     )
+    entropy_target_schedule: Optional[str] = _f(
+        None, "later targets as TARGET@STEP pieces, e.g. '3.5@16' (hold algo.entropy_target, then 3.5 nats from "
+        "step 16) or '3.0@11,2.0@21' (none = the target holds for the whole run)",
+    )
     entropy_controller: Controller = _f(
-        "clip", "knob of the entropy controller: clip (eps_low, from algo.eps_low; eps_high stays fixed) | bonus (entropy_coef)"
+        "clip", "knob of the entropy controller: clip (eps_low, then eps_high, split-range) | bonus (entropy_coef)"
     )
     controller_kp: float = _f(2.0, "entropy controller: proportional gain on the relative error (target - H) / target", Bounds(lo=0, finite=True))
     controller_ki: float = _f(0.5, "entropy controller: integral gain (per step) on the relative error", Bounds(lo=0, finite=True))
+    entropy_ema: float = _f(
+        0.5, "entropy controller: weight of the newest entropy in the filter it acts on (1 = no filter)",
+        Bounds(lo=0, lo_open=True, hi=1, rule="in (0, 1]"),
+    )
     eps_low_min: float = _f(0.02, "clip controller: smallest eps_low it may set (strongest clip-low)")
-    eps_low_max: float = _f(1.0, "clip controller: largest eps_low it may set (1 = clip-low off)")
+    eps_low_max: float = _f(1.0, "clip controller: largest eps_low it may set above target (1 = clip-low off)")
+    eps_high_min: Optional[float] = _f(
+        0.05, "clip controller: smallest eps_high it may set above target, once eps_low is at eps_low_max "
+        "(strongest clip-high; none = eps_high never moves, the one-sided controller)",
+    )
+    eps_high_max: float = _f(
+        2.0, "clip controller: where an infinite algo.eps_high starts its log scale when the controller tightens it",
+        Bounds(lo=0, lo_open=True, finite=True),
+    )
     entropy_coef_scale: float = _f(0.01, "bonus controller: coefficient change per unit of PI output", Bounds(lo=0, finite=True))
     entropy_coef_max: float = _f(0.1, "bonus controller: largest coefficient it may set", Bounds(lo=0, finite=True))
 
@@ -652,6 +668,56 @@ def _check_algo(a: AlgoConfig) -> None:
         0 < a.eps_low_min <= a.eps_low_max <= 1,
         f"algo.eps_low_min={a.eps_low_min} and algo.eps_low_max={a.eps_low_max} must satisfy 0 < min <= max <= 1",
     )
+    if a.entropy_target is None:
+        _require(
+            a.entropy_target_schedule is None,
+            "algo.entropy_target_schedule needs algo.entropy_target (the target before its first piece); set both",
+        )
+        return
+    try:
+        parse_schedule(a.entropy_target_schedule)
+    except ValueError as e:
+        raise ConfigError(f"algo.entropy_target_schedule={a.entropy_target_schedule!r}: {e}") from None
+    if a.entropy_controller != "clip":
+        return
+    _require(
+        a.eps_low_min <= a.eps_low <= a.eps_low_max,
+        f"the clip controller starts at algo.eps_low={a.eps_low}, outside [algo.eps_low_min={a.eps_low_min}, "
+        f"algo.eps_low_max={a.eps_low_max}]; move eps_low or the range",
+    )
+    start = a.eps_high if math.isfinite(a.eps_high) else a.eps_high_max
+    _require(
+        a.eps_high_min is None or 0 < a.eps_high_min < start,
+        f"algo.eps_high_min={a.eps_high_min} must lie in (0, {start:g}) (below the eps_high the clip controller "
+        f"starts from{'' if math.isfinite(a.eps_high) else ', algo.eps_high_max for eps_high = inf'}); "
+        f"or none to keep eps_high fixed",
+    )
+
+
+def parse_schedule(text: Optional[str]) -> tuple[tuple[int, float], ...]:
+    """``'3.5@16'`` or ``'3.0@11, 2.0@21'`` -> ``((16, 3.5),)`` / ``((11, 3.0), (21, 2.0))``; ValueError if malformed.
+
+    Each piece is ``TARGET@STEP``: from step ``STEP`` (1-based, as the steps
+    table) on, the target is ``TARGET`` nats. Steps strictly increase and are
+    at least 2 (before the first piece the target is ``algo.entropy_target``).
+    """
+    if text is None or not str(text).strip():
+        return ()
+    pieces = []
+    for part in str(text).split(","):
+        value, at, step = part.strip().partition("@")
+        try:
+            if not at:
+                raise ValueError
+            t, k = float(value), int(step)
+        except ValueError:
+            raise ValueError(f"piece {part.strip()!r} is not TARGET@STEP (e.g. 3.5@16)") from None
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"piece {part.strip()!r}: the target must be a positive number of nats")
+        if k < 2 or (pieces and k <= pieces[-1][0]):
+            raise ValueError(f"piece {part.strip()!r}: steps must be at least 2 and increase")
+        pieces.append((k, t))
+    return tuple(pieces)
 
 
 def _check_eval(e: EvalConfig) -> None:

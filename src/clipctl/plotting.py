@@ -302,8 +302,14 @@ def _draw_control(p: _Plotter, caption: str) -> Figure:
     if p.has("entropy_target"):
         p.metric(ax, "entropy_target", suffix=" (target)", linestyle=":")
     p.finish(ax, "Entropy (Eq. 4, solid) and target (dotted)", UNITS["entropy"])
+    ax = axes[0, 1]
+    for metric, linestyle in (("eps_low", "-"), ("eps_high", "--")):
+        if p.has(metric):
+            p.metric(ax, metric, suffix=f" ({metric})", linestyle=linestyle)
+    if not p.has("eps_low"):  # runs from before the knobs were logged
+        ax.text(0.5, 0.5, "clip bounds not logged by these runs", ha="center", va="center", transform=ax.transAxes)
+    p.finish(ax, "Clip bounds used each step (solid: eps_low, dashed: eps_high; inf not drawn)", "bound")
     for ax, metric, title, unit in (
-        (axes[0, 1], "eps_low", "eps_low used each step (clip controller's knob)", "eps_low"),
         (axes[1, 0], "entropy_coef", "Entropy-bonus coefficient used each step (bonus controller's knob)", "coefficient"),
     ):
         if p.has(metric):

@@ -1,4 +1,4 @@
-"""algo.control: the PI entropy controller (hand-computed values, a naive loop, bounds, anti-windup)."""
+"""algo.control: the split-range PI entropy controller (hand-computed values, a naive loop, freeze anti-windup, schedules)."""
 
 from __future__ import annotations
 
@@ -8,103 +8,155 @@ import random
 import pytest
 
 from clipctl.algo import ControlSettings, control_output, control_step
+from clipctl.algo.control import ControlState, output_range, split_range, target_at
+from clipctl.config import parse_schedule
 
 
 def settings(kind="clip", **kw) -> ControlSettings:
     base = dict(target=2.0, kind=kind, kp=2.0, ki=0.5, eps_low0=0.2, eps_low_min=0.02, eps_low_max=1.0,
-                coef0=0.0, coef_scale=0.01, coef_max=0.1)
+                coef0=0.0, coef_scale=0.01, coef_max=0.1, eps_high0=0.2, eps_high_min=0.05, ema=1.0)
     return ControlSettings(**{**base, **kw})
 
 
 def test_clip_step_by_hand():
-    # H = 1.5, H* = 2: e = 0.25; I = 0 + 0.25; u = 2 * 0.25 + 0.5 * 0.25 = 0.625
-    out, integral = control_step(1.5, 0.0, settings())
-    assert integral == 0.25
-    assert out == pytest.approx(0.2 * math.exp(-0.625))
-    # Too much entropy: e = -0.5, I = -0.5, u = -1.25: eps_low grows.
-    out, integral = control_step(3.0, 0.0, settings())
-    assert integral == -0.5 and out == pytest.approx(0.2 * math.exp(1.25))
+    # H = 1.5, H* = 2: e = 0.25; I = 0 + 0.25; u = 2 * 0.25 + 0.5 * 0.25 = 0.625 > 0: clip-low strengthens.
+    (low, high), st = control_step(1.5, ControlState(), settings())
+    assert st.integral == 0.25 and st.filtered == 1.5
+    assert low == pytest.approx(0.2 * math.exp(-0.625)) and high == 0.2
+    # Too much entropy: e = -0.5, I = -0.5, u = -1.25. L = log(1 / 0.2) = 1.609 > 1.25: eps_low relaxes, eps_high stays.
+    (low, high), st = control_step(3.0, ControlState(), settings())
+    assert st.integral == -0.5 and low == pytest.approx(0.2 * math.exp(1.25)) and high == 0.2
+
+
+def test_split_range_by_hand():
+    s = settings(eps_low_max=0.4)  # L = log(0.4 / 0.2) = log 2
+    assert split_range(0.0, s) == (0.2, 0.2)
+    assert split_range(math.log(2), s) == pytest.approx((0.1, 0.2))  # below target: eps_low halves
+    assert split_range(10.0, s) == (0.02, 0.2)  # at its floor
+    assert split_range(-math.log(2), s) == pytest.approx((0.4, 0.2))  # clip-low fully returned, eps_high untouched
+    # Beyond L: eps_high = 0.2 * exp(-(1.5 log 2 - log 2)) = 0.2 / sqrt(2)
+    low, high = split_range(-1.5 * math.log(2), s)
+    assert low == 0.4 and high == pytest.approx(0.2 / math.sqrt(2))
+    assert split_range(-50.0, s) == (0.4, 0.05)  # eps_high at its floor
+    # eps_low_max = eps_low0: above target clip-high moves at once.
+    assert split_range(-math.log(2), settings(eps_low_max=0.2))[1] == pytest.approx(0.1)
+    # An infinite eps_high starts its log scale at eps_high_max (2): u = -L - log(2 / 0.5) gives 0.5.
+    inf = settings(eps_low_max=0.2, eps_high0=math.inf, eps_high_max=2.0)
+    assert split_range(-1e-9, inf)[1] == pytest.approx(2.0) and split_range(0.0, inf)[1] == math.inf
+    assert split_range(-math.log(4), inf)[1] == pytest.approx(0.5)
+    # The high side off (the one-sided controller): eps_high never moves.
+    assert split_range(-50.0, settings(eps_high_min=None)) == (1.0, 0.2)
+
+
+def test_output_range_matches_the_saturation_points():
+    s = settings(eps_low_max=0.4)
+    lo, hi = output_range(s)
+    assert hi == pytest.approx(math.log(0.2 / 0.02))
+    assert lo == pytest.approx(-math.log(2) - math.log(0.2 / 0.05))
+    assert split_range(hi, s)[0] == pytest.approx(0.02) and split_range(lo, s)[1] == pytest.approx(0.05)
+    assert output_range(settings(eps_high_min=None))[0] == pytest.approx(-math.log(1 / 0.2))
 
 
 def test_bonus_step_by_hand():
     # e = 0.25, u = 0.625: coef = 0 + 0.01 * 0.625
-    out, integral = control_step(1.5, 0.0, settings("bonus"))
-    assert out == pytest.approx(0.00625) and integral == 0.25
-    # Too much entropy: the coefficient stays at its lower bound 0 and the integral does not wind down.
-    out, integral = control_step(3.0, 0.0, settings("bonus"))
-    assert out == 0.0 and integral == 0.0
-    # Far too little: the integral stops where the coefficient reaches its cap,
-    # u_hi = 0.1 / 0.01 = 10 and e = 0.9: I = (10 - 2 * 0.9) / 0.5 = 16.4.
-    out, integral = control_step(0.2, 16.0, settings("bonus"))
-    assert out == pytest.approx(0.1) and integral == pytest.approx(16.4)
+    out, st = control_step(1.5, ControlState(), settings("bonus"))
+    assert out == pytest.approx(0.00625) and st.integral == 0.25
+    # Too much entropy: u = -1.25 < u_lo = 0 and the error pushes further down: the integral freezes at 0.
+    out, st = control_step(3.0, ControlState(), settings("bonus"))
+    assert out == 0.0 and st.integral == 0.0
 
 
-def test_direction_and_bounds():
+def test_freeze_anti_windup():
     s = settings()
-    below, _ = control_step(1.0, 0.0, s)  # too little entropy: stronger clip-low (smaller eps_low)
-    above, _ = control_step(3.0, 0.0, s)
-    assert below < s.eps_low0 < above
-    for h in (0.0, 0.5, 1.9, 2.0, 2.1, 4.0, 100.0):
-        integral = 0.0
-        for _ in range(50):
-            out, integral = control_step(h, integral, s)
-            assert s.eps_low_min <= out <= s.eps_low_max
-    assert control_step(2.0, 0.0, s) == (0.2, 0.0)  # on target: the configured eps_low
+    st = ControlState()
+    integrals = []
+    for _ in range(50):  # far too little entropy: pinned at eps_low_min
+        (low, _), st = control_step(0.1, st, s)
+        integrals.append(st.integral)
+    assert low == s.eps_low_min
+    # e = 0.95: step 1 integrates (held output 1.9 < u_hi = log 10 = 2.303), I = 0.95 and u = 2.375
+    # saturates; from step 2 the held output 2.375 is beyond u_hi, so I freezes at 0.95.
+    assert integrals[0] == pytest.approx(0.95) and integrals[-1] == integrals[1] == pytest.approx(0.95)
+    # The error turns: the integral moves again at once (e = -0.25 -> I = 0.7) and eps_low leaves its floor.
+    (low, _), st2 = control_step(2.5, st, s)
+    assert st2.integral == pytest.approx(0.7) and low > s.eps_low_min
 
 
-def test_anti_windup_leaves_a_bound_when_the_error_turns():
-    s = settings()
-    integral = 0.0
-    for _ in range(100):  # far too little entropy: pinned at eps_low_min
-        out, integral = control_step(0.1, integral, s)
-    assert out == s.eps_low_min
-    # The integral stopped where the output reached the bound, so one step of
-    # the opposite error already moves eps_low off it.
-    out, _ = control_step(2.5, integral, s)
-    assert out > s.eps_low_min
+def test_filter_by_hand():
+    s = settings(ema=0.25)
+    _, st = control_step(2.0, ControlState(), s)
+    assert st.filtered == 2.0  # the first measurement initialises the filter
+    out, st = control_step(1.0, st, s)
+    # F = 0.25 * 1 + 0.75 * 2 = 1.75, e = 0.125, I = 0.125, u = 0.25 + 0.0625
+    assert st.filtered == 1.75 and st.integral == 0.125
+    assert out[0] == pytest.approx(0.2 * math.exp(-0.3125))
+
+
+def test_schedule():
+    assert parse_schedule("3.5@16") == ((16, 3.5),)
+    assert parse_schedule(" 3.0@11, 2.0@21 ") == ((11, 3.0), (21, 2.0))
+    assert parse_schedule(None) == ()
+    for bad, match in (("3.5", "TARGET@STEP"), ("x@3", "TARGET@STEP"), ("-1@3", "positive"),
+                       ("3@1", "at least 2"), ("3@5,2@5", "increase")):
+        with pytest.raises(ValueError, match=match):
+            parse_schedule(bad)
+    s = settings(schedule=parse_schedule("3.0@11,2.5@21"))
+    assert [target_at(s, k) for k in (1, 10, 11, 20, 21, 99)] == [2.0, 2.0, 3.0, 3.0, 2.5, 2.5]
+    # The error is taken against the step's target: on target at step 11 with H = 3.
+    out, st = control_step(3.0, ControlState(), s, step=11)
+    assert st.integral == 0.0 and out == (0.2, 0.2)
 
 
 def test_nonfinite_entropy_holds_the_output():
     s = settings()
-    out, integral = control_step(math.nan, 0.3, s)
-    assert integral == 0.3 and out == control_output(0.5 * 0.3, s)
+    out, st = control_step(math.nan, ControlState(0.3, 2.0), s)
+    assert (st.integral, st.filtered) == (0.3, 2.0) and out == control_output(0.5 * 0.3, s)
 
 
-@pytest.mark.parametrize("kind", ["clip", "bonus"])
-def test_matches_a_naive_loop(kind):
+@pytest.mark.parametrize(
+    "kind,kw", [("clip", {}), ("clip", {"eps_high0": math.inf, "eps_low_max": 0.3, "ema": 0.4}), ("bonus", {})],
+)
+def test_matches_a_naive_loop(kind, kw):
     rng = random.Random(7)
-    s = settings(kind)
-    entropies = [rng.uniform(0.5, 3.5) for _ in range(200)]
-    integral, outs = 0.0, []
-    for h in entropies:
-        out, integral = control_step(h, integral, s)
+    s = settings(kind, schedule=((50, 3.0), (120, 1.0)), **kw)
+    entropies = [rng.uniform(0.3, 4.0) for _ in range(200)]
+    st, outs = ControlState(), []
+    for k, h in enumerate(entropies, start=1):
+        out, st = control_step(h, st, s, step=k)
         outs.append(out)
-    # Naive: the same law written out, clamping the integral by search.
-    lo, hi = (s.eps_low_min, s.eps_low_max) if kind == "clip" else (0.0, s.coef_max)
 
+    # Naive: the law written out with explicit segment tests.
     def value(u):
-        return s.eps_low0 * math.exp(-u) if kind == "clip" else s.coef0 + s.coef_scale * u
+        if kind == "bonus":
+            return min(max(s.coef0 + s.coef_scale * u, 0.0), s.coef_max)
+        if u >= 0:
+            return (max(s.eps_low0 * math.exp(-u), s.eps_low_min), s.eps_high0)
+        low = s.eps_low0 * math.exp(-u)
+        if low <= s.eps_low_max:
+            return (low, s.eps_high0)
+        spent = math.log(s.eps_low_max / s.eps_low0)
+        start = s.eps_high0 if s.eps_high0 != math.inf else s.eps_high_max
+        return (s.eps_low_max, max(start * math.exp(-(-u - spent)), s.eps_high_min))
 
-    def inside(u):
-        return lo - 1e-12 <= value(u) <= hi + 1e-12
-
-    I, naive = 0.0, []
-    for h in entropies:
-        e = (s.target - h) / s.target
-        trial = I + e
-        if not inside(s.kp * e + s.ki * trial):
-            # Bisect for the integral in [I, trial] where the output meets its bound.
-            a, b = I, trial
-            if inside(s.kp * e + s.ki * a):
-                for _ in range(200):
-                    mid = (a + b) / 2
-                    a, b = (mid, b) if inside(s.kp * e + s.ki * mid) else (a, mid)
-                trial = a
-            else:
-                trial = I
-        I = trial
-        naive.append(min(max(value(s.kp * e + s.ki * I), lo), hi))
-    assert outs == pytest.approx(naive, rel=1e-9, abs=1e-12)
+    if kind == "bonus":
+        u_lo, u_hi = -s.coef0 / s.coef_scale, (s.coef_max - s.coef0) / s.coef_scale
+    else:
+        start = s.eps_high0 if s.eps_high0 != math.inf else s.eps_high_max
+        u_hi = math.log(s.eps_low0 / s.eps_low_min)
+        u_lo = -math.log(s.eps_low_max / s.eps_low0) - math.log(start / s.eps_high_min)
+    I, F, naive = 0.0, None, []
+    for k, h in enumerate(entropies, start=1):
+        F = h if F is None else s.ema * h + (1 - s.ema) * F
+        T = 2.0 if k < 50 else (3.0 if k < 120 else 1.0)
+        e = (T - F) / T
+        held = s.kp * e + s.ki * I
+        frozen = (held > u_hi and e > 0) or (held < u_lo and e < 0)
+        if not frozen:
+            I = I + e
+        naive.append(value(s.kp * e + s.ki * I))
+    flat = [x for o in outs for x in (o if isinstance(o, tuple) else (o,))]
+    want = [x for o in naive for x in (o if isinstance(o, tuple) else (o,))]
+    assert flat == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
 def test_unknown_controller_names_the_valid_ones():

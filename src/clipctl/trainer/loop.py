@@ -458,7 +458,7 @@ class Trainer:
         self._check_finite(step, sb.old_entropy, "entropy under pi_old (the policy was already broken)")
         sb.view = self._global_view(sb)
         pre = self._entropy_metrics(sb, sb.old_entropy)
-        knobs = self.control.step(pre["entropy"])  # the config's bounds, or the entropy controller's
+        knobs = self.control.step(pre["entropy"], step)  # the config's bounds, or the entropy controller's
         probe = cfg.log.clip_probe_every and step % cfg.log.clip_probe_every == 0
         # Replays share the on-policy first update where nothing acts at ratio 1 (not the covariance families).
         share = probe and self._share_probe_prefix and algo.shares_first_update(cfg.algo.policy_loss)
