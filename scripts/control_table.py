@@ -39,11 +39,16 @@ def _arm(run) -> str:
     ctrl = config_value(run, "algo.entropy_controller")
     if ctrl == "off":
         return f"fixed {config_value(run, 'algo.eps_low'):g}/{config_value(run, 'algo.eps_high'):g}"
-    return f"{ctrl} controller"
+    gains = f"kp {config_value(run, 'algo.controller_kp'):g}, ki {config_value(run, 'algo.controller_ki'):g}"
+    if ctrl == "bonus":
+        gains += f", scale {config_value(run, 'algo.entropy_coef_scale'):g}"
+    return f"{ctrl} controller ({gains})"
 
 
 def _target_label(run) -> str:
-    return str(run.config.get("algo", {}).get("entropy_target"))
+    a = run.config.get("algo", {})
+    schedule = a.get("entropy_target_schedule")
+    return f"{a.get('entropy_target')}" + (f", then {schedule}" if schedule else "")
 
 
 def score(entropy: np.ndarray, target: np.ndarray, reward: np.ndarray) -> dict:
