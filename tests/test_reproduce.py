@@ -101,7 +101,7 @@ def test_seeds_for_power_equals_a_naive_scan(ratio):
 
 
 def test_registry_lists_the_issue_claims():
-    assert {"fig1-fig2", "thm1-thm2", "fig3", "fig4", "fig5", "fig6-fig7"} <= set(CLAIMS)
+    assert {"fig1-fig2", "thm1-thm2", "fig3", "fig4", "fig5", "fig6-fig7", "loss-families"} <= set(CLAIMS)
     for c in CLAIMS.values():
         assert c.quote and c.statistic and c.scales and set(c.scales) <= set(claims.SCALES)
     assert {"tiny", "smollm2"} <= set(CLAIMS["fig3"].scales)
@@ -217,6 +217,15 @@ def test_fig3_tiny_twice_trains_once_and_writes_the_same_report(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "figures").iterdir()} == figures
 
 
+def test_loss_families_plan_the_shipped_family_sweeps():
+    from clipctl.sweep import SWEEP_DIR
+
+    plan = claims.CLAIMS["loss-families"].scales["tiny"].plans(5, 30)[0]
+    assert plan.source == SWEEP_DIR / "loss-families.toml" and plan.name == "loss-families"
+    plan = claims.CLAIMS["loss-families"].scales["smollm2"].plans(2, 4)[0]
+    assert plan.source == SWEEP_DIR / "smollm2-loss-families.toml"
+
+
 # ---------------------------------------------------------------- decisions on simulated runs (fast)
 
 
@@ -261,6 +270,25 @@ def test_bracket_decision_is_a_clustered_mean(sim_runs):
     mean, se = mean_clustered(np.array(values), labels)
     assert out["thm2_low"]["estimate"] == pytest.approx(mean) and out["thm2_low"]["se"] == pytest.approx(se)
     assert out["thm2_low"]["n"] == 3 and ev.figures == [("brackets.png", "lm", "theory", {})]
+
+
+def test_family_decision_is_the_clustered_regression_intercept_per_side(sim_runs):
+    # The regression itself has its hand and naive tests (tests/test_effects.py, tests/test_analysis.py);
+    # here: one estimate per side, read from the report's rows, with the side's direction and df = runs - 1.
+    from clipctl import analysis
+
+    ev = claims.Evidence({"lm": sim_runs})
+    out = {e["id"]: e for e in claims.decide_families(ev)}
+    assert set(out) == {"nan:clip-low", "nan:clip-high"}  # simulator runs carry no algo.policy_loss
+    reg = analysis.build_report(analysis.load_runs([str(p) for p in sim_runs]), [claims.FAMILY_KEY]).regression()
+    for side, direction in (("low", 1), ("high", -1)):
+        e, r = out[f"nan:clip-{side}"], reg[reg["attribution"] == f"clip_{side}_attributed_dH"].iloc[0]
+        assert e["n"] == 3 == r["n_clusters"] and e["direction"] == ("> 0" if direction > 0 else "< 0")
+        assert e["estimate"] == pytest.approx(r["intercept"]) and e["se"] == pytest.approx(r["intercept_se"])
+        assert e["ci_high"] == pytest.approx(r["intercept"] + t_quantile(0.975, 2) * r["intercept_se"])
+        assert e["verdict"] == verdict.verdict(e["ci_low"], e["ci_high"], direction)
+    assert ev.tables[0][0].startswith("Attribution regression per policy loss")
+    assert [(f, kw) for f, _, _, kw in ev.figures] == [(f, {"group_by": [claims.FAMILY_KEY]}) for f in ("entropy.png", "attribution.png")]
 
 
 def test_simulated_runs_are_done_once_written(sim_runs):

@@ -395,6 +395,51 @@ def decide_fig67(ev: Evidence) -> list[dict]:
     return out
 
 
+FAMILY_KEY = "algo.policy_loss"
+
+
+def _family_plans(sweep: str) -> Callable[[int, int], list]:
+    return lambda seeds, steps: [shipped_sweep("lm", sweep, seeds, steps)]
+
+
+def decide_families(ev: Evidence) -> list[dict]:
+    """Per policy loss, the directional effect of each side (docs/losses.md's events): the clustered regression
+    intercept of ``clip_low_attributed_dH`` (the paper: > 0) and of ``clip_high_attributed_dH`` (< 0)."""
+    runs = analysis.load_runs([str(p) for p in ev.runs["lm"]])
+    report = analysis.build_report(runs, [FAMILY_KEY])  # every other differing key is a function of the family
+    reg = report.regression()
+    out = []
+    for family in sorted({analysis.format_value(analysis.config_value(r, FAMILY_KEY)) for r in runs}):
+        for side, direction, verb in (("low", +1, "raises"), ("high", -1, "lowers")):
+            column = f"clip_{side}_attributed_dH"
+            sub, statement = f"{family}:clip-{side}", f"{family}: its clip-{side} side {verb} entropy (intercept {'>' if direction > 0 else '<'} 0)"
+            row = reg[(reg["attribution"] == column) & reg[FAMILY_KEY].map(lambda v: analysis.format_value(v) == family)]
+            if row.empty or not math.isfinite(float(row.iloc[0]["intercept"])):
+                out.append(estimate(sub, statement, direction, f"clustered regression intercept of {column} (CR1 by run)",
+                                    n=0, mean=math.nan, se=math.nan, df=None,
+                                    extra={"note": "no probed step where this side acted"}))
+                continue
+            r = row.iloc[0]
+            g = int(r["n_clusters"])
+            out.append(estimate(sub, statement, direction,
+                                f"clustered regression intercept of {column} (CR1 by run, df = runs - 1)",
+                                n=g, mean=float(r["intercept"]), se=float(r["intercept_se"]), df=g - 1 if g > 1 else None,
+                                extra={"n_steps": int(r["n_steps"]), "slope": float(r["slope"]),
+                                       "slope_se": float(r["slope_se"])}))
+    ev.tables.append(("Attribution regression per policy loss (intercept: the side's effect at zero unclipped change; "
+                      "SE clustered by run)", regression_rows(report)))
+    families = set(report.per_run[FAMILY_KEY].map(analysis.format_value))
+    if "vanilla" in families and len(families) > 1:
+        paired = report.paired(f"{FAMILY_KEY}=vanilla")
+        ev.tables.append(("End-of-run entropy minus vanilla's, same seed (paired t across seeds; no paper direction)",
+                          paired[paired["quantity"] == "entropy_end"].drop(columns=["step"], errors="ignore")))
+    ev.tables.append(("Every run", per_run_rows(report, ["entropy_start", "entropy_end", "avg_clip_low_frac",
+                                                        "avg_clip_high_frac", "n_probed"])))
+    by_family = {"group_by": [FAMILY_KEY]}  # the other differing keys (each family's bounds) follow from it
+    ev.figures += [("entropy.png", "lm", "entropy", by_family), ("attribution.png", "lm", "attribution", by_family)]
+    return out
+
+
 TINY_COST = "tiny-cpu LM runs on a 2-core CPU"
 CLAIMS: dict[str, Claim] = {c.id: c for c in (
     Claim(
@@ -459,6 +504,21 @@ CLAIMS: dict[str, Claim] = {c.id: c for c in (
         {"paper": Scale(3, 300, "the fig5 runs plus pass@k evaluation (GPUs)",
                         "needs verifiable rewards and pass@k on a capable model: no CPU scale decides it", _fig5_paper)},
         decide_fig67,
+    ),
+    Claim(
+        "loss-families", "Theorems 1 and 2, beyond PPO-clip (docs/losses.md)",
+        "clip-low increases entropy and clip-high decreases entropy",
+        "random-reward runs of each policy loss (vanilla, cispo, gspo, dppo_tv, dppo_kl, clip_cov, kl_cov), the same seeds, probed every step",
+        "per policy loss and side, the clustered regression intercept of the side's Shapley attribution on the unclipped change "
+        "(low: > 0, high: < 0: the paper's direction carried to each family's own low and high sides)",
+        {"tiny": Scale(5, 30, "the loss-families sweep: 35 runs x 30 probed steps, about 2 min a run on one core (--jobs 2: ~40 min)",
+                       "the built-in tiny model at each family's default bounds (docs/losses.md: what those defaults are)",
+                       _family_plans("loss-families"), jobs=2),
+         "smollm2": Scale(2, 4, "the smollm2-loss-families sweep: vanilla, dppo_tv, clip_cov x 2 seeds x 4 probed steps, "
+                          "5-8 min a run on a busy 2-core CPU (--jobs 2: about 25 min)",
+                          "SmolLM2-135M, 2 x 8 x 32 tokens a step, 4 steps: few clip events, few seeds",
+                          _family_plans("smollm2-loss-families"), jobs=2)},
+        decide_families,
     ),
 )}
 
