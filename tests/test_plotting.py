@@ -149,3 +149,14 @@ def test_plot_errors(runs, tmp_path):
         result = runner.invoke(app, ["plot", str(bare), "--kind", kind, "--out", str(tmp_path / "y.png")])
         assert result.exit_code != 0 and result.output.startswith("Error:") and needle in result.output
     assert not (tmp_path / "x.png").exists() and not (tmp_path / "y.png").exists()
+
+
+def test_long_legend_labels_wrap_at_part_boundaries():
+    short = "eps_low=0.2, eps_high=0.2"
+    assert plotting.wrap_label(short) == short  # fits: unchanged
+    long = "eps_low=0.2, eps_high=0.2, algo.controller_ki=1, algo.controller_kp=4, controller=clip"
+    wrapped = plotting.wrap_label(long, width=30)
+    assert wrapped == "eps_low=0.2, eps_high=0.2,\nalgo.controller_ki=1,\nalgo.controller_kp=4,\ncontroller=clip"
+    assert wrapped.replace(",\n", ", ") == long  # nothing lost, only line breaks added
+    one_part = "x" * 80
+    assert plotting.wrap_label(one_part, width=30) == one_part  # never broken inside a part

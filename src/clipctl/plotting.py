@@ -55,6 +55,21 @@ def check_kind(kind: str) -> None:
         raise PlotError(f"unknown plot kind '{kind}'; valid: {', '.join(KINDS)}")
 
 
+LABEL_WIDTH = 48
+
+
+def wrap_label(label: str, width: int = LABEL_WIDTH) -> str:
+    """A legend label of many ``key=value`` parts broken into lines at ``", "`` so that the legend does not
+    squeeze the axes; a label of one part, however long, stays on one line."""
+    lines: list[str] = []
+    for part in label.split(", "):
+        if lines and len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += ", " + part
+        else:
+            lines.append(part)
+    return ",\n".join(lines)
+
+
 class _Style:
     """Group -> colour and legend label, shared by every panel of a figure."""
 
@@ -65,7 +80,7 @@ class _Style:
         shown = analysis.label_keys(values, keys)
         self.label = {}
         for v in values:
-            self.label[analysis.group_label(v, keys)] = analysis.group_label(v, shown)
+            self.label[analysis.group_label(v, keys)] = wrap_label(analysis.group_label(v, shown))
         cycle = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"]
         self.color = {g: cycle[i % len(cycle)] for i, g in enumerate(groups)}
 
