@@ -40,8 +40,14 @@ def _arm(run) -> str:
     if ctrl == "off":
         return f"fixed {config_value(run, 'algo.eps_low'):g}/{config_value(run, 'algo.eps_high'):g}"
     gains = f"kp {config_value(run, 'algo.controller_kp'):g}, ki {config_value(run, 'algo.controller_ki'):g}"
+    a = run.config.get("algo", {})
+    if a.get("controller_model", "none") != "none":  # runs made before the key: PI only
+        gains = f"thm2 model, frac {a['controller_model_frac']:g}, gain {a['controller_model_gain']:g}, " + gains
     if ctrl == "bonus":
         gains += f", scale {config_value(run, 'algo.entropy_coef_scale'):g}"
+        floor = a.get("entropy_coef_min", 0.0)  # runs made before the key: 0
+        if floor:
+            gains += f", signed to {floor:g}"
     return f"{ctrl} controller ({gains})"
 
 

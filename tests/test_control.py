@@ -59,11 +59,44 @@ def test_entropy_bonus_raises_entropy(fast_overrides):
     assert bonus["entropy_post"] > plain["entropy_post"]
 
 
-def test_controller_resume_is_exact(tmp_path, fast_overrides):
+def test_entropy_penalty_lowers_entropy_and_the_signed_controller_sets_one(fast_overrides):
+    # A negative coefficient is a penalty: the same first step, with less entropy after it than with no bonus.
+    plain = build_trainer(load_config("tiny-cpu", fast_overrides)).run_step(1).metrics
+    bonus = ["algo.entropy_controller=bonus", "algo.entropy_coef_scale=0.05"]
+    # The quick model's entropy is ~5.7 nats: a target of 3 is far below, so the coefficient goes to its floor.
+    t = build_trainer(load_config("tiny-cpu", [*fast_overrides, *bonus, "algo.entropy_target=3.0",
+                                                "algo.entropy_coef_min=-0.1"]))
+    m = t.run_step(1).metrics
+    assert m["entropy_coef"] == -0.1 and m["entropy"] == plain["entropy"]
+    assert m["entropy_post"] < plain["entropy_post"]
+    # One-sided by default: the coefficient stays at 0 above target.
+    one = build_trainer(load_config("tiny-cpu", [*fast_overrides, *bonus, "algo.entropy_target=3.0"]))
+    assert one.run_step(1).metrics["entropy_coef"] == 0.0
+    with pytest.raises(ConfigError, match="entropy_coef_min=0.1 must be a number <= 0"):
+        load_config("tiny-cpu", ["algo.entropy_coef_min=0.1"])
+
+
+def test_model_step_reads_the_previous_steps_row(fast_overrides):
+    # Step 1 has no observation: the model holds v = 0, so with no PI gains the bounds stay at the start.
+    # From step 2 it reads step 1's p, q, brackets and entropy change and moves eps_low (the quick model is
+    # far below a target of 7 nats).
+    t = build_trainer(load_config("tiny-cpu", [*fast_overrides, "algo.entropy_target=7.0", "algo.controller_kp=0",
+                                                "algo.controller_ki=0", "algo.controller_model=thm2"]))
+    rows = [t.run_step(s).metrics for s in (1, 2)]
+    assert rows[0]["eps_low"] == 0.2 and rows[1]["eps_low"] < 0.2
+    assert t.control.state.observed.b_low == rows[1]["thm2_low"]
+    assert t.control.state.observed.dH == pytest.approx(rows[1]["entropy_post"] - rows[1]["entropy"])
+
+
+@pytest.mark.parametrize("extra", [
     # The filter and a schedule make the state more than the integral: all of it must come back.
-    overrides = [*fast_overrides, "train.steps=4", "train.save_every=2", "algo.entropy_target=7.0",
-                 "algo.entropy_ema=0.3", "algo.entropy_target_schedule=8.0@3"]
-    cfg = load_config("tiny-cpu", overrides)
+    ["algo.entropy_ema=0.3", "algo.entropy_target_schedule=8.0@3"],
+    # The observation of the step before the checkpoint drives the first resumed step: it must be saved.
+    ["algo.controller_model=thm2", "algo.controller_kp=0.5", "algo.controller_ki=0.1"],
+], ids=["filter-schedule", "model-step"])
+def test_controller_resume_is_exact(tmp_path, fast_overrides, extra):
+    cfg = load_config("tiny-cpu", [*fast_overrides, "train.steps=4", "train.save_every=2", "algo.entropy_target=7.0",
+                                   *extra])
     full = read_run(train(cfg, out=tmp_path, name="full").run_dir).steps
     cut = train(cfg, out=tmp_path, name="cut", stop_after=3)
     train(resume=cut.run_dir)
@@ -71,6 +104,7 @@ def test_controller_resume_is_exact(tmp_path, fast_overrides):
     np.testing.assert_allclose(
         math_columns(full).to_numpy(float), math_columns(steps).to_numpy(float), rtol=0, atol=1e-6, equal_nan=True
     )
+    np.testing.assert_array_equal(full["eps_low"].to_numpy(), steps["eps_low"].to_numpy())
     assert steps["eps_low"].is_monotonic_decreasing
 
 
@@ -93,3 +127,11 @@ def test_bad_controller_settings_are_one_line_errors():
         load_config("tiny-cpu", ["algo.entropy_target=2", "algo.eps_low_max=0.1", "algo.eps_low_min=0.05"])
     with pytest.raises(ConfigError, match="entropy_ema"):
         load_config("tiny-cpu", ["algo.entropy_target=2", "algo.entropy_ema=0"])
+    with pytest.raises(ConfigError, match="controller_model='kalman' is unknown; valid: none, thm2"):
+        load_config("tiny-cpu", ["algo.controller_model=kalman"])
+    with pytest.raises(ConfigError, match="steers the clip bounds, but algo.entropy_controller='bonus'"):
+        load_config("tiny-cpu", ["algo.entropy_target=2", "algo.entropy_controller=bonus", "algo.controller_model=thm2"])
+    with pytest.raises(ConfigError, match="needs log.entropy_post=true"):
+        load_config("tiny-cpu", ["algo.controller_model=thm2", "log.entropy_post=false"])
+    with pytest.raises(ConfigError, match=r"controller_model_frac=0.0 must be in \(0, 1\]"):
+        load_config("tiny-cpu", ["algo.controller_model_frac=0"])

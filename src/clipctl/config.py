@@ -31,6 +31,7 @@ AdvNorm = Literal["none", "group_std"]  # algo.ADV_NORMS
 LossAgg = Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"]  # algo.LOSS_AGGS
 PolicyLoss = Literal["vanilla", "cispo", "gspo", "dppo_tv", "dppo_kl", "clip_cov", "kl_cov"]  # algo.POLICY_LOSSES
 Controller = Literal["clip", "bonus"]  # algo.CONTROLLERS
+ControllerModel = Literal["none", "thm2"]  # algo.control.MODELS
 Reward = Literal["gsm8k", "math_verify", "random_bernoulli", "random_gaussian"]  # data.REWARDS
 Tracker = Literal["tensorboard", "wandb"]  # trackers.TRACKERS
 Grader = Literal["gsm8k", "math_verify"]  # data.GRADERS
@@ -223,6 +224,18 @@ class AlgoConfig:
     entropy_controller: Controller = _f(
         "clip", "knob of the entropy controller: clip (eps_low, then eps_high, split-range) | bonus (entropy_coef)"
     )
+    controller_model: ControllerModel = _f(
+        "none", "clip controller: none (PI) | thm2 (a model step from the previous step's Theorem 2 terms picks the "
+        "bounds that close algo.controller_model_frac of the error; the PI gains add to it; algo/control.py)"
+    )
+    controller_model_frac: float = _f(
+        0.5, "clip controller, model step: share of the entropy error the model closes in one step",
+        Bounds(lo=0, lo_open=True, hi=1, rule="in (0, 1]"),
+    )
+    controller_model_gain: float = _f(
+        1.0, "clip controller, model step: nats of entropy change per nat of Theorem 2 bracket (the theorem's "
+        "unknown positive factor)", Bounds(lo=0, lo_open=True, finite=True, rule="a positive number"),
+    )
     controller_kp: float = _f(2.0, "entropy controller: proportional gain on the relative error (target - H) / target", Bounds(lo=0, finite=True))
     controller_ki: float = _f(0.5, "entropy controller: integral gain (per step) on the relative error", Bounds(lo=0, finite=True))
     entropy_ema: float = _f(
@@ -241,6 +254,11 @@ class AlgoConfig:
     )
     entropy_coef_scale: float = _f(0.01, "bonus controller: coefficient change per unit of PI output", Bounds(lo=0, finite=True))
     entropy_coef_max: float = _f(0.1, "bonus controller: largest coefficient it may set", Bounds(lo=0, finite=True))
+    entropy_coef_min: float = _f(
+        0.0, "bonus controller: smallest coefficient it may set; below 0 it may apply an entropy penalty "
+        "(loss + |coef| x entropy) while entropy is above target, which makes it two-sided (0 = one-sided)",
+        Bounds(hi=0, finite=True, rule="a number <= 0"),
+    )
 
     @property
     def clip(self) -> ClipSpec:
@@ -763,6 +781,15 @@ def validate(cfg: Config) -> None:
     for section in SECTIONS:
         check_section(section, getattr(cfg, section))
     a, t = cfg.algo, cfg.train
+    _require(
+        a.controller_model == "none" or a.entropy_controller == "clip",
+        f"algo.controller_model={a.controller_model!r} steers the clip bounds, but algo.entropy_controller="
+        f"{a.entropy_controller!r}; set algo.entropy_controller=clip or algo.controller_model=none",
+    )
+    _require(
+        a.controller_model == "none" or cfg.log.entropy_post,
+        "algo.controller_model=thm2 reads each step's entropy change, which needs log.entropy_post=true; set it",
+    )
     uses_bonus = a.entropy_coef > 0 or (a.entropy_target is not None and a.entropy_controller == "bonus")
     _require(
         not uses_bonus or t.lm_head == "fused",

@@ -547,7 +547,7 @@ STEPS_COLUMNS = (
     Column(
         "entropy_coef", "float64", "",
         "the entropy-bonus coefficient this step's loss used (`loss - coef x entropy`): `algo.entropy_coef`, "
-        "or the bonus controller's value",
+        "or the bonus controller's value (below 0, down to `algo.entropy_coef_min`: an entropy penalty)",
     ),
     Column(
         "entropy_target", "float64", "nats",

@@ -276,18 +276,18 @@ class Trainer:
         for mb in self._micro_batches(sb, lo, hi):
             if with_stats:
                 logp, ent, expected_q = self._micro_logp_entropy(
-                    sb, mb, with_expected_q=True, entropy_grad=entropy_coef > 0
+                    sb, mb, with_expected_q=True, entropy_grad=entropy_coef != 0
                 )
             else:
                 logp, ent = self._micro_logp_entropy(
-                    sb, mb, with_entropy=entropy_coef > 0, entropy_grad=entropy_coef > 0
+                    sb, mb, with_entropy=entropy_coef != 0, entropy_grad=entropy_coef != 0
                 )[:2]
             old, adv, mask = sb.take(sb.old_logp, mb), sb.take(sb.advantages, mb), sb.take(sb.response_mask, mb)
             norms = dict(max_new_tokens=self.cfg.rollout.max_new_tokens, num_seqs=n_seqs, num_tokens=n_tokens)
             loss, out = algo.policy_loss(
                 logp, old, adv, mask, clip, loss_mode=a.policy_loss, loss_agg=a.loss_agg, **norms
             )
-            if entropy_coef > 0:  # entropy bonus, aggregated like the loss
+            if entropy_coef != 0:  # entropy bonus (a penalty when negative), aggregated like the loss
                 loss = loss - entropy_coef * algo.agg_loss(ent, mask, a.loss_agg, **norms)
             self.engine.backward(loss)
             if record is not None:
@@ -512,6 +512,7 @@ class Trainer:
                 rollout=t_rollout, update=t_update, probe=probe_seconds, step=step_seconds, n_tokens=batch["n_tokens"]
             ),
         )
+        self.control.observe(metrics)  # the model step reads this step's Theorem 2 terms next step
         return self._step_output(step, prompts, sb, metrics, updates, record)
 
     def _check_finite(self, step: int, t: torch.Tensor, what: str) -> None:
