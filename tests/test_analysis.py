@@ -287,6 +287,23 @@ def test_group_by_any_config_key(tmp_path):
     assert math.isnan(per_group.iloc[0]["entropy_change_std"])  # one run: no spread
 
 
+def test_a_key_an_older_run_lacks_reads_as_its_default(tmp_path):
+    # A sweep resumed after an upgrade: seed 0 was made before algo.entropy_coef_min existed (its
+    # run.json lacks it), seed 1 logs the default 0.0. They are one setting; a run at -0.01 is another.
+    import json
+
+    make_run(tmp_path, "old", seed=0)
+    for name, seed, value in (("new", 1, 0.0), ("signed", 2, -0.01)):
+        run = make_run(tmp_path, name, seed=seed)
+        meta = json.loads((run / "run.json").read_text())
+        meta["config"]["algo"]["entropy_coef_min"] = value
+        atomic_write_json(run / "run.json", meta)
+    _, per_group = analysis.analyze_runs([tmp_path])
+    assert dict(zip(per_group["algo.entropy_coef_min"], per_group["n_runs"])) == {0.0: 2, -0.01: 1}
+    assert analysis.config_value(analysis.read_run(tmp_path / "old"), "algo.entropy_coef_min") == 0.0
+    assert math.isnan(analysis.config_value(analysis.read_run(tmp_path / "old"), "algo.no_such_key"))
+
+
 def test_a_folder_of_runs_stands_for_its_runs(tmp_path):
     make_run(tmp_path, "a")
     make_run(tmp_path, "b", seed=1)

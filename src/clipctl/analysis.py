@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from clipctl.config import Config, config_to_dict
 from clipctl.errors import ClipctlError, RunDirError
 from clipctl.runlog import Run, logged_steps, read_columns, read_run
 
@@ -155,10 +156,24 @@ def read_eval_summary(run: Run) -> pd.DataFrame:
 # ---------------------------------------------------------------- config values and groups
 
 
+_DEFAULTS = config_to_dict(Config())
+
+
 def config_value(run: Run, key: str):
-    """``meta['config'][section][key]`` for a dotted ``section.key``; NaN when absent."""
+    """``meta['config'][section][key]`` for a dotted ``section.key``; NaN when absent.
+
+    A key the run's section lacks but the current config has (the run was
+    made before the key existed, when it behaved as its default) reads as
+    that default, so runs from before and after a new key group together.
+    Simulator runs (a ``simulate`` section) are not ``clipctl train`` runs and
+    get no defaults.
+    """
     section, _, name = key.partition(".")
-    value = run.config.get(section, {}).get(name, math.nan) if isinstance(run.config.get(section), dict) else math.nan
+    values = run.config.get(section)
+    if not isinstance(values, dict):
+        return math.nan
+    defaults = {} if "simulate" in run.config else _DEFAULTS.get(section, {})
+    value = values.get(name, defaults.get(name, math.nan))
     if isinstance(value, (list, dict)):
         return str(value)
     if key == "algo.entropy_controller" and run.config.get("algo", {}).get("entropy_target") is None:
