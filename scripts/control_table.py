@@ -120,6 +120,28 @@ def arm_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def versus_table(df: pd.DataFrame, new: str, old: str) -> pd.DataFrame:
+    """Per condition, ``new`` minus ``old`` tracking error paired by seed; arms picked by exact label."""
+    out = []
+    for (kind, label), cond in df.groupby(["reward", "target"], sort=True):
+        wide = cond.pivot(index="seed", columns="arm", values="track_err_pct")
+        if new not in wide or old not in wide:
+            continue
+        p = paired_summary((wide[new] - wide[old]).to_numpy())
+        out.append({"reward": kind, "target": label, "new": new, "old": old, **p,
+                    "reading": reading(p["mean"], p["se"], p["n_pairs"] - 1, "worse", "better")})
+    return pd.DataFrame(out)
+
+
+def versus_markdown(table: pd.DataFrame) -> str:
+    lines = [f"**{table['new'].iloc[0]} minus {table['old'].iloc[0]}** (tracking error, % points, paired by seed)", "",
+             "| reward, target | pairs | mean [95 % CI] | +/- seeds | reading |", "|---|---:|---|---|---|"]
+    for _, r in table.iterrows():
+        lines.append(f"| {r['reward']}, {r['target']} | {int(r['n_pairs'])} | {r['mean']:+.1f} [{r['ci_low']:+.1f}, "
+                     f"{r['ci_high']:+.1f}] | {int(r['n_pos'])}+/{int(r['n_neg'])}- | {r['reading']} |")
+    return "\n".join(lines + [""])
+
+
 def _fmt(v, digits=1) -> str:
     if isinstance(v, float):
         return "n/a" if math.isnan(v) else f"{v:.{digits}f}"
@@ -134,7 +156,7 @@ def markdown(table: pd.DataFrame) -> str:
                   "| reward | collapsed / exploded | minus best fixed: mean [95 % CI], +/- seeds |",
                   "|---|---|---:|---:|---|---:|---|---:|---|---|"]
         for _, r in cond.iterrows():
-            vs = "(baseline)" if r["arm"] == r["best_fixed"] else (
+            vs = "(baseline)" if r["arm"] == r["best_fixed"] else "(no fixed arm)" if r["best_fixed"] is None else (
                 f"{r['vs_best_mean']:+.1f} [{r['vs_best_ci_low']:+.1f}, {r['vs_best_ci_high']:+.1f}], "
                 f"{int(r['vs_best_n_pos'])}+/{int(r['vs_best_n_neg'])}-: {r['vs_best_reading']}")
             lines.append(
@@ -150,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="run directories or glob patterns (fixed and controller runs)")
     ap.add_argument("--seeds", default="2,3,4,5,6", help="seeds to report (the held-out ones)")
     ap.add_argument("--out", help="write OUT.md, OUT-arms.csv and OUT-seeds.csv too")
+    ap.add_argument("--versus", action="append", default=[], metavar="NEW=OLD",
+                    help="also a paired table of arm NEW minus arm OLD (exact arm labels); repeatable")
     args = ap.parse_args(argv)
     seeds = {int(s) for s in args.seeds.split(",")}
     df = per_seed(load_runs(args.runs), seeds)
@@ -157,6 +181,13 @@ def main(argv=None) -> int:
         raise SystemExit("Error: no controller runs with those seeds; check the patterns and --seeds")
     table = arm_table(df)
     text = markdown(table)
+    for pair in args.versus:
+        new, sep, old = pair.partition("=")
+        vs = versus_table(df, new.strip(), old.strip()) if sep else pd.DataFrame()
+        if vs.empty:
+            raise SystemExit(f"Error: --versus {pair!r} names no two arms of one condition; use NEW=OLD with the "
+                             f"arm labels of the table, one of: {'; '.join(sorted(df['arm'].unique()))}")
+        text += "\n" + versus_markdown(vs)
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
