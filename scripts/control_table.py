@@ -40,12 +40,12 @@ def _arm(run) -> str:
     if ctrl == "off":
         return f"fixed {config_value(run, 'algo.eps_low'):g}/{config_value(run, 'algo.eps_high'):g}"
     gains = f"kp {config_value(run, 'algo.controller_kp'):g}, ki {config_value(run, 'algo.controller_ki'):g}"
-    a = run.config.get("algo", {})
-    if a.get("controller_model", "none") != "none":  # runs made before the key: PI only
-        gains = f"thm2 model, frac {a['controller_model_frac']:g}, gain {a['controller_model_gain']:g}, " + gains
+    if config_value(run, "algo.controller_model") != "none":  # a key older runs lack reads as its default
+        frac, gain = config_value(run, "algo.controller_model_frac"), config_value(run, "algo.controller_model_gain")
+        gains = f"thm2 model, frac {frac:g}, gain {gain:g}, " + gains
     if ctrl == "bonus":
         gains += f", scale {config_value(run, 'algo.entropy_coef_scale'):g}"
-        floor = a.get("entropy_coef_min", 0.0)  # runs made before the key: 0
+        floor = config_value(run, "algo.entropy_coef_min")
         if floor:
             gains += f", signed to {floor:g}"
     return f"{ctrl} controller ({gains})"
@@ -92,6 +92,12 @@ def per_seed(runs, seeds: set[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _paired(wide: pd.DataFrame, new: str, old: str) -> dict:
+    """``new`` minus ``old`` tracking error paired by seed (rows of ``wide``): the summary and its reading."""
+    p = paired_summary((wide[new] - wide[old]).to_numpy())
+    return {**p, "reading": reading(p["mean"], p["se"], p["n_pairs"] - 1, "worse", "better")}
+
+
 def arm_table(df: pd.DataFrame) -> pd.DataFrame:
     out = []
     for (kind, label), cond in df.groupby(["reward", "target"], sort=True):
@@ -113,9 +119,7 @@ def arm_table(df: pd.DataFrame) -> pd.DataFrame:
                 "best_fixed": best,
             }
             if best is not None and arm != best:
-                p = paired_summary((wide[arm] - wide[best]).to_numpy())
-                row.update({f"vs_best_{k}": v for k, v in p.items()})
-                row["vs_best_reading"] = reading(p["mean"], p["se"], p["n_pairs"] - 1, "worse", "better")
+                row.update({f"vs_best_{k}": v for k, v in _paired(wide, arm, best).items()})
             out.append(row)
     return pd.DataFrame(out)
 
@@ -127,9 +131,7 @@ def versus_table(df: pd.DataFrame, new: str, old: str) -> pd.DataFrame:
         wide = cond.pivot(index="seed", columns="arm", values="track_err_pct")
         if new not in wide or old not in wide:
             continue
-        p = paired_summary((wide[new] - wide[old]).to_numpy())
-        out.append({"reward": kind, "target": label, "new": new, "old": old, **p,
-                    "reading": reading(p["mean"], p["se"], p["n_pairs"] - 1, "worse", "better")})
+        out.append({"reward": kind, "target": label, "new": new, "old": old, **_paired(wide, new, old)})
     return pd.DataFrame(out)
 
 

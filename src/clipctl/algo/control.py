@@ -86,6 +86,7 @@ level and starting bounds. A non-finite entropy holds the previous output
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -250,7 +251,7 @@ def model_output(s: ControlSettings, obs: Optional[Observation], target: float, 
 
 def observe(state: ControlState, obs: Observation) -> ControlState:
     """The state after a step whose logged row gave ``obs`` (the model step reads it next step)."""
-    return ControlState(state.integral, state.filtered, state.model_u, obs)
+    return dataclasses.replace(state, observed=obs)
 
 
 def control_step(entropy: float, state: ControlState, s: ControlSettings, step: int = 1):
